@@ -1,0 +1,1 @@
+"""Training data: formats (``formats``), chat templates and masking (``template``), datasets (``dataset``)."""

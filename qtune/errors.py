@@ -1,0 +1,25 @@
+"""User-facing errors.
+
+A :class:`QtuneError` is a mistake the user can fix (a bad recipe, a missing file, a missing
+optional dependency). The CLI prints its message on one line and exits with ``exit_code``;
+everything else is a bug and keeps its traceback.
+"""
+
+
+class QtuneError(Exception):
+    """A user mistake: printed as ``error: <message>`` without a traceback."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, lines: list[str] | None = None):
+        super().__init__(message)
+        self.lines = lines or [message]
+
+
+class RecipeError(QtuneError):
+    """A recipe that does not validate; ``lines`` holds one ``field.path: problem`` per error."""
+
+
+def missing_dependency(what: str, package: str, extra: str | None = None) -> QtuneError:
+    hint = f"pip install 'qtune[{extra}]'" if extra else f"pip install {package}"
+    return QtuneError(f"{what} needs the optional dependency '{package}': {hint}")

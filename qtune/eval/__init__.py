@@ -1,0 +1,1 @@
+"""Evaluation: token-weighted task loss (``loss``)."""

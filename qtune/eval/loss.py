@@ -1,0 +1,38 @@
+"""Token-weighted loss on tokenized examples.
+
+The loss of a set is ``sum of token NLLs / number of trained tokens`` over the whole set — not the
+mean of per-batch means (what ``Trainer.evaluate`` reports), which weighs a short batch like a long
+one and changes with the batch size.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def mean_token_nll(model, rows: list[dict], collate, batch_size: int = 8) -> float:
+    """Mean next-token NLL over every labelled token of ``rows`` (nats)."""
+    import torch
+    import torch.nn.functional as F
+
+    total, count = 0.0, 0
+    device = next(p for p in model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(rows), batch_size):
+                batch = collate(rows[start : start + batch_size])
+                batch = {k: v.to(device) for k, v in batch.items()}
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                shift_logits = logits[:, :-1].float()  # (B, T-1, V)
+                shift_labels = batch["labels"][:, 1:]  # (B, T-1)
+                nll = F.cross_entropy(
+                    shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+                    ignore_index=-100, reduction="sum",
+                )
+                total += nll.item()
+                count += int((shift_labels != -100).sum())
+    finally:
+        model.train(was_training)
+    return total / count if count else math.nan

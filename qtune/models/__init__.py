@@ -1,0 +1,1 @@
+"""Base models: packaged models (``packaged``), quantized loading and LoRA (``load``)."""

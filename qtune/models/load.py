@@ -1,0 +1,147 @@
+"""Loading a base model: resolve where it lives, quantize it with bitsandbytes, attach LoRA.
+
+``quant.method`` picks one entry of :data:`QUANT_METHODS`; each builds the
+``BitsAndBytesConfig`` transformers needs (or none, for a 16/32-bit base). LoRA goes on with peft
+(``all-linear``, DoRA, rsLoRA). Nothing here touches the Hub unless ``model.path`` is a Hub id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from qtune.errors import QtuneError
+from qtune.models.packaged import PACKAGED_MODELS, materialize
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from qtune.recipe.schema import LoraSection, ModelSection, QuantSection
+
+
+def resolve_model_path(path: str) -> str:
+    """A packaged name becomes its cached checkpoint; a local dir stays; anything else is a Hub id."""
+    if path in PACKAGED_MODELS:
+        return str(materialize(path))
+    local = Path(path).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise QtuneError(f"model.path: '{path}' has no config.json (give a transformers checkpoint directory)")
+        return str(local)
+    if path.startswith((".", "/", "~")) or path.count("/") > 1:
+        raise QtuneError(f"model.path: no such directory '{path}' (packaged models: {', '.join(PACKAGED_MODELS)})")
+    return path
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise QtuneError("train.device: 'cuda' was asked for but no CUDA GPU is visible; use train.device=cpu or auto")
+    return device
+
+
+def torch_dtype(name: str) -> "torch.dtype | str":
+    import torch
+
+    return "auto" if name == "auto" else getattr(torch, name)
+
+
+def _nf4_or_fp4(kind: str) -> Callable[["QuantSection"], object]:
+    def build(q: "QuantSection"):
+        from transformers import BitsAndBytesConfig
+
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=kind,
+            bnb_4bit_use_double_quant=q.double_quant,
+            bnb_4bit_compute_dtype=torch_dtype(q.compute_dtype),
+        )
+
+    return build
+
+
+def _int8(q: "QuantSection"):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=q.int8_threshold)
+
+
+QUANT_METHODS: dict[str, Callable[["QuantSection"], object] | None] = {
+    "nf4": _nf4_or_fp4("nf4"),
+    "fp4": _nf4_or_fp4("fp4"),
+    "int8": _int8,
+    "none": None,
+}
+
+
+def load_base_model(model: "ModelSection", quant: "QuantSection", device: str):
+    """Load the (possibly quantized) base causal LM on ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    builder = QUANT_METHODS[quant.method]
+    kwargs: dict = {"trust_remote_code": model.trust_remote_code, "revision": model.revision}
+    if builder is not None:
+        kwargs["quantization_config"] = builder(quant)
+        # Non-quantized parts (norms, embeddings) follow the compute dtype.
+        kwargs["dtype"] = torch_dtype(quant.compute_dtype if model.dtype == "auto" else model.dtype)
+    else:
+        kwargs["dtype"] = torch_dtype(model.dtype)
+    kwargs["device_map"] = {"": device}
+    path = resolve_model_path(model.path)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise QtuneError(
+            f"model.path: could not load '{model.path}' ({str(e).splitlines()[0]}); without Hub access give a "
+            f"local checkpoint directory or a packaged model ({', '.join(PACKAGED_MODELS)})"
+        ) from None
+
+
+def load_tokenizer(model: "ModelSection"):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(model.path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=model.trust_remote_code, revision=model.revision)
+    except OSError as e:
+        raise QtuneError(f"model.path: could not load a tokenizer from '{model.path}' ({str(e).splitlines()[0]})") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def lora_config(lora: "LoraSection"):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        use_dora=lora.dora,
+        use_rslora=lora.rslora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def attach_lora(base, lora: "LoraSection", quantized: bool, gradient_checkpointing: bool):
+    """Prepare a (k-bit) base for training and wrap it with fresh LoRA adapters."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
+    return get_peft_model(base, lora_config(lora))
+
+
+def load_trained(run_adapter_dir: str, model: "ModelSection", quant: "QuantSection", device: str):
+    """The base as the recipe loads it, with the run's adapter on top (for eval and inference)."""
+    from peft import PeftModel
+
+    base = load_base_model(model, quant, device)
+    return PeftModel.from_pretrained(base, run_adapter_dir)

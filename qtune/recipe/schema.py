@@ -1,0 +1,132 @@
+"""The recipe schema: one pydantic model per YAML section, ``extra="forbid"`` everywhere.
+
+A recipe is data. Choices are ``Literal`` types built from the registries they select from, so a
+typo is an error that names the allowed values, never a silent default. Values derived from
+several fields (effective batch size, LoRA scaling) are computed here, once.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DType = Literal["bfloat16", "float16", "float32", "auto"]
+ComputeDType = Literal["bfloat16", "float16", "float32"]
+QuantMethod = Literal["nf4", "fp4", "int8", "none"]
+DataFormat = Literal["auto", "instruction", "chat"]
+ChatTemplate = Literal["tokenizer", "chatml"]
+Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
+# Names are transformers' ``optim`` values; paged 8-bit AdamW is the QLoRA paper's optimizer.
+Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"]
+Device = Literal["auto", "cpu", "cuda"]
+TrackingBackend = Literal["wandb", "tensorboard", "none"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    path: str = Field(description="Hub id, local directory, or a packaged model name (qtune models)")
+    dtype: DType = "auto"
+    trust_remote_code: bool = False
+    revision: Optional[str] = None
+
+    @field_validator("path")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name a model (Hub id, local directory or packaged name)")
+        return v
+
+
+class QuantSection(Section):
+    method: QuantMethod = "nf4"
+    double_quant: bool = True
+    compute_dtype: ComputeDType = "bfloat16"
+    int8_threshold: float = Field(6.0, gt=0, description="LLM.int8 outlier threshold")
+    blocksize: Literal[64] = 64  # what bitsandbytes' 4-bit loading uses; named for the kernels
+
+
+class LoraSection(Section):
+    rank: int = Field(16, ge=1, le=1024)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+    dora: bool = False
+    rslora: bool = False
+
+    @property
+    def scaling(self) -> float:
+        """The factor applied to ``B @ A``: alpha/r, or alpha/sqrt(r) with rsLoRA."""
+        return self.alpha / (self.rank**0.5 if self.rslora else self.rank)
+
+
+class DataSection(Section):
+    train: list[str] = Field(min_length=1, description="JSONL files, relative to the recipe")
+    eval: Optional[str] = None
+    eval_fraction: float = Field(0.05, ge=0, lt=1)
+    format: DataFormat = "auto"
+    chat_template: ChatTemplate = "tokenizer"
+    system_prompt: Optional[str] = None
+    max_length: int = Field(512, ge=8)
+    max_examples: Optional[int] = Field(None, ge=1)
+    max_eval_examples: Optional[int] = Field(None, ge=1)
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, str) else v
+
+
+class TrainSection(Section):
+    max_steps: Optional[int] = Field(None, ge=1)
+    epochs: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(4, ge=1)
+    grad_accumulation: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0, lt=1)
+    scheduler: Scheduler = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    optimizer: Optimizer = "adamw_torch"
+    gradient_checkpointing: bool = True
+    seed: int = 42
+    logging_steps: int = Field(1, ge=1)
+    eval_steps: Optional[int] = Field(None, ge=1, description="also evaluates before and after")
+    save_steps: Optional[int] = Field(None, ge=1)
+    output_dir: str = "runs/qtune"
+    device: Device = "auto"
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.micro_batch_size * self.grad_accumulation
+
+
+class TrackingSection(Section):
+    backend: TrackingBackend = "none"
+    project: str = "qtune"
+    run_name: Optional[str] = None
+
+
+class Recipe(Section):
+    model: ModelSection
+    quant: QuantSection = QuantSection()
+    lora: LoraSection = LoraSection()
+    data: DataSection
+    train: TrainSection = TrainSection()
+    tracking: TrackingSection = TrackingSection()
+
+    @model_validator(mode="after")
+    def _paged_optim_needs_cuda(self) -> "Recipe":
+        if self.optimizer_is_paged and self.train.device == "cpu":
+            raise ValueError(
+                f"train.optimizer: '{self.train.optimizer}' pages optimizer state to GPU memory and "
+                "needs CUDA (given train.device: cpu); use adamw_torch on CPU"
+            )
+        return self
+
+    @property
+    def optimizer_is_paged(self) -> bool:
+        return self.train.optimizer.startswith("paged_")

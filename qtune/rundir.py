@@ -1,0 +1,78 @@
+"""The run directory contract, and atomic writes into it.
+
+Other commands and users rely on this layout::
+
+    <output_dir>/
+      recipe.yaml      the resolved recipe
+      adapter/         peft adapter (loads with PeftModel.from_pretrained)
+      metrics.jsonl    one JSON object per logged step: step, loss, lr, tokens_per_s[, eval_loss]
+      summary.json     eval_loss_before/after, steps, train_tokens, tokens_per_s, peak_memory_bytes, wall_s
+      loss.png         train and eval loss curves
+      checkpoints/     Trainer checkpoints (checkpoint-N), each renamed into place when complete
+
+Every file and folder here is written to a temporary name first and renamed into place, so an
+interrupted run never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+RECIPE = "recipe.yaml"
+ADAPTER = "adapter"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+LOSS_PLOT = "loss.png"
+CHECKPOINTS = "checkpoints"
+
+
+@contextmanager
+def atomic_path(final: str | Path, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``final``; rename it onto ``final`` if the block succeeds."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if directory and final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True) if directory else tmp.unlink()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: str | Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

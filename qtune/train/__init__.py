@@ -1,0 +1,1 @@
+"""Training: the Trainer subclass (``trainer``), callbacks (``callbacks``), the run (``run``), plots (``plot``)."""

@@ -1,0 +1,94 @@
+"""Trainer callbacks: ``metrics.jsonl`` with throughput, and a rich progress bar."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+class MetricsCallback(TrainerCallback):
+    """Appends one JSON object per log event: step, loss, lr, tokens_per_s (and eval_loss when evaluated).
+
+    tokens/s counts non-padding input tokens (``state.num_input_tokens_seen``) over the wall time
+    since the previous training log, so it excludes time spent evaluating.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.last_time: float | None = None
+        self.last_tokens = 0
+        self.paused = 0.0
+        self.latest: dict = {}
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.last_time, self.last_tokens = time.perf_counter(), state.num_input_tokens_seen
+
+    def on_evaluate(self, args, state, control, **kw):
+        self.paused = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = logs or {}
+        record: dict = {"step": state.global_step}
+        if "loss" in logs:
+            now = time.perf_counter()
+            tokens = state.num_input_tokens_seen
+            elapsed = now - (self.last_time or now)
+            record.update(
+                loss=logs["loss"],
+                lr=logs.get("learning_rate"),
+                grad_norm=logs.get("grad_norm"),
+                tokens_per_s=(tokens - self.last_tokens) / elapsed if elapsed > 0 else None,
+            )
+            self.last_time, self.last_tokens = now, tokens
+        if "eval_loss" in logs:
+            record["eval_loss"] = logs["eval_loss"]
+            if self.last_time is not None and self.paused:
+                self.last_time += time.perf_counter() - self.paused  # evaluation is not training time
+                self.paused = 0.0
+        if len(record) > 1:
+            self.latest.update(record)
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+
+
+class RichProgressCallback(TrainerCallback):
+    """One progress bar with step, loss, eval loss, tokens/s and memory."""
+
+    def __init__(self, metrics: MetricsCallback, memory_probe):
+        self.metrics = metrics
+        self.memory_probe = memory_probe
+        self.progress = None
+        self.task = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("<"),
+            TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps, info="", completed=state.global_step)
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.progress is None:
+            return
+        m = self.metrics.latest
+        parts = []
+        if m.get("loss") is not None:
+            parts.append(f"loss {m['loss']:.3f}")
+        if m.get("eval_loss") is not None:
+            parts.append(f"eval {m['eval_loss']:.3f}")
+        if m.get("tokens_per_s"):
+            parts.append(f"{m['tokens_per_s']:.0f} tok/s")
+        parts.append(f"mem {self.memory_probe() / 2**30:.2f} GiB")
+        self.progress.update(self.task, completed=state.global_step, info=" · ".join(parts))
+
+    def on_train_end(self, args, state, control, **kw):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

@@ -1,0 +1,161 @@
+"""``qtune train``: one recipe in, one run directory out (see :mod:`qtune.rundir`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import shutil
+import time
+from pathlib import Path
+
+from qtune import rundir
+from qtune.errors import QtuneError
+from qtune.recipe import Recipe, dump_recipe
+
+
+def prepare_run_dir(recipe: Recipe, overwrite: bool, resume: bool) -> Path:
+    run = Path(recipe.train.output_dir)
+    if run.exists() and any(run.iterdir()) and not (overwrite or resume):
+        raise QtuneError(
+            f"train.output_dir: '{run}' already holds a run; pass --resume to continue it, --overwrite to replace it, "
+            f"or set train.output_dir=<new dir>"
+        )
+    if overwrite and run.exists():
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (run / rundir.METRICS).unlink(missing_ok=True)
+    rundir.write_text(run / rundir.RECIPE, dump_recipe(recipe))
+    return run
+
+
+def memory_probe(device: str):
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated
+    return lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak RSS, Linux reports KiB
+
+
+def latest_checkpoint(run: Path) -> str | None:
+    ckpts = sorted((run / rundir.CHECKPOINTS).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return str(ckpts[-1]) if ckpts else None
+
+
+def training_arguments(recipe: Recipe, run: Path, device: str, report_to: list[str]):
+    from transformers import TrainingArguments
+
+    t = recipe.train
+    bf16 = device == "cuda" and recipe.quant.compute_dtype == "bfloat16"
+    fp16 = device == "cuda" and recipe.quant.compute_dtype == "float16"
+    args = dict(
+        output_dir=str(run / rundir.CHECKPOINTS),
+        max_steps=t.max_steps or -1,
+        num_train_epochs=t.epochs,
+        per_device_train_batch_size=t.micro_batch_size,
+        per_device_eval_batch_size=t.micro_batch_size,
+        gradient_accumulation_steps=t.grad_accumulation,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optimizer,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        eval_strategy="steps" if t.eval_steps else "no",
+        eval_steps=t.eval_steps,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps,
+        report_to=report_to,
+        run_name=recipe.tracking.run_name or run.name,
+        use_cpu=device == "cpu",
+        bf16=bf16,
+        fp16=fp16,
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        # gradient checkpointing is switched on while attaching LoRA (prepare_model_for_kbit_training)
+        gradient_checkpointing=False,
+    )
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return TrainingArguments(**{k: v for k, v in args.items() if k in known})
+
+
+def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console=None) -> dict:
+    """Fine-tune ``recipe``'s base with LoRA and fill its run directory; return the summary."""
+    import torch
+    from transformers import set_seed
+
+    from qtune import tracking
+    from qtune.data.dataset import PadCollator, build_datasets
+    from qtune.models.load import attach_lora, load_base_model, load_tokenizer, resolve_device
+    from qtune.train.callbacks import MetricsCallback, RichProgressCallback
+    from qtune.train.plot import plot_loss
+    from qtune.train.trainer import QtuneTrainer
+
+    say = console.print if console is not None else print
+    t0 = time.perf_counter()
+    device = resolve_device(recipe.train.device)
+    if recipe.optimizer_is_paged and device != "cuda":
+        raise QtuneError(f"train.optimizer: '{recipe.train.optimizer}' needs a CUDA GPU (running on {device}); use adamw_torch")
+    run = prepare_run_dir(recipe, overwrite, resume)
+    resume_from = latest_checkpoint(run) if resume else None
+    set_seed(recipe.train.seed)
+
+    tokenizer = load_tokenizer(recipe.model)
+    data = build_datasets(recipe.data, tokenizer, recipe.train.seed)
+    say(f"data: {data.stats['train']['examples']} train / {data.stats['eval']['examples']} eval examples, "
+        f"{data.stats['train']['trained_tokens']} trained tokens per epoch")
+    if not data.eval:
+        raise QtuneError("data.eval: the eval split is empty; set data.eval to a file or data.eval_fraction > 0")
+
+    base = load_base_model(recipe.model, recipe.quant, device)
+    model = attach_lora(base, recipe.lora, quantized=recipe.quant.method != "none",
+                        gradient_checkpointing=recipe.train.gradient_checkpointing)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    say(f"model: {recipe.model.path} ({recipe.quant.method}) on {device}, {trainable:,} trainable LoRA parameters")
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    probe = memory_probe(device)
+    metrics = MetricsCallback(run / rundir.METRICS)
+    trainer = QtuneTrainer(
+        model=model,
+        args=training_arguments(recipe, run, device, tracking.configure(recipe.tracking, run)),
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        data_collator=PadCollator(tokenizer.pad_token_id),
+        callbacks=[metrics, RichProgressCallback(metrics, probe)],
+        eval_rows=data.eval,
+    )
+    eval_before = trainer.evaluate()["eval_loss"]
+    say(f"eval loss before training: {eval_before:.4f}")
+    t_train = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    train_s = time.perf_counter() - t_train
+    eval_after = trainer.evaluate()["eval_loss"]
+    say(f"eval loss after training:  {eval_after:.4f} ({(eval_after - eval_before) / eval_before:+.1%})")
+
+    with rundir.atomic_path(run / rundir.ADAPTER, directory=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    tokens = int(trainer.state.num_input_tokens_seen)
+    summary = {
+        "eval_loss_before": eval_before,
+        "eval_loss_after": eval_after,
+        "steps": int(result.global_step),
+        "train_tokens": tokens,
+        "tokens_per_s": tokens / train_s if train_s > 0 else None,
+        "peak_memory_bytes": int(probe()),
+        "peak_memory_kind": "cuda_max_allocated" if device == "cuda" else "process_max_rss",
+        "wall_s": time.perf_counter() - t0,
+        "device": device,
+        "data": data.stats,
+        "trainable_parameters": trainable,
+    }
+    rundir.write_json(run / rundir.SUMMARY, summary)
+    plot_loss(rundir.read_metrics(run), run / rundir.LOSS_PLOT, f"{recipe.model.path} · {recipe.quant.method} · LoRA r={recipe.lora.rank}")
+    return summary

@@ -1,0 +1,44 @@
+"""``QtuneTrainer``: transformers' Trainer with atomic checkpoints and token-weighted eval loss."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from transformers import Trainer
+
+from qtune.eval.loss import mean_token_nll
+
+
+class QtuneTrainer(Trainer):
+    def __init__(self, *args, eval_rows: list[dict] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_rows = eval_rows or []
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+        """Token-weighted mean NLL over the eval split (see :mod:`qtune.eval.loss`), logged as ``eval_loss``."""
+        loss = mean_token_nll(
+            self.model, self.eval_rows, self.data_collator, batch_size=self.args.per_device_eval_batch_size
+        )
+        metrics = {f"{metric_key_prefix}_loss": loss}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write ``checkpoint-N`` under a staging folder, then rename it into place when complete."""
+        final_root = self.args.output_dir
+        staging_root = os.path.join(final_root, ".staging")
+        name = f"checkpoint-{self.state.global_step}"
+        shutil.rmtree(staging_root, ignore_errors=True)
+        self.args.output_dir = staging_root
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir = final_root
+        final = Path(final_root) / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(os.path.join(staging_root, name), final)
+        shutil.rmtree(staging_root, ignore_errors=True)

@@ -87,7 +87,7 @@ def training_arguments(recipe: Recipe, run: Path, device: str, report_to: list[s
 def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console=None) -> dict:
     """Fine-tune ``recipe``'s base with LoRA and fill its run directory; return the summary."""
     import torch
-    from transformers import set_seed
+    from transformers import PrinterCallback, set_seed
 
     from qtune import tracking
     from qtune.data.dataset import PadCollator, build_datasets
@@ -131,6 +131,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
         callbacks=[metrics, RichProgressCallback(metrics, probe)],
         eval_rows=data.eval,
     )
+    trainer.remove_callback(PrinterCallback)  # the rich bar and metrics.jsonl replace its raw dict prints
     eval_before = trainer.evaluate()["eval_loss"]
     say(f"eval loss before training: {eval_before:.4f}")
     t_train = time.perf_counter()

@@ -22,9 +22,11 @@ class MetricsCallback(TrainerCallback):
         self.last_tokens = 0
         self.paused = 0.0
         self.latest: dict = {}
+        self.tokens_at_start = 0  # a resumed run starts with the tokens of its checkpoint
 
     def on_train_begin(self, args, state, control, **kw):
         self.last_time, self.last_tokens = time.perf_counter(), state.num_input_tokens_seen
+        self.tokens_at_start = state.num_input_tokens_seen
 
     def on_evaluate(self, args, state, control, **kw):
         self.paused = time.perf_counter()

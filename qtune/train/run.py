@@ -134,9 +134,9 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     trainer.remove_callback(PrinterCallback)  # the rich bar and metrics.jsonl replace its raw dict prints
     eval_before = trainer.evaluate()["eval_loss"]
     say(f"eval loss before training: {eval_before:.4f}")
-    t_train = time.perf_counter()
+    t_train, eval_s = time.perf_counter(), trainer.eval_seconds
     result = trainer.train(resume_from_checkpoint=resume_from)
-    train_s = time.perf_counter() - t_train
+    train_s = time.perf_counter() - t_train - (trainer.eval_seconds - eval_s)  # periodic evals excluded
     eval_after = trainer.evaluate()["eval_loss"]
     say(f"eval loss after training:  {eval_after:.4f} ({(eval_after - eval_before) / eval_before:+.1%})")
 
@@ -144,12 +144,13 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     tokens = int(trainer.state.num_input_tokens_seen)
+    tokens_this_session = tokens - metrics.tokens_at_start
     summary = {
         "eval_loss_before": eval_before,
         "eval_loss_after": eval_after,
         "steps": int(result.global_step),
         "train_tokens": tokens,
-        "tokens_per_s": tokens / train_s if train_s > 0 else None,
+        "tokens_per_s": tokens_this_session / train_s if train_s > 0 else None,
         "peak_memory_bytes": int(probe()),
         "peak_memory_kind": "cuda_max_allocated" if device == "cuda" else "process_max_rss",
         "wall_s": time.perf_counter() - t0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 from transformers import Trainer
@@ -15,12 +16,15 @@ class QtuneTrainer(Trainer):
     def __init__(self, *args, eval_rows: list[dict] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_rows = eval_rows or []
+        self.eval_seconds = 0.0  # time spent in evaluate(), so throughput can leave it out
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
         """Token-weighted mean NLL over the eval split (see :mod:`qtune.eval.loss`), logged as ``eval_loss``."""
+        start = time.perf_counter()
         loss = mean_token_nll(
             self.model, self.eval_rows, self.data_collator, batch_size=self.args.per_device_eval_batch_size
         )
+        self.eval_seconds += time.perf_counter() - start
         metrics = {f"{metric_key_prefix}_loss": loss}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)

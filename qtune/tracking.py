@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import netrc
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 def wandb_key_configured() -> bool:
@@ -21,16 +23,28 @@ def wandb_key_configured() -> bool:
         return False
 
 
-def configure(tracking, run_dir: Path) -> list[str]:
-    """Set the environment for ``tracking.backend`` and return the Trainer's ``report_to``."""
+def configure(tracking, run_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """The Trainer's ``report_to`` for ``tracking.backend`` and the environment it reads."""
     if tracking.backend == "none":
-        return []
+        return [], {}
     if tracking.backend == "tensorboard":
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
-        return ["tensorboard"]
-    os.environ["WANDB_DIR"] = str(run_dir)
-    os.environ["WANDB_PROJECT"] = tracking.project
+        return ["tensorboard"], {"TENSORBOARD_LOGGING_DIR": str(run_dir / "tensorboard")}
+    env = {"WANDB_DIR": str(run_dir), "WANDB_PROJECT": tracking.project, "WANDB_SILENT": os.environ.get("WANDB_SILENT", "true")}
     if not wandb_key_configured():
-        os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_SILENT", "true")
-    return ["wandb"]
+        env["WANDB_MODE"] = os.environ.get("WANDB_MODE", "offline")
+    return ["wandb"], env
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Set ``values`` in ``os.environ`` for the block and restore what was there before."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -87,14 +87,12 @@ def training_arguments(recipe: Recipe, run: Path, device: str, report_to: list[s
 def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console=None) -> dict:
     """Fine-tune ``recipe``'s base with LoRA and fill its run directory; return the summary."""
     import torch
-    from transformers import PrinterCallback, set_seed
+    from transformers import set_seed
 
     from qtune import tracking
-    from qtune.data.dataset import PadCollator, build_datasets
+    from qtune.data.dataset import build_datasets
     from qtune.models.load import attach_lora, load_base_model, load_tokenizer, resolve_device
-    from qtune.train.callbacks import MetricsCallback, RichProgressCallback
     from qtune.train.plot import plot_loss
-    from qtune.train.trainer import QtuneTrainer
 
     say = console.print if console is not None else print
     t0 = time.perf_counter()
@@ -121,36 +119,27 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     probe = memory_probe(device)
-    metrics = MetricsCallback(run / rundir.METRICS)
-    trainer = QtuneTrainer(
-        model=model,
-        args=training_arguments(recipe, run, device, tracking.configure(recipe.tracking, run)),
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        data_collator=PadCollator(tokenizer.pad_token_id),
-        callbacks=[metrics, RichProgressCallback(metrics, probe)],
-        eval_rows=data.eval,
-    )
-    trainer.remove_callback(PrinterCallback)  # the rich bar and metrics.jsonl replace its raw dict prints
-    eval_before = trainer.evaluate()["eval_loss"]
-    say(f"eval loss before training: {eval_before:.4f}")
-    t_train, eval_s = time.perf_counter(), trainer.eval_seconds
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    train_s = time.perf_counter() - t_train - (trainer.eval_seconds - eval_s)  # periodic evals excluded
-    eval_after = trainer.evaluate()["eval_loss"]
+    report_to, tracking_env = tracking.configure(recipe.tracking, run)
+    with tracking.environment(tracking_env):
+        trainer = _build_trainer(recipe, model, data, tokenizer, run, device, report_to, probe)
+        eval_before = trainer.evaluate()["eval_loss"]
+        say(f"eval loss before training: {eval_before:.4f}")
+        t_train, eval_s = time.perf_counter(), trainer.eval_seconds
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        train_s = time.perf_counter() - t_train - (trainer.eval_seconds - eval_s)  # periodic evals excluded
+        eval_after = trainer.evaluate()["eval_loss"]
     say(f"eval loss after training:  {eval_after:.4f} ({(eval_after - eval_before) / eval_before:+.1%})")
 
     with rundir.atomic_path(run / rundir.ADAPTER, directory=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     tokens = int(trainer.state.num_input_tokens_seen)
-    tokens_this_session = tokens - metrics.tokens_at_start
     summary = {
         "eval_loss_before": eval_before,
         "eval_loss_after": eval_after,
         "steps": int(result.global_step),
         "train_tokens": tokens,
-        "tokens_per_s": tokens_this_session / train_s if train_s > 0 else None,
+        "tokens_per_s": (tokens - trainer.metrics_log.tokens_at_start) / train_s if train_s > 0 else None,
         "peak_memory_bytes": int(probe()),
         "peak_memory_kind": "cuda_max_allocated" if device == "cuda" else "process_max_rss",
         "wall_s": time.perf_counter() - t0,
@@ -161,3 +150,25 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     rundir.write_json(run / rundir.SUMMARY, summary)
     plot_loss(rundir.read_metrics(run), run / rundir.LOSS_PLOT, f"{recipe.model.path} · {recipe.quant.method} · LoRA r={recipe.lora.rank}")
     return summary
+
+
+def _build_trainer(recipe: Recipe, model, data, tokenizer, run: Path, device: str, report_to: list[str], probe):
+    from transformers import PrinterCallback
+
+    from qtune.data.dataset import PadCollator
+    from qtune.train.callbacks import MetricsCallback, RichProgressCallback
+    from qtune.train.trainer import QtuneTrainer
+
+    metrics = MetricsCallback(run / rundir.METRICS)
+    trainer = QtuneTrainer(
+        model=model,
+        args=training_arguments(recipe, run, device, report_to),
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        data_collator=PadCollator(tokenizer.pad_token_id),
+        callbacks=[metrics, RichProgressCallback(metrics, probe)],
+        eval_rows=data.eval,
+    )
+    trainer.remove_callback(PrinterCallback)  # the rich bar and metrics.jsonl replace its raw dict prints
+    trainer.metrics_log = metrics
+    return trainer

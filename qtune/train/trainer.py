@@ -45,4 +45,6 @@ class QtuneTrainer(Trainer):
         if final.exists():
             shutil.rmtree(final)
         os.replace(os.path.join(staging_root, name), final)
+        # A pickled copy of TrainingArguments: resuming does not read it, and recipe.yaml says the same.
+        (final / "training_args.bin").unlink(missing_ok=True)
         shutil.rmtree(staging_root, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 import json
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +31,7 @@ def smollm2_run(tmp_path_factory):
 
 def test_run_directory_contract(smollm2_run):
     recipe, summary = smollm2_run
-    run = rundir_path = __import__("pathlib").Path(recipe.train.output_dir)
+    run = Path(recipe.train.output_dir)
     for name in (rundir.RECIPE, rundir.METRICS, rundir.SUMMARY, rundir.LOSS_PLOT):
         assert (run / name).is_file(), name
     assert (run / rundir.ADAPTER / "adapter_model.safetensors").is_file()
@@ -57,7 +58,7 @@ def test_saved_adapter_on_nf4_base_reproduces_eval_loss(smollm2_run):
     from qtune.models.load import load_tokenizer, load_trained
 
     recipe, summary = smollm2_run
-    run = __import__("pathlib").Path(recipe.train.output_dir)
+    run = Path(recipe.train.output_dir)
     model = load_trained(str(run / rundir.ADAPTER), recipe.model, recipe.quant, "cpu")
     tokenizer = load_tokenizer(recipe.model)
     data = build_datasets(recipe.data, tokenizer, recipe.train.seed)
@@ -80,9 +81,23 @@ def test_tracking_backends_write_offline(tmp_path, tiny_llama_dir, backend, monk
                         tracking={"backend": backend, "project": "qtune-test"})
     recipe = load_recipe(path)
     train(recipe)
-    run = __import__("pathlib").Path(recipe.train.output_dir)
+    run = Path(recipe.train.output_dir)
     if backend == "tensorboard":
         assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
     else:
         offline = list((run / "wandb").glob("offline-run-*"))
         assert offline and list(offline[0].glob("*.wandb")), "wandb should leave a syncable offline run"
+
+
+def test_resume_continues_from_the_newest_checkpoint(tmp_path, tiny_llama_dir):
+    path = write_recipe(tmp_path / "r.yaml", model={"path": str(tiny_llama_dir)}, quant={"method": "none"},
+                        train={"max_steps": 2, "save_steps": 2})
+    first = load_recipe(path)
+    train(first)
+    run = Path(first.train.output_dir)
+    assert (run / rundir.CHECKPOINTS / "checkpoint-2").is_dir()
+    longer = load_recipe(path, ["train.max_steps=3"])
+    summary = train(longer, resume=True)
+    assert summary["steps"] == 3
+    steps = [m["step"] for m in rundir.read_metrics(run) if "loss" in m]
+    assert steps == [1, 2, 3], "metrics.jsonl keeps the first session's steps and appends the resumed one"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qtune.data.template import IGNORE_INDEX
+from qtune.data.masking import IGNORE_INDEX
 
 PAD_POSITION = -1
 

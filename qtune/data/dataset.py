@@ -25,7 +25,8 @@ from qtune.data.collate import PackedCollator, PadCollator
 from qtune.data.formats import Example, detect_format, to_example
 from qtune.data.packing import efficiency, pack_rows
 from qtune.data.sources import fingerprint, read_rows
-from qtune.data.template import IGNORE_INDEX, encode_example, resolve_template, turn_ends_with_eos
+from qtune.data.masking import IGNORE_INDEX, encode_examples, turn_ends_with_eos
+from qtune.data.template import resolve_template
 from qtune.errors import QtuneError
 
 __all__ = ["Encoded", "PadCollator", "PackedCollator", "build_datasets", "collator_for", "refuse_training"]
@@ -85,9 +86,9 @@ def _length_stats(lengths: list[int]) -> dict:
 def encode_split(examples: list[Example], data, tokenizer, template: str | None) -> tuple[list[dict], dict]:
     """Rows of one split and its counts: examples in, rows out, truncated, dropped, untrained."""
     rows, truncated, too_long, untrained = [], 0, 0, 0
-    for ex in examples:
-        out = encode_example(tokenizer, template, ex, data.max_length, train_on=data.train_on,
-                             truncation=data.truncation, system_prompt=data.system_prompt)
+    encoded = encode_examples(tokenizer, template, examples, data.max_length, train_on=data.train_on,
+                              truncation=data.truncation, system_prompt=data.system_prompt)
+    for out in encoded:
         truncated += out.truncated
         too_long += out.dropped_too_long
         untrained += out.untrained

@@ -8,7 +8,7 @@ problem that would make ``qtune train`` refuse.
 
 from __future__ import annotations
 
-from qtune.data.template import IGNORE_INDEX
+from qtune.data.masking import IGNORE_INDEX
 
 TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 
-from qtune.data.template import IGNORE_INDEX
+from qtune.data.masking import IGNORE_INDEX
 from qtune.errors import QtuneError
 
 # attention implementations whose masks come from transformers' masking_utils (which detect packed rows)

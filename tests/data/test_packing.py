@@ -13,7 +13,7 @@ import torch
 
 from qtune.data.collate import PackedCollator, PadCollator, real_tokens
 from qtune.data.packing import pack_rows, prepare_model
-from qtune.data.template import IGNORE_INDEX
+from qtune.data.masking import IGNORE_INDEX
 
 MAX_LENGTH = 32
 

@@ -6,7 +6,8 @@ import pytest
 
 from qtune.data.formats import to_example
 from qtune.data.inspect import spans
-from qtune.data.template import IGNORE_INDEX, encode_example, resolve_template, turn_ends_with_eos
+from qtune.data.masking import IGNORE_INDEX, encode_example, turn_ends_with_eos
+from qtune.data.template import NAMED_TEMPLATES, resolve_template, spans_by_placeholder, spans_by_prefix
 
 CHAT = [
     {"role": "system", "content": "You answer briefly."},
@@ -89,6 +90,8 @@ def test_left_truncation_keeps_the_last_response_whole(smol_tokenizer):
     assert out.truncated and len(out.rows[0]["input_ids"]) == 40
     assert out.rows[0]["input_ids"] == full["input_ids"][-40:]
     assert trained_runs(out.rows[0]) == [ids(tok, "Short answer.") + [tok.eos_token_id]]
+    (every,) = encode(tok, ex, max_length=40, train_on="all").rows
+    assert every["input_ids"] == full["input_ids"][-40:] == every["labels"]
     dropped = encode(tok, ex, max_length=40, truncation="drop")
     assert dropped.dropped_too_long and not dropped.rows
 
@@ -96,8 +99,9 @@ def test_left_truncation_keeps_the_last_response_whole(smol_tokenizer):
 def test_a_response_longer_than_max_length_is_dropped_not_cut(smol_tokenizer):
     tok = smol_tokenizer
     ex = to_example({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes " * 100}]}, "w", "chat")
-    out = encode(tok, ex, max_length=64)
-    assert out.dropped_too_long and not out.rows and not out.untrained
+    for train_on in ("assistant", "all"):
+        out = encode(tok, ex, max_length=64, train_on=train_on)
+        assert out.dropped_too_long and not out.rows and not out.untrained
 
 
 def test_conversation_without_assistant_has_no_trained_token(smol_tokenizer):
@@ -129,3 +133,24 @@ def test_template_whose_turn_does_not_end_with_eos_is_detected(smol_tokenizer):
     finally:
         tok.eos_token = saved
     assert turn_ends_with_eos(tok, template)
+
+
+def test_placeholder_spans_agree_with_prefix_spans(smol_tokenizer):
+    tok = smol_tokenizer
+    _, template = resolve_template(tok, "auto")
+    (text,) = tok.apply_chat_template([CHAT], chat_template=template, tokenize=False)
+    fast = spans_by_placeholder(tok, template, CHAT, text)
+    slow = spans_by_prefix(tok, template, CHAT, text)
+    # prefix spans run to the end of the rendered turn ("<|im_end|>\n"); placeholder spans stop after EOS
+    assert fast == [(a, b - 1) for a, b in slow]
+    assert [text[a:b] for a, b in fast] == ["Four.<|im_end|>", "Six, of course.<|im_end|>"]
+
+
+def test_a_template_that_edits_content_falls_back_to_prefix_spans(smol_tokenizer):
+    tok = smol_tokenizer
+    trimming = NAMED_TEMPLATES["chatml"].replace("message['content']", "(message['content'] | trim)")
+    messages = [{"role": "user", "content": "  hi  "}, {"role": "assistant", "content": " Four. "}]
+    (text,) = tok.apply_chat_template([messages], chat_template=trimming, tokenize=False)
+    assert spans_by_placeholder(tok, trimming, messages, text) is None
+    (row,) = encode_example(tok, trimming, to_example({"messages": messages}, "w", "chat"), 512).rows
+    assert trained_runs(row) == [ids(tok, "Four.") + [tok.eos_token_id]]

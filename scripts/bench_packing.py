@@ -1,10 +1,12 @@
-"""Non-padding tokens/s of the SmolLM2 demo recipe, packed vs unpacked, in one process.
+"""Non-padding tokens/s of the SmolLM2 demo recipe's training step, packed vs unpacked, in one process.
 
-Each run builds the recipe's model (NF4 base + LoRA) fresh and trains ``--steps`` steps after
-``--warmup`` untimed ones; tokens are the Trainer's non-padding count (``num_input_tokens_seen``,
-real tokens for both collators). Runs go in the order unpacked, packed, packed, unpacked (ABBA)
-so a drift in CPU load from other processes hits both sides alike; each side's tokens/s is its
-total tokens over its total timed seconds.
+One model (the recipe's NF4 base + LoRA) and one AdamW over its LoRA parameters; each round runs
+one unpacked and one packed micro-batch (forward, backward, optimizer step), alternating which
+goes first, so a change in CPU load from other processes hits both sides alike. Batches are
+consecutive micro-batches of the recipe's rows in a seeded shuffled order: unpacked rows padded
+to the batch's longest (PadCollator), packed rows (pack_rows + PackedCollator). Tokens are real
+tokens (``qtune.data.collate.real_tokens``, the count the trainer reports). The first
+``--warmup`` rounds are not timed.
 
     PYTHONPATH=. nice -n 10 python scripts/bench_packing.py [recipes/smollm2-135m-nf4.yaml] [--steps 10]
 """
@@ -12,66 +14,75 @@ total tokens over its total timed seconds.
 from __future__ import annotations
 
 import argparse
-import tempfile
+import random
 import time
 
 
-def run_once(recipe, tokenizer, data, packing: bool, steps: int, warmup: int) -> tuple[int, float]:
-    from transformers import PrinterCallback, TrainerCallback
-
-    from qtune.data.dataset import collator_for
-    from qtune.data.packing import prepare_model
-    from qtune.models.load import attach_lora, load_base_model, resolve_device
-    from qtune.train.run import training_arguments
-    from qtune.train.trainer import QtuneTrainer
-
-    device = resolve_device(recipe.train.device)
-    model = attach_lora(load_base_model(recipe.model, recipe.quant, device), recipe.lora,
-                        quantized=recipe.quant.method != "none", gradient_checkpointing=recipe.train.gradient_checkpointing)
-    if packing:
-        prepare_model(model)
-    marks: list[tuple[float, int]] = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            marks.append((time.perf_counter(), state.num_input_tokens_seen))
-
-    with tempfile.TemporaryDirectory() as out:
-        from pathlib import Path
-
-        args = training_arguments(recipe, Path(out), device, [])
-        args.max_steps, args.eval_strategy, args.save_strategy = steps + warmup, "no", "no"
-        trainer = QtuneTrainer(model=model, args=args, train_dataset=data.train, data_collator=collator_for(recipe.data, tokenizer.pad_token_id),
-                               callbacks=[Clock()])
-        trainer.remove_callback(PrinterCallback)
-        trainer.train()
-    (t0, n0), (t1, n1) = marks[warmup - 1], marks[-1]
-    return n1 - n0, t1 - t0
+def batches(rows: list[dict], size: int, seed: int):
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    while True:
+        for start in range(0, len(order) - size + 1, size):
+            yield [rows[i] for i in order[start : start + size]]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("recipe", nargs="?", default="recipes/smollm2-135m-nf4.yaml")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
 
+    import torch
+
+    from qtune.data.collate import PackedCollator, PadCollator, real_tokens
     from qtune.data.dataset import build_datasets
-    from qtune.models.load import load_tokenizer
+    from qtune.data.packing import pack_rows, prepare_model
+    from qtune.models.load import attach_lora, load_base_model, load_tokenizer, resolve_device
     from qtune.recipe import load_recipe
 
-    totals = {False: [0, 0.0], True: [0, 0.0]}
-    for packing in (False, True, True, False):
-        recipe = load_recipe(args.recipe, [f"data.packing={str(packing).lower()}"])
-        tokenizer = load_tokenizer(recipe.model)
-        data = build_datasets(recipe.data, tokenizer, recipe.train.seed)
-        tokens, seconds = run_once(recipe, tokenizer, data, packing, args.steps, args.warmup)
-        totals[packing][0] += tokens
-        totals[packing][1] += seconds
-        print(f"{'packed  ' if packing else 'unpacked'}: {tokens} non-padding tokens in {seconds:.1f}s = {tokens / seconds:.0f} tok/s "
-              f"({len(data.train)} rows, micro batch {recipe.train.micro_batch_size}, max_length {recipe.data.max_length})", flush=True)
-    rate = {k: n / s for k, (n, s) in totals.items()}
-    print(f"unpacked {rate[False]:.0f} tok/s, packed {rate[True]:.0f} tok/s: packed/unpacked = {rate[True] / rate[False]:.2f}x")
+    recipe = load_recipe(args.recipe, ["data.packing=false"])
+    torch.manual_seed(recipe.train.seed)
+    tokenizer = load_tokenizer(recipe.model)
+    rows = build_datasets(recipe.data, tokenizer, recipe.train.seed).train
+    packed = pack_rows(rows, recipe.data.max_length)
+    size = recipe.train.micro_batch_size
+    streams = {
+        "unpacked": (batches(rows, size, recipe.train.seed), PadCollator(tokenizer.pad_token_id)),
+        "packed": (batches(packed, size, recipe.train.seed), PackedCollator(tokenizer.pad_token_id)),
+    }
+    device = resolve_device(recipe.train.device)
+    model = attach_lora(load_base_model(recipe.model, recipe.quant, device), recipe.lora,
+                        quantized=recipe.quant.method != "none", gradient_checkpointing=recipe.train.gradient_checkpointing)
+    prepare_model(model)  # no KV cache; the unpacked batches carry an attention_mask, so this changes nothing for them
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.train.lr)
+    totals = {name: [0, 0.0] for name in streams}
+    print(f"{len(rows)} rows -> {len(packed)} packed rows; micro batch {size}, max_length {recipe.data.max_length}, "
+          f"{device}, torch threads {torch.get_num_threads()}", flush=True)
+    for step in range(args.warmup + args.steps):
+        names = list(streams) if step % 2 == 0 else list(reversed(streams))
+        for name in names:
+            stream, collate = streams[name]
+            batch = collate(next(stream))
+            tokens = real_tokens(batch)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            t0 = time.perf_counter()
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t0
+            if step >= args.warmup:
+                totals[name][0] += tokens
+                totals[name][1] += seconds
+            print(f"round {step}{' (warmup)' if step < args.warmup else ''} {name:8s}: {tokens} tokens, "
+                  f"shape {tuple(batch['input_ids'].shape)}, {seconds:.2f}s", flush=True)
+    rate = {name: n / s for name, (n, s) in totals.items()}
+    for name, (n, s) in totals.items():
+        print(f"{name:8s}: {n} non-padding tokens in {s:.1f}s = {rate[name]:.1f} tok/s")
+    print(f"packed/unpacked non-padding tokens/s = {rate['packed'] / rate['unpacked']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -117,3 +117,13 @@ def test_trainer_counts_real_tokens_of_packed_batches(tmp_path):
     real = sum(len(r["input_ids"]) for r in rows)
     assert real_tokens(collate(packed)) == real < collate(packed)["input_ids"].numel()
     assert trainer.state.num_input_tokens_seen == 2 * real
+
+
+def test_prepare_model_reaches_the_base_config_through_peft():
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_llama("sdpa")
+    base.config.use_cache = True
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    prepare_model(model)
+    assert base.config.use_cache is False

@@ -49,6 +49,18 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_data_inspect(args) -> int:
+    from qtune.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    from rich.console import Console
+
+    from qtune.data.inspect import inspect
+
+    inspect(recipe, args.n, Console())
+    return 0
+
+
 def cmd_models(args) -> int:
     from qtune.models.packaged import PACKAGED_MODELS
 
@@ -74,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.output_dir")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run in train.output_dir")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("data", help="look at a recipe's training data")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    q = data_sub.add_parser("inspect", help="render examples with trained tokens marked, length stats, cache hit/miss")
+    q.add_argument("recipe")
+    q.add_argument("overrides", nargs="*", help=_overrides_help())
+    q.add_argument("-n", type=int, default=3, help="how many train rows to show (default 3)")
+    q.set_defaults(func=cmd_data_inspect)
 
     p = sub.add_parser("models", help="list the packaged models a recipe can name in model.path")
     p.set_defaults(func=cmd_models)

@@ -1,1 +1,3 @@
-"""Training data: formats (``formats``), chat templates and masking (``template``), datasets (``dataset``)."""
+"""Training data: sources (``sources``), formats (``formats``), chat templates (``template``), masking and
+truncation (``masking``), packing (``packing``), batching (``collate``), the preprocessing cache
+(``cache``), the pipeline and its checks (``dataset``), and ``qtune data inspect`` (``inspect``)."""

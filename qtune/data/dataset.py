@@ -1,13 +1,35 @@
-"""From recipe ``data`` to tokenized train/eval examples and padded batches."""
+"""From recipe ``data`` to tokenized train/eval rows, their statistics, and the checks before training.
+
+Order of work: read every source and turn rows into examples (format per source: its own
+``format``, else ``data.format``, ``auto`` detected from the first row); hold out the eval split
+(``data.eval`` file, else ``data.eval_fraction`` of the train examples, drawn with the seed
+*before* weighting, so no example is in both); weight each source (a weight w keeps each example
+``floor(w)`` times plus a seeded ``w - floor(w)`` share once more); shuffle; apply the example
+limits; tokenize and mask (:mod:`qtune.data.template`). The result is cached
+(:mod:`qtune.data.cache`) and packed afterwards when ``data.packing`` is on.
+
+Rows with no trained token and rows too long to keep are dropped and counted;
+:func:`refuse_training` turns the counts into errors when the recipe's limits are passed.
+"""
 
 from __future__ import annotations
 
+import math
 import random
+import statistics
+import time
 from dataclasses import dataclass, field
 
-from qtune.data.formats import load_conversations
-from qtune.data.template import IGNORE_INDEX, check_turn_ends_with_eos, encode, resolve_template
+from qtune.data import cache
+from qtune.data.collate import PackedCollator, PadCollator
+from qtune.data.formats import Example, detect_format, to_example
+from qtune.data.packing import efficiency, pack_rows
+from qtune.data.sources import fingerprint, read_rows
+from qtune.data.masking import IGNORE_INDEX, encode_examples, turn_ends_with_eos
+from qtune.data.template import resolve_template
 from qtune.errors import QtuneError
+
+__all__ = ["Encoded", "PadCollator", "PackedCollator", "build_datasets", "collator_for", "refuse_training"]
 
 
 @dataclass
@@ -26,55 +48,153 @@ def split_eval(items: list, fraction: float, seed: int) -> tuple[list, list]:
     return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
 
 
-def build_datasets(data, tokenizer, seed: int) -> Encoded:
-    """Read, split, render and mask the recipe's data; drop rows that would train nothing."""
-    template = resolve_template(tokenizer, data.chat_template)
-    check_turn_ends_with_eos(tokenizer, template)
-    train_convs = [c for path in data.train for c in load_conversations(path, data.format)]
+def weighted(items: list, weight: float, rng: random.Random) -> list:
+    """``floor(weight)`` copies of ``items`` plus a random ``weight - floor(weight)`` share of them."""
+    whole = int(math.floor(weight))
+    extra = round((weight - whole) * len(items))
+    return items * whole + rng.sample(items, extra)
+
+
+def read_examples(source, field_name: str, default_format: str) -> tuple[list[Example], str]:
+    """Every example of one source and the format it was read as."""
+    rows = read_rows(source.path, field_name, source.split)
+    fmt = source.format or default_format
+    if fmt == "auto":
+        fmt = detect_format(*rows[0])
+    return [to_example(row, where, fmt) for row, where in rows], fmt
+
+
+def _cache_parts(data, tokenizer, template: str | None, seed: int) -> dict:
+    options = data.model_dump(mode="json", exclude={"train", "eval", "packing", "cache", "max_untrained_fraction"})
+    sources = [
+        {"content": fingerprint(s.path, f"data.train[{i}].path", s.split), **s.model_dump(exclude={"path"})}
+        for i, s in enumerate(data.train)
+    ]
+    held = data.eval and {"content": fingerprint(data.eval.path, "data.eval.path", data.eval.split), **data.eval.model_dump(exclude={"path"})}
+    return {"sources": sources, "eval": held, "options": options, "seed": seed,
+            "tokenizer": cache.tokenizer_fingerprint(tokenizer), "template": template}
+
+
+def _length_stats(lengths: list[int]) -> dict:
+    if not lengths:
+        return {"min": 0, "mean": 0.0, "median": 0.0, "p95": 0, "max": 0}
+    ordered = sorted(lengths)
+    return {"min": ordered[0], "mean": statistics.fmean(ordered), "median": statistics.median(ordered),
+            "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], "max": ordered[-1]}
+
+
+def encode_split(examples: list[Example], data, tokenizer, template: str | None) -> tuple[list[dict], dict]:
+    """Rows of one split and its counts: examples in, rows out, truncated, dropped, untrained."""
+    rows, truncated, too_long, untrained = [], 0, 0, 0
+    encoded = encode_examples(tokenizer, template, examples, data.max_length, train_on=data.train_on,
+                              truncation=data.truncation, system_prompt=data.system_prompt)
+    for out in encoded:
+        truncated += out.truncated
+        too_long += out.dropped_too_long
+        untrained += out.untrained
+        if not out.untrained:
+            rows.extend(out.rows)
+    lengths = [len(r["input_ids"]) for r in rows]
+    return rows, {
+        "examples": len(examples),
+        "rows": len(rows),
+        "truncated": truncated,
+        "dropped_too_long": too_long,
+        "untrained": untrained,
+        "tokens": sum(lengths),
+        "trained_tokens": sum(sum(l != IGNORE_INDEX for l in r["labels"]) for r in rows),
+        "length": _length_stats(lengths),
+    }
+
+
+def _tokenize(data, tokenizer, template_name: str, template: str, seed: int) -> tuple[dict[str, list[dict]], dict]:
+    rng = random.Random(seed)
+    per_source = []
+    formats = []
+    for i, s in enumerate(data.train):
+        examples, fmt = read_examples(s, f"data.train[{i}]", data.format)
+        per_source.append(examples)
+        formats.append(fmt)
     if data.eval:
-        eval_convs = load_conversations(data.eval, data.format)
+        eval_examples, eval_fmt = read_examples(data.eval, "data.eval", data.format)
+        formats.append(eval_fmt)
     else:
-        train_convs, eval_convs = split_eval(train_convs, data.eval_fraction, seed)
-    if data.max_examples:
-        train_convs = train_convs[: data.max_examples]
-    if data.max_eval_examples:
-        eval_convs = eval_convs[: data.max_eval_examples]
-    stats = {}
+        tagged = [(i, ex) for i, exs in enumerate(per_source) for ex in exs]
+        kept, held = split_eval(tagged, data.eval_fraction, seed)
+        per_source = [[ex for j, ex in kept if j == i] for i in range(len(per_source))]
+        eval_examples = [ex for _, ex in held]
+    train_examples = [ex for s, exs in zip(data.train, per_source) for ex in weighted(exs, s.weight, rng)]
+    rng.shuffle(train_examples)
+    train_examples = train_examples[: data.max_examples]
+    eval_examples = eval_examples[: data.max_eval_examples]
+    uses_chat = any(ex.is_chat for ex in train_examples + eval_examples)
+    if not uses_chat:
+        template_name, template = "none", None
+    splits, stats = {}, {}
+    for name, examples in (("train", train_examples), ("eval", eval_examples)):
+        splits[name], stats[name] = encode_split(examples, data, tokenizer, template)
+    stats["formats"] = formats
+    stats["template"] = template_name
+    stats["turn_ends_with_eos"] = turn_ends_with_eos(tokenizer, template) if uses_chat else None
+    return splits, stats
+
+
+def build_datasets(data, tokenizer, seed: int) -> Encoded:
+    """Read, split, weight, render, mask (and pack) the recipe's data; reuse the cache when nothing changed.
+
+    ``stats["cache"]`` is ``"hit"``, ``"miss"`` or ``"off"``; ``stats["load_s"]`` the seconds it took.
+    """
+    t0 = time.perf_counter()
+    template_name, template = resolve_template(tokenizer, data.chat_template)
+    path = cache.cache_path(cache.cache_key(_cache_parts(data, tokenizer, template, seed))) if data.cache else None
+    found = cache.load(path) if path is not None else None
+    if found is not None:
+        splits, stats = found
+        stats["cache"] = "hit"
+    else:
+        splits, stats = _tokenize(data, tokenizer, template_name, template, seed)
+        if path is not None:
+            cache.save(path, splits, stats)
+        stats["cache"] = "miss" if path is not None else "off"
+    stats["cache_path"] = str(path) if path is not None else None
+    train = splits["train"]
+    if data.packing:
+        packed = pack_rows(train, data.max_length)
+        stats["packing"] = {"rows": len(packed), "efficiency": efficiency(train, packed, data.max_length)}
+        train = packed
+    stats["load_s"] = time.perf_counter() - t0
+    return Encoded(train=train, eval=splits["eval"], stats=stats)
+
+
+def collator_for(data, pad_token_id: int):
+    """The training collator: packed rows carry position ids and no attention mask."""
+    return PackedCollator(pad_token_id) if data.packing else PadCollator(pad_token_id)
+
+
+def problems(encoded: Encoded, data, tokenizer) -> list[str]:
+    """Why training on ``encoded`` would be wrong, one line each (empty when it is fine)."""
     out = []
-    for name, convs in (("train", train_convs), ("eval", eval_convs)):
-        rows = [encode(tokenizer, template, c, data.max_length, data.system_prompt) for c in convs]
-        kept = [r for r in rows if any(l != IGNORE_INDEX for l in r["labels"])]
-        stats[name] = {
-            "examples": len(kept),
-            "truncated": sum(r["truncated"] for r in rows),
-            "dropped_no_trained_token": len(rows) - len(kept),
-            "tokens": sum(len(r["input_ids"]) for r in kept),
-            "trained_tokens": sum(sum(l != IGNORE_INDEX for l in r["labels"]) for r in kept),
-        }
-        out.append([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in kept])
-    if not out[0]:
-        raise QtuneError("data.train: no example has a trained (assistant) token; check data.format and the files")
-    return Encoded(train=out[0], eval=out[1], stats=stats)
+    s = encoded.stats
+    if s.get("turn_ends_with_eos") is False:
+        out.append(
+            f"data.chat_template: an assistant turn of template '{s['template']}' does not end with the tokenizer's EOS "
+            f"({tokenizer.eos_token!r}), so the model would not learn to stop; pick a template that ends turns with it"
+        )
+    for name in ("train", "eval"):
+        split = s[name]
+        if split["examples"] and split["untrained"] / split["examples"] > data.max_untrained_fraction:
+            out.append(
+                f"data.{name}: {split['untrained']} of {split['examples']} examples have no trained token "
+                f"({split['untrained'] / split['examples']:.1%} > data.max_untrained_fraction {data.max_untrained_fraction:.1%}); "
+                f"check data.format, data.train_on and that conversations end with an assistant turn"
+            )
+    if not encoded.train:
+        out.append("data.train: no example is left to train on (see the counts from qtune data inspect)")
+    return out
 
 
-class PadCollator:
-    """Right-pads ``input_ids`` with the pad token and ``labels`` with ``IGNORE_INDEX``."""
-
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 8):
-        self.pad_token_id = pad_token_id
-        self.multiple = pad_to_multiple_of
-
-    def __call__(self, rows: list[dict]) -> dict:
-        import torch
-
-        longest = max(len(r["input_ids"]) for r in rows)
-        longest = -(-longest // self.multiple) * self.multiple
-        ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(rows), longest), dtype=torch.long)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            ids[i, :n] = torch.tensor(r["input_ids"])
-            labels[i, :n] = torch.tensor(r["labels"])
-            mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+def refuse_training(encoded: Encoded, data, tokenizer) -> None:
+    """Raise one QtuneError listing every problem :func:`problems` finds."""
+    found = problems(encoded, data, tokenizer)
+    if found:
+        raise QtuneError(found[0], lines=found)

@@ -1,88 +1,126 @@
-"""Reading training examples and turning each into a list of chat messages.
+"""Data formats: what a row looks like, and how it becomes an :class:`Example`.
 
-Every format ends as ``[{"role": ..., "content": ...}, ...]`` so one chat-template path renders
-them all. Formats are registered in :data:`FORMATS`; ``auto`` picks the first whose columns match.
+Two kinds of example come out:
+
+* ``chat``: a list of ``{"role", "content"}`` messages, rendered later with the chat template;
+  loss goes on the assistant turns. Formats ``chat`` (OpenAI ``messages``), ``sharegpt``
+  (``conversations`` of ``{from, value}``) and ``instruction`` (alpaca) give this kind.
+* ``raw``: text segments with a trained flag, tokenized as they are and closed with EOS, no
+  template. ``prompt_completion`` (loss on the completion) and ``text`` (continued pre-training,
+  loss on every token) give this kind. A ``prompt_completion`` row whose fields are message lists
+  is a chat example instead (prompt messages, then completion messages).
+
+Formats are registered in :data:`FORMATS`; ``auto`` picks the single format whose columns a row
+has (a ``text`` column beside another format's columns is ignored: alpaca dumps carry one), and
+refuses when none or several match.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 from qtune.errors import QtuneError
 
 Messages = list[dict[str, str]]
 ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
-def _from_instruction(row: dict, where: str) -> Messages:
-    prompt = row["instruction"]
-    if row.get("input"):
-        prompt = f"{prompt}\n\n{row['input']}"
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]
+@dataclass
+class Example:
+    """``messages`` for a chat example, or ``segments`` [(text, trained)] for a raw one."""
+
+    messages: Messages | None = None
+    segments: list[tuple[str, bool]] | None = None
+
+    @property
+    def is_chat(self) -> bool:
+        return self.messages is not None
 
 
-def _from_chat(row: dict, where: str) -> Messages:
-    messages = row["messages"]
+def _text(value, where: str, column: str) -> str:
+    if value is None:
+        raise QtuneError(f"{where}: column '{column}' is empty")
+    if not isinstance(value, str):
+        raise QtuneError(f"{where}: column '{column}' must be text, got {type(value).__name__}")
+    return value
+
+
+def _checked_messages(messages, where: str, column: str, role_key: str, content_key: str, roles: dict[str, str]) -> Messages:
     if not isinstance(messages, list) or not messages:
-        raise QtuneError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
+        raise QtuneError(f"{where}: '{column}' must be a non-empty list of {{{role_key}, {content_key}}} objects")
     out = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise QtuneError(f"{where}: messages[{i}] needs 'role' and 'content' (found {sorted(m) if isinstance(m, dict) else m!r})")
-        if m["role"] not in ROLES:
-            raise QtuneError(f"{where}: messages[{i}].role '{m['role']}' is not one of {', '.join(ROLES)}")
-        out.append({"role": m["role"], "content": str(m["content"])})
-    if not any(m["role"] == "assistant" for m in out):
-        raise QtuneError(f"{where}: the conversation has no assistant message, so nothing would be trained")
+        if not isinstance(m, dict) or role_key not in m or content_key not in m:
+            found = sorted(m) if isinstance(m, dict) else repr(m)
+            raise QtuneError(f"{where}: {column}[{i}] needs '{role_key}' and '{content_key}' (found {found})")
+        if m[role_key] not in roles:
+            raise QtuneError(f"{where}: {column}[{i}].{role_key} '{m[role_key]}' is not a known role (allowed: {', '.join(roles)})")
+        out.append({"role": roles[m[role_key]], "content": "" if m[content_key] is None else str(m[content_key])})
     return out
 
 
-# format name -> (columns that must be present, converter)
-FORMATS: dict[str, tuple[tuple[str, ...], Callable[[dict, str], Messages]]] = {
+def _from_chat(row: dict, where: str) -> Example:
+    return Example(messages=_checked_messages(row["messages"], where, "messages", "role", "content", {r: r for r in ROLES}))
+
+
+def _from_sharegpt(row: dict, where: str) -> Example:
+    return Example(messages=_checked_messages(row["conversations"], where, "conversations", "from", "value", SHAREGPT_ROLES))
+
+
+def _from_instruction(row: dict, where: str) -> Example:
+    prompt = _text(row["instruction"], where, "instruction")
+    if row.get("input"):
+        prompt = f"{prompt}\n\n{_text(row['input'], where, 'input')}"
+    return Example(messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": _text(row["output"], where, "output")}])
+
+
+def _from_prompt_completion(row: dict, where: str) -> Example:
+    prompt, completion = row["prompt"], row["completion"]
+    if isinstance(prompt, list) and isinstance(completion, list):
+        roles = {r: r for r in ROLES}
+        return Example(messages=_checked_messages(prompt, where, "prompt", "role", "content", roles)
+                       + _checked_messages(completion, where, "completion", "role", "content", roles))
+    return Example(segments=[(_text(prompt, where, "prompt"), False), (_text(completion, where, "completion"), True)])
+
+
+def _from_text(row: dict, where: str) -> Example:
+    return Example(segments=[(_text(row["text"], where, "text"), True)])
+
+
+# format name -> (columns a row must have, converter)
+FORMATS: dict[str, tuple[tuple[str, ...], Callable[[dict, str], Example]]] = {
     "chat": (("messages",), _from_chat),
+    "sharegpt": (("conversations",), _from_sharegpt),
     "instruction": (("instruction", "output"), _from_instruction),
+    "prompt_completion": (("prompt", "completion"), _from_prompt_completion),
+    "text": (("text",), _from_text),
 }
 
 
+def _expected() -> str:
+    return "; ".join(f"{n}: {', '.join(c)}" for n, (c, _) in FORMATS.items())
+
+
 def detect_format(row: dict, where: str) -> str:
-    for name, (columns, _) in FORMATS.items():
-        if all(c in row for c in columns):
-            return name
-    expected = "; ".join(f"{n}: {', '.join(c)}" for n, (c, _) in FORMATS.items())
-    raise QtuneError(f"{where}: cannot tell the data format from columns {sorted(row)} (expected {expected}); set data.format")
+    """The one format whose columns ``row`` has; an error when none or several match."""
+    matches = [name for name, (columns, _) in FORMATS.items() if all(c in row for c in columns)]
+    if len(matches) > 1 and "text" in matches:  # alpaca dumps carry a rendered 'text' beside their columns
+        matches.remove("text")
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise QtuneError(f"{where}: cannot tell the data format from columns {', '.join(sorted(row))} (expected {_expected()}); set data.format")
+    raise QtuneError(f"{where}: columns {', '.join(sorted(row))} fit several formats ({', '.join(matches)}); set data.format")
 
 
-def read_jsonl(path: str | Path) -> list[tuple[dict, str]]:
-    """Rows of a JSONL file with their ``file:line`` for error messages."""
-    path = Path(path)
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise QtuneError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise QtuneError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
-            rows.append((row, where))
-    if not rows:
-        raise QtuneError(f"{path}: the file holds no examples")
-    return rows
-
-
-def load_conversations(path: str | Path, fmt: str = "auto") -> list[Messages]:
-    rows = read_jsonl(path)
-    out = []
-    for row, where in rows:
-        name = detect_format(row, where) if fmt == "auto" else fmt
-        columns, convert = FORMATS[name]
-        missing = [c for c in columns if c not in row]
-        if missing:
-            raise QtuneError(f"{where}: format '{name}' needs columns {', '.join(columns)}; missing {', '.join(missing)} (found {', '.join(sorted(row))})")
-        out.append(convert(row, where))
-    return out
+def to_example(row: dict, where: str, fmt: str) -> Example:
+    columns, convert = FORMATS[fmt]
+    missing = [c for c in columns if c not in row]
+    if missing:
+        raise QtuneError(
+            f"{where}: format '{fmt}' needs columns {', '.join(columns)}; missing {', '.join(missing)} "
+            f"(found {', '.join(sorted(row)) or 'none'})"
+        )
+    return convert(row, where)

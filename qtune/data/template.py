@@ -1,18 +1,21 @@
-"""Chat templates and loss masking.
+"""Chat templates: which one, rendering, and where each assistant turn lies in the rendered text.
 
-A conversation is rendered once with the chat template into text, tokenized with character
-offsets, and a token is trained (its label kept) only if it overlaps an assistant turn: from
-the first character of the assistant's content through the end-of-turn token that closes it.
-Turn spans come from rendering prefixes of the conversation, which works for any template whose
-render of ``messages[:i]`` is a prefix of the render of ``messages`` (checked, not assumed).
+A chat example is rendered once with the chat template into text. An assistant turn's span runs
+from the first character of its content through the tokenizer's EOS that closes the turn (what
+the template prints after EOS, e.g. a newline, is left out by the masking). Turn spans come from one
+render with placeholder contents (:func:`spans_by_placeholder`, verified to rebuild the real
+render exactly), else from rendering prefixes (:func:`spans_by_prefix`: turn i starts at
+``len(render(messages[:i], add_generation_prompt=True))`` and ends at
+``len(render(messages[:i+1]))``, which holds for any template whose render of a prefix is a
+prefix of the full render; checked, not assumed).
+
+Tokenizing, masking and truncation on top of these spans live in :mod:`qtune.data.masking`.
 """
 
 from __future__ import annotations
 
 from qtune.data.formats import Messages
 from qtune.errors import QtuneError
-
-IGNORE_INDEX = -100
 
 # Named fallbacks for tokenizers that ship without a template.
 NAMED_TEMPLATES = {
@@ -21,69 +24,87 @@ NAMED_TEMPLATES = {
         "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
     ),
 }
+FALLBACK_TEMPLATE = "chatml"
 
 
-def resolve_template(tokenizer, choice: str) -> str:
-    if choice == "tokenizer":
-        if not tokenizer.chat_template:
+def resolve_template(tokenizer, choice: str) -> tuple[str, str]:
+    """``(name, jinja source)`` of the template ``data.chat_template`` picks (``auto``: the tokenizer's, else chatml)."""
+    if choice in ("auto", "tokenizer"):
+        if tokenizer.chat_template:
+            return "tokenizer", tokenizer.chat_template
+        if choice == "tokenizer":
             raise QtuneError(
-                f"data.chat_template: the tokenizer has no chat template; name one of {', '.join(NAMED_TEMPLATES)}"
+                f"data.chat_template: the tokenizer has no chat template; name one of {', '.join(NAMED_TEMPLATES)} or use auto"
             )
-        return tokenizer.chat_template
-    return NAMED_TEMPLATES[choice]
+        return FALLBACK_TEMPLATE, NAMED_TEMPLATES[FALLBACK_TEMPLATE]
+    return choice, NAMED_TEMPLATES[choice]
 
 
-def render(tokenizer, template: str, messages: Messages, add_generation_prompt: bool = False) -> str:
+def render(tokenizer, template: str, conversations: list[Messages], add_generation_prompt: bool = False) -> list[str]:
+    """Render several conversations in one call (the per-call overhead dominates for short chats)."""
     return tokenizer.apply_chat_template(
-        messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
+        conversations, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
     )
+
+
+def spans_by_prefix(tokenizer, template: str, messages: Messages, text: str) -> list[tuple[int, int]]:
+    """Assistant turn i spans ``len(render(messages[:i], add_generation_prompt=True))`` to ``len(render(messages[:i+1]))``.
+
+    Any template that renders prefix by prefix; costs O(turns^2) message renders.
+    """
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if not turns:
+        return []
+    heads = render(tokenizer, template, [messages[:i] for i in turns], add_generation_prompt=True)
+    upto = render(tokenizer, template, [messages[: i + 1] for i in turns])
+    spans = []
+    for head, full in zip(heads, upto):
+        if not text.startswith(full) or len(head) > len(full):
+            raise QtuneError("data.chat_template: the template does not render conversations prefix by prefix, so turns cannot be masked")
+        spans.append((len(head), len(full)))
+    return spans
+
+
+def spans_by_placeholder(tokenizer, template: str, messages: Messages, text: str) -> list[tuple[int, int]] | None:
+    """One render with each content replaced by a unique placeholder; None when that cannot be trusted.
+
+    Putting the contents back into the placeholder render must give ``text`` exactly (a template
+    that trims or inspects content fails that, and the caller falls back to :func:`spans_by_prefix`).
+    An assistant span runs from its content's first character through the first EOS text after
+    it, if one comes before the next message's content.
+    """
+    marks = [f"\ue000{k}\ue001" for k in range(len(messages))]
+    if any("\ue000" in m["content"] for m in messages):
+        return None
+    (skeleton,) = render(tokenizer, template, [[{**m, "content": mark} for m, mark in zip(messages, marks)]])
+    pieces, starts, ends, pos, length = [], [], [], 0, 0
+    for m, mark in zip(messages, marks):
+        j = skeleton.find(mark, pos)
+        if j < 0 or skeleton.find(mark, j + 1) >= 0:
+            return None
+        pieces += [skeleton[pos:j], m["content"]]
+        starts.append(length + j - pos)
+        length += j - pos + len(m["content"])
+        ends.append(length)
+        pos = j + len(mark)
+    pieces.append(skeleton[pos:])
+    if "".join(pieces) != text:
+        return None
+    eos = tokenizer.eos_token or "\ue000"
+    spans = []
+    for k, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        limit = starts[k + 1] if k + 1 < len(messages) else len(text)
+        e = text.find(eos, ends[k], limit)
+        spans.append((starts[k], e + len(eos) if e >= 0 else ends[k]))
+    return spans
 
 
 def assistant_spans(tokenizer, template: str, messages: Messages) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the character span of each assistant turn (content through end of turn)."""
-    text = render(tokenizer, template, messages)
-    spans = []
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        start = len(render(tokenizer, template, messages[:i], add_generation_prompt=True))
-        end = len(render(tokenizer, template, messages[: i + 1]))
-        if text[:end] != render(tokenizer, template, messages[: i + 1]) or start > end:
-            raise QtuneError("data.chat_template: the template does not render conversations prefix by prefix, so turns cannot be masked")
-        spans.append((start, end))
-    return text, spans
+    (text,) = render(tokenizer, template, [messages])
+    spans = spans_by_placeholder(tokenizer, template, messages, text)
+    return text, spans if spans is not None else spans_by_prefix(tokenizer, template, messages, text)
 
 
-def encode(tokenizer, template: str, messages: Messages, max_length: int, system_prompt: str | None = None) -> dict:
-    """Token ids and labels (``IGNORE_INDEX`` outside assistant turns), cut to ``max_length``.
-
-    Within a turn's span the labels stop at the tokenizer's EOS, so the model learns to end its
-    turn but not the separator the template prints after it.
-    """
-    if system_prompt is not None and messages[0]["role"] != "system":
-        messages = [{"role": "system", "content": system_prompt}, *messages]
-    text, spans = assistant_spans(tokenizer, template, messages)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    labels = [IGNORE_INDEX] * len(ids)
-    eos = tokenizer.eos_token_id
-    for start, end in spans:
-        inside = [k for k, (a, b) in enumerate(offsets) if a < end and b > start]
-        if eos in (ids[k] for k in inside):
-            last_eos = max(k for k in inside if ids[k] == eos)
-            inside = [k for k in inside if k <= last_eos]
-        for k in inside:
-            labels[k] = ids[k]
-    return {"input_ids": ids[:max_length], "labels": labels[:max_length], "truncated": len(ids) > max_length}
-
-
-def check_turn_ends_with_eos(tokenizer, template: str) -> None:
-    """Refuse a template whose assistant turn does not end in the tokenizer's EOS (the model would never stop)."""
-    probe = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong"}]
-    out = encode(tokenizer, template, probe, max_length=10_000)
-    trained = [t for t, l in zip(out["input_ids"], out["labels"]) if l != IGNORE_INDEX]
-    if not trained or trained[-1] != tokenizer.eos_token_id:
-        raise QtuneError(
-            f"data.chat_template: an assistant turn does not end with the tokenizer's EOS "
-            f"({tokenizer.eos_token!r}), so the model would not learn to stop; pick a template that ends turns with it"
-        )

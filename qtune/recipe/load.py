@@ -50,9 +50,9 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise RecipeError(f"{path}: {len(errors)} error(s)", lines=errors)
     recipe = resolve_paths(recipe, path.parent)
     missing = [
-        f"data.{field}: no such file '{p}' (looked in ./ and {path.parent}/)"
-        for field, p in [(f"train[{i}]", p) for i, p in enumerate(recipe.data.train)] + [("eval", recipe.data.eval)]
-        if p is not None and not Path(p).exists()
+        f"data.{field}.path: no such file or folder '{s.path}' (looked in ./ and {path.parent}/)"
+        for field, s in [(f"train[{i}]", s) for i, s in enumerate(recipe.data.train)] + [("eval", recipe.data.eval)]
+        if s is not None and not s.path.startswith("hf:") and not Path(s.path).exists()
     ]
     if missing:
         raise RecipeError(f"{path}: {len(missing)} error(s)", lines=missing)
@@ -81,16 +81,16 @@ def apply_override(raw: dict, item: str) -> None:
 def resolve_paths(recipe: Recipe, base: Path) -> Recipe:
     """Make data paths relative to the recipe's folder absolute when they exist there."""
 
-    def resolve(p: str) -> str:
-        candidate = Path(p).expanduser()
-        if candidate.is_absolute() or candidate.exists():
-            return str(candidate)
+    def resolve(source):
+        candidate = Path(source.path).expanduser()
+        if source.path.startswith("hf:") or candidate.is_absolute() or candidate.exists():
+            return source.model_copy(update={"path": source.path if source.path.startswith("hf:") else str(candidate)})
         beside = base / candidate
-        return str(beside.resolve()) if beside.exists() else p
+        return source.model_copy(update={"path": str(beside.resolve())}) if beside.exists() else source
 
     data = recipe.data.model_copy(
         update={
-            "train": [resolve(p) for p in recipe.data.train],
+            "train": [resolve(s) for s in recipe.data.train],
             "eval": resolve(recipe.data.eval) if recipe.data.eval else None,
         }
     )

@@ -14,8 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 DType = Literal["bfloat16", "float16", "float32", "auto"]
 ComputeDType = Literal["bfloat16", "float16", "float32"]
 QuantMethod = Literal["nf4", "fp4", "int8", "none"]
-DataFormat = Literal["auto", "instruction", "chat"]
-ChatTemplate = Literal["tokenizer", "chatml"]
+# Keep in step with qtune.data.formats.FORMATS and qtune.data.template.NAMED_TEMPLATES (a test checks it).
+DataFormat = Literal["auto", "chat", "sharegpt", "instruction", "prompt_completion", "text"]
+ChatTemplate = Literal["auto", "tokenizer", "chatml"]
+TrainOn = Literal["assistant", "last_assistant", "all"]
+Truncation = Literal["left", "drop"]
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 # Names are transformers' ``optim`` values; paged 8-bit AdamW is the QLoRA paper's optimizer.
 Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"]
@@ -63,21 +66,45 @@ class LoraSection(Section):
         return self.alpha / (self.rank**0.5 if self.rslora else self.rank)
 
 
+class DataSource(Section):
+    """One training source: a local file or folder (jsonl/json/parquet/csv), or ``hf:<dataset id>``."""
+
+    path: str = Field(description="file, folder, or hf:<org/name> for a Hub dataset")
+    weight: float = Field(1.0, gt=0, description="rows are repeated (>1) or subsampled (<1) by this factor")
+    format: Optional[DataFormat] = Field(None, description="overrides data.format for this source")
+    split: str = Field("train", description="split of a Hub dataset")
+
+
 class DataSection(Section):
-    train: list[str] = Field(min_length=1, description="JSONL files, relative to the recipe")
-    eval: Optional[str] = None
+    train: list[DataSource] = Field(min_length=1, description="sources, relative to the recipe; a plain string is a path")
+    eval: Optional[DataSource] = Field(None, description="held-out file; else data.eval_fraction of train")
     eval_fraction: float = Field(0.05, ge=0, lt=1)
     format: DataFormat = "auto"
-    chat_template: ChatTemplate = "tokenizer"
+    chat_template: ChatTemplate = Field("auto", description="auto: the tokenizer's own, else chatml")
     system_prompt: Optional[str] = None
+    train_on: TrainOn = Field("assistant", description="tokens with a loss: every assistant turn, the last one, or all")
     max_length: int = Field(512, ge=8)
+    truncation: Truncation = Field(
+        "left", description="left: cut the oldest tokens, never the last response; drop: drop rows that do not fit"
+    )
+    packing: bool = Field(False, description="pack short examples into max_length rows (attention never crosses examples)")
+    max_untrained_fraction: float = Field(
+        0.05, ge=0, le=1, description="train refuses when more rows than this share have no trained token"
+    )
+    cache: bool = Field(True, description="reuse tokenized data from QTUNE_CACHE (~/.cache/qtune) when nothing changed")
     max_examples: Optional[int] = Field(None, ge=1)
     max_eval_examples: Optional[int] = Field(None, ge=1)
 
     @field_validator("train", mode="before")
     @classmethod
     def _one_or_many(cls, v):
-        return [v] if isinstance(v, str) else v
+        v = [v] if isinstance(v, (str, dict)) else v
+        return [{"path": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
+
+    @field_validator("eval", mode="before")
+    @classmethod
+    def _path_or_source(cls, v):
+        return {"path": v} if isinstance(v, str) else v
 
 
 class TrainSection(Section):

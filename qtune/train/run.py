@@ -90,7 +90,8 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     from transformers import set_seed
 
     from qtune import tracking
-    from qtune.data.dataset import build_datasets
+    from qtune.data.dataset import build_datasets, refuse_training
+    from qtune.data.packing import prepare_model
     from qtune.models.load import attach_lora, load_base_model, load_tokenizer, resolve_device
     from qtune.train.plot import plot_loss
 
@@ -105,14 +106,18 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
 
     tokenizer = load_tokenizer(recipe.model)
     data = build_datasets(recipe.data, tokenizer, recipe.train.seed)
-    say(f"data: {data.stats['train']['examples']} train / {data.stats['eval']['examples']} eval examples, "
-        f"{data.stats['train']['trained_tokens']} trained tokens per epoch")
+    say(f"data: {data.stats['train']['rows']} train / {data.stats['eval']['rows']} eval rows, "
+        f"{data.stats['train']['trained_tokens']} trained tokens per epoch (cache {data.stats['cache']}, {data.stats['load_s']:.1f}s)"
+        + (f", packed into {data.stats['packing']['rows']} rows" if recipe.data.packing else ""))
+    refuse_training(data, recipe.data, tokenizer)
     if not data.eval:
         raise QtuneError("data.eval: the eval split is empty; set data.eval to a file or data.eval_fraction > 0")
 
     base = load_base_model(recipe.model, recipe.quant, device)
     model = attach_lora(base, recipe.lora, quantized=recipe.quant.method != "none",
                         gradient_checkpointing=recipe.train.gradient_checkpointing)
+    if recipe.data.packing:
+        prepare_model(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     say(f"model: {recipe.model.path} ({recipe.quant.method}) on {device}, {trainable:,} trainable LoRA parameters")
 
@@ -155,7 +160,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
 def _build_trainer(recipe: Recipe, model, data, tokenizer, run: Path, device: str, report_to: list[str], probe):
     from transformers import PrinterCallback
 
-    from qtune.data.dataset import PadCollator
+    from qtune.data.dataset import collator_for
     from qtune.train.callbacks import MetricsCallback, RichProgressCallback
     from qtune.train.trainer import QtuneTrainer
 
@@ -165,7 +170,7 @@ def _build_trainer(recipe: Recipe, model, data, tokenizer, run: Path, device: st
         args=training_arguments(recipe, run, device, report_to),
         train_dataset=data.train,
         eval_dataset=data.eval,
-        data_collator=PadCollator(tokenizer.pad_token_id),
+        data_collator=collator_for(recipe.data, tokenizer.pad_token_id),
         callbacks=[metrics, RichProgressCallback(metrics, probe)],
         eval_rows=data.eval,
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from transformers import Trainer
 
+from qtune.data.collate import PadCollator, real_tokens
 from qtune.eval.loss import mean_token_nll
 
 
@@ -22,13 +23,21 @@ class QtuneTrainer(Trainer):
         """Token-weighted mean NLL over the eval split (see :mod:`qtune.eval.loss`), logged as ``eval_loss``."""
         start = time.perf_counter()
         loss = mean_token_nll(
-            self.model, self.eval_rows, self.data_collator, batch_size=self.args.per_device_eval_batch_size
+            self.model, self.eval_rows, PadCollator(self.data_collator.pad_token_id),
+            batch_size=self.args.per_device_eval_batch_size,
         )
         self.eval_seconds += time.perf_counter() - start
         metrics = {f"{metric_key_prefix}_loss": loss}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def _track_num_input_tokens(self, inputs) -> None:
+        """Count real tokens; a packed batch has no attention_mask, so Trainer alone would count its padding."""
+        if self.args.include_num_input_tokens_seen == "non_padding":
+            self.state.num_input_tokens_seen += real_tokens(inputs)
+            return
+        super()._track_num_input_tokens(inputs)
 
     def _save_checkpoint(self, model, trial) -> None:
         """Write ``checkpoint-N`` under a staging folder, then rename it into place when complete."""

@@ -1,0 +1,127 @@
+"""Reading raw rows from a data source: local jsonl/json/parquet/csv files, folders of them, Hub datasets.
+
+Every row comes back with ``where`` (``file:line`` or ``file[row]``) so a later error can point at
+it. :func:`fingerprint` names a source's exact content for the preprocessing cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable, Iterator
+
+from qtune.errors import QtuneError, missing_dependency
+
+Row = tuple[dict, str]  # (row, where)
+HUB_PREFIX = "hf:"
+
+
+def _jsonl(path: Path) -> Iterator[Row]:
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise QtuneError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise QtuneError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
+            yield row, where
+
+
+def _json(path: Path) -> Iterator[Row]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise QtuneError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise QtuneError(f"{path}: a .json data file holds a list of row objects (or {{\"data\": [...]}}), got {type(data).__name__}")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise QtuneError(f"{path}[{i}]: each row must be a JSON object, got {type(row).__name__}")
+        yield row, f"{path}[{i}]"
+
+
+def _table(reader: str) -> Callable[[Path], Iterator[Row]]:
+    def read(path: Path) -> Iterator[Row]:
+        import pandas as pd
+
+        try:
+            frame = getattr(pd, reader)(path)
+        except Exception as e:  # pandas/pyarrow raise many types for a corrupt file
+            raise QtuneError(f"{path}: cannot read as {path.suffix[1:]} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        for i, row in enumerate(frame.to_dict(orient="records")):
+            yield {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in row.items()}, f"{path}[{i}]"
+
+    return read
+
+
+# file suffix -> reader
+READERS: dict[str, Callable[[Path], Iterator[Row]]] = {
+    ".jsonl": _jsonl,
+    ".json": _json,
+    ".parquet": _table("read_parquet"),
+    ".csv": _table("read_csv"),
+}
+
+
+def files_of(path: str | Path, field: str) -> list[Path]:
+    """The data files a source names: the file itself, or every readable file in a folder (sorted)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in READERS)
+        if not files:
+            raise QtuneError(f"{field}: folder '{path}' holds no {', '.join(READERS)} files")
+        return files
+    if not path.is_file():
+        raise QtuneError(f"{field}: no such file or folder '{path}'")
+    if path.suffix not in READERS:
+        raise QtuneError(f"{field}: cannot read '{path.name}' (allowed suffixes: {', '.join(READERS)})")
+    return [path]
+
+
+def _hub_dataset(name: str, split: str, field: str):
+    try:
+        import datasets
+    except ImportError:
+        raise missing_dependency(f"{field}: Hub dataset '{name}'", "datasets") from None
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # offline, unknown id, unknown split: all end the same way for the user
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise QtuneError(
+            f"{field}: cannot load Hub dataset '{name}' split '{split}' ({first[:200]}); "
+            f"offline? save it as a local jsonl/parquet file and point the recipe at it"
+        ) from None
+    return ds
+
+
+def read_rows(path: str, field: str, split: str = "train") -> list[Row]:
+    """Every row of one source, each with its ``where``; an empty source is an error."""
+    if path.startswith(HUB_PREFIX):
+        name = path[len(HUB_PREFIX):]
+        rows = [(row, f"{path}[{split}][{i}]") for i, row in enumerate(_hub_dataset(name, split, field))]
+    else:
+        rows = [r for f in files_of(path, field) for r in READERS[f.suffix](f)]
+    if not rows:
+        raise QtuneError(f"{field}: '{path}' holds no examples")
+    return rows
+
+
+def fingerprint(path: str, field: str, split: str = "train") -> str:
+    """sha256 over the content of every file of a source (a Hub source: its ``datasets`` fingerprint)."""
+    h = hashlib.sha256()
+    if path.startswith(HUB_PREFIX):
+        h.update(_hub_dataset(path[len(HUB_PREFIX):], split, field)._fingerprint.encode())
+        return h.hexdigest()
+    for f in files_of(path, field):
+        h.update(f.name.encode() + b"\0")
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()

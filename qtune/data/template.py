@@ -17,11 +17,13 @@ from __future__ import annotations
 from qtune.data.formats import Messages
 from qtune.errors import QtuneError
 
-# Named fallbacks for tokenizers that ship without a template.
+# Named fallbacks for tokenizers that ship without a template. ChatML's turns end with the
+# tokenizer's own EOS (``<|im_end|>`` where that is the EOS, ``</s>`` for Llama-2), so a base model
+# learns to stop without new special tokens.
 NAMED_TEMPLATES = {
     "chatml": (
         "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-        "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+        "eos_token + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
     ),
 }
 FALLBACK_TEMPLATE = "chatml"

@@ -16,7 +16,7 @@ RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
 def test_every_shipped_recipe_validates(path):
     recipe = load_recipe(path)
-    assert all(Path(p).is_file() for p in recipe.data.train)
+    assert all(Path(s.path).is_file() for s in recipe.data.train)
 
 
 def test_recipes_folder_has_the_three_promised_recipes():

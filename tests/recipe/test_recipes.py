@@ -64,7 +64,7 @@ def test_missing_data_file_names_the_field(tmp_path):
     bad = tmp_path / "r.yaml"
     bad.write_text("model: {path: smollm2-135m-instruct}\ndata: {train: [nope.jsonl]}\n")
     (line,) = errors_of(bad)
-    assert line.startswith("data.train[0]: no such file 'nope.jsonl'")
+    assert line.startswith("data.train[0].path: no such file or folder 'nope.jsonl'")
 
 
 def test_yaml_is_loaded_safely(tmp_path):

@@ -13,43 +13,38 @@ class MetricsCallback(TrainerCallback):
     """Appends one JSON object per log event: step, loss, lr, tokens_per_s (and eval_loss when evaluated).
 
     tokens/s counts non-padding input tokens (``state.num_input_tokens_seen``) over the wall time
-    since the previous training log, so it excludes time spent evaluating.
+    since the previous training log, less the time spent evaluating in between (``eval_clock``
+    returns the seconds spent in evaluation so far).
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, eval_clock=lambda: 0.0):
         self.path = path
+        self.eval_clock = eval_clock
         self.last_time: float | None = None
+        self.last_eval_s = 0.0
         self.last_tokens = 0
-        self.paused = 0.0
         self.latest: dict = {}
         self.tokens_at_start = 0  # a resumed run starts with the tokens of its checkpoint
 
     def on_train_begin(self, args, state, control, **kw):
-        self.last_time, self.last_tokens = time.perf_counter(), state.num_input_tokens_seen
-        self.tokens_at_start = state.num_input_tokens_seen
-
-    def on_evaluate(self, args, state, control, **kw):
-        self.paused = time.perf_counter()
+        self.last_time, self.last_eval_s = time.perf_counter(), self.eval_clock()
+        self.last_tokens = self.tokens_at_start = state.num_input_tokens_seen
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = logs or {}
         record: dict = {"step": state.global_step}
         if "loss" in logs:
-            now = time.perf_counter()
-            tokens = state.num_input_tokens_seen
-            elapsed = now - (self.last_time or now)
+            now, eval_s, tokens = time.perf_counter(), self.eval_clock(), state.num_input_tokens_seen
+            elapsed = now - (self.last_time or now) - (eval_s - self.last_eval_s)
             record.update(
                 loss=logs["loss"],
                 lr=logs.get("learning_rate"),
                 grad_norm=logs.get("grad_norm"),
                 tokens_per_s=(tokens - self.last_tokens) / elapsed if elapsed > 0 else None,
             )
-            self.last_time, self.last_tokens = now, tokens
+            self.last_time, self.last_eval_s, self.last_tokens = now, eval_s, tokens
         if "eval_loss" in logs:
             record["eval_loss"] = logs["eval_loss"]
-            if self.last_time is not None and self.paused:
-                self.last_time += time.perf_counter() - self.paused  # evaluation is not training time
-                self.paused = 0.0
         if len(record) > 1:
             self.latest.update(record)
             with self.path.open("a", encoding="utf-8") as f:

@@ -175,5 +175,6 @@ def _build_trainer(recipe: Recipe, model, data, tokenizer, run: Path, device: st
         eval_rows=data.eval,
     )
     trainer.remove_callback(PrinterCallback)  # the rich bar and metrics.jsonl replace its raw dict prints
+    metrics.eval_clock = lambda: trainer.eval_seconds
     trainer.metrics_log = metrics
     return trainer

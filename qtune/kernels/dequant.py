@@ -1,0 +1,108 @@
+"""4-bit dequantization: a Triton kernel and, beside it, the pure-torch reference (the CPU path).
+
+Both compute, for every flat index ``i < n`` of the weight (see :mod:`qtune.kernels.storage`),
+
+    q_i      = packed[i // 2] >> 4        if i is even
+               packed[i // 2] & 0xF       if i is odd
+    scale_b  = absmax[b]                                          (plain)
+             = code2[absmax[b]] * absmax2[b // blocksize2] + offset   (double quant)
+    W.flat[i] = (code[q_i] * scale_{i // blocksize}).to(dtype)
+
+in fp32, so the result equals ``bitsandbytes.functional.dequantize_4bit`` bit for bit. The Triton
+kernel does it in one pass: each program reads ``BLOCK / 2`` bytes, decodes both nibbles, looks up
+the (nested) absmax and writes ``BLOCK`` interleaved values of the output dtype. Any blocksize works
+(a block boundary never splits a byte because blocksizes are even), and so does an ``n`` that is not
+a multiple of the blocksize or of ``BLOCK``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from qtune.kernels.storage import Packed4bit
+
+OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def absmax_fp32(w: Packed4bit) -> torch.Tensor:
+    """The per-block scales as fp32 ``(n_blocks,)``, undoing double quantization if present."""
+    if not w.nested:
+        return w.absmax
+    b = torch.arange(w.absmax.numel(), device=w.device)
+    return w.code2[w.absmax.long()] * w.absmax2[b // w.blocksize2] + w.offset
+
+
+def dequantize_reference(w: Packed4bit, dtype: torch.dtype) -> torch.Tensor:
+    """Pure torch, any device: the definition above written out; returns ``shape`` in ``dtype``."""
+    n = w.numel
+    q = torch.stack((w.packed >> 4, w.packed & 0xF), dim=-1).reshape(-1)[:n].long()  # (n,)
+    values = w.code[q]  # fp32 (n,)
+    scale = absmax_fp32(w).repeat_interleave(w.blocksize)[:n]  # fp32 (n,)
+    return (values * scale).reshape(w.shape).to(dtype)
+
+
+@triton.jit
+def _scale(absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, blk, mask, blocksize2, NESTED: tl.constexpr):
+    """fp32 absmax of block ``blk`` (any shape), through the double-quant tables when NESTED."""
+    if NESTED:
+        a = tl.load(absmax_ptr + blk, mask=mask, other=0).to(tl.int32)
+        return tl.load(code2_ptr + a) * tl.load(absmax2_ptr + blk // blocksize2, mask=mask, other=0) + tl.load(offset_ptr)
+    return tl.load(absmax_ptr + blk, mask=mask, other=0)
+
+
+@triton.jit
+def _cast(v, dtype: tl.constexpr):
+    """fp32 -> ``dtype`` rounding to nearest even; bf16 by integer ops, because Triton's interpreter
+    truncates a plain bf16 cast (the GPU rounds to nearest even, so this is the same math there)."""
+    if dtype == tl.bfloat16:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return v.to(dtype)
+
+
+@triton.jit
+def _dequant_kernel(packed_ptr, absmax_ptr, code_ptr, absmax2_ptr, code2_ptr, offset_ptr, out_ptr,
+                    n, blocksize, blocksize2, NESTED: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    byte = pid * (BLOCK // 2) + tl.arange(0, BLOCK // 2)  # (BLOCK/2,)
+    ok = byte * 2 < n
+    q = tl.load(packed_ptr + byte, mask=ok, other=0).to(tl.int32)
+    scale = _scale(absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, (byte * 2) // blocksize, ok, blocksize2, NESTED)
+    hi = tl.load(code_ptr + (q >> 4)) * scale  # values 2j
+    lo = tl.load(code_ptr + (q & 0xF)) * scale  # values 2j + 1
+    offs = pid * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,)
+    tl.store(out_ptr + offs, _cast(tl.interleave(hi, lo), out_ptr.dtype.element_ty), mask=offs < n)
+
+
+def nested_args(w: Packed4bit):
+    """The (absmax2, code2, offset) kernel arguments; dummies (never read) when not nested."""
+    if w.nested:
+        return w.absmax2, w.code2, w.offset
+    return w.absmax, w.absmax, w.absmax
+
+
+def dequantize_triton(w: Packed4bit, dtype: torch.dtype, block: int = 1024, num_warps: int = 4) -> torch.Tensor:
+    """The Triton kernel: ``shape`` in ``dtype`` (bf16, fp16 or fp32), one launch, one pass."""
+    if dtype not in OUT_DTYPES:
+        raise ValueError(f"dtype: {dtype} is not a dequantization output (allowed: {OUT_DTYPES})")
+    out = torch.empty(w.shape, dtype=dtype, device=w.device)
+    n = w.numel
+    absmax2, code2, offset = nested_args(w)
+    _dequant_kernel[(triton.cdiv(n, block),)](
+        w.packed, w.absmax, w.code, absmax2, code2, offset, out, n, w.blocksize, w.blocksize2,
+        NESTED=w.nested, BLOCK=block, num_warps=num_warps,
+        enable_fp_fusion=False,  # an FMA would round code2*absmax2+offset once, bitsandbytes rounds twice
+    )
+    return out
+
+
+BACKENDS = {"triton": dequantize_triton, "torch": dequantize_reference}
+
+
+def dequantize(w: Packed4bit, dtype: torch.dtype, backend: str = "triton") -> torch.Tensor:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: '{backend}' is not a dequantization backend (allowed: {', '.join(BACKENDS)})")
+    return BACKENDS[backend](w, dtype)

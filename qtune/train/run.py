@@ -90,6 +90,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     from transformers import PrinterCallback, set_seed
 
     from qtune import tracking
+    from qtune.kernels import apply as apply_kernels
     from qtune.data.dataset import PadCollator, build_datasets
     from qtune.models.load import attach_lora, load_base_model, load_tokenizer, resolve_device
     from qtune.train.callbacks import MetricsCallback, RichProgressCallback
@@ -115,8 +116,9 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     base = load_base_model(recipe.model, recipe.quant, device)
     model = attach_lora(base, recipe.lora, quantized=recipe.quant.method != "none",
                         gradient_checkpointing=recipe.train.gradient_checkpointing)
+    kernels = apply_kernels(model, recipe.train.kernels, device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    say(f"model: {recipe.model.path} ({recipe.quant.method}) on {device}, {trainable:,} trainable LoRA parameters")
+    say(f"model: {recipe.model.path} ({recipe.quant.method}) on {device}, {trainable:,} trainable LoRA parameters, {kernels} kernels")
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

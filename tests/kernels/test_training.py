@@ -5,8 +5,6 @@ import torch
 
 from qtune.kernels import apply
 from qtune.kernels.dispatch import resolve
-from qtune.models.load import attach_lora, load_base_model
-from qtune.recipe.schema import LoraSection, ModelSection, QuantSection
 
 STEPS = 3
 
@@ -24,10 +22,19 @@ def tiny_llama(tmp_path_factory):
 
 
 def run(path: str, kernels: str, device: str, compute_dtype: str) -> tuple[list[float], int]:
+    """What qtune.models.load does for an nf4 recipe, spelled out with transformers and peft (no pydantic, so
+    this runs on the GPU image too): NF4 + double quant, LoRA r=8 on all linears, gradient checkpointing."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = getattr(torch, compute_dtype)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=dtype)
     torch.manual_seed(0)
-    base = load_base_model(ModelSection(path=path, dtype="auto"), QuantSection(method="nf4", compute_dtype=compute_dtype),
-                           device)
-    model = attach_lora(base, LoraSection(rank=8, alpha=16, dropout=0.0), quantized=True, gradient_checkpointing=True)
+    base = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=dtype, device_map={"": device})
+    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=True)
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
+                                            task_type="CAUSAL_LM"))
     assert apply(model, kernels, device) == kernels
     fused = sum(hasattr(m, "_qtune_original_forward") for m in model.modules())
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)

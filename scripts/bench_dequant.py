@@ -66,7 +66,7 @@ def main() -> None:
             us = time_us(fn, device)
             bnb_us = bnb_us or us
             gbs = nbytes / us / 1e3
-            print(f"{'x'.join(map(str, shape)):>12} {name:>26} {us:>10.1f} {gbs:>8.1f} {gbs / copy:>8.0%} "
+            print(f"{'x'.join(map(str, shape)):>12} {name:>26} {us:>10.1f} {gbs:>8.2f} {gbs / copy:>8.0%} "
                   f"{bnb_us / us:>6.2f}x  {exact}")
             if name != "bitsandbytes" and (best is None or us < best[1]):
                 best = (name, us)

@@ -9,10 +9,11 @@ Both compute, for every flat index ``i < n`` of the weight (see :mod:`qtune.kern
     W.flat[i] = (code[q_i] * scale_{i // blocksize}).to(dtype)
 
 in fp32, so the result equals ``bitsandbytes.functional.dequantize_4bit`` bit for bit. The Triton
-kernel does it in one pass: each program reads ``BLOCK / 2`` bytes, decodes both nibbles, looks up
-the (nested) absmax and writes ``BLOCK`` interleaved values of the output dtype. Any blocksize works
-(a block boundary never splits a byte because blocksizes are even), and so does an ``n`` that is not
-a multiple of the blocksize or of ``BLOCK``.
+kernel does it in one pass: each program takes whole quantization blocks (``ROWS`` of them, as a
+(ROWS, blocksize/2) tile of bytes), looks up each block's (nested) absmax once, decodes both nibbles
+and writes (ROWS, blocksize) interleaved values of the output dtype. Any blocksize works (it is a
+compile-time constant; a block never splits a byte because blocksizes are even), and so does an
+``n`` that is not a multiple of the blocksize (the last block is masked).
 """
 
 from __future__ import annotations
@@ -70,15 +71,17 @@ def _cast(v, dtype: tl.constexpr):
 
 @triton.jit
 def _dequant_kernel(packed_ptr, absmax_ptr, code_ptr, absmax2_ptr, code2_ptr, offset_ptr, out_ptr,
-                    n, blocksize, blocksize2, NESTED: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    byte = pid * (BLOCK // 2) + tl.arange(0, BLOCK // 2)  # (BLOCK/2,)
+                    n, blocksize2, NESTED: tl.constexpr, BLOCKSIZE: tl.constexpr, ROWS: tl.constexpr):
+    # One program: ROWS quantization blocks, each BLOCKSIZE values = BLOCKSIZE/2 bytes; one absmax per row.
+    blk = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # (ROWS,)
+    col = tl.arange(0, BLOCKSIZE // 2)  # (BLOCKSIZE/2,)
+    byte = blk[:, None] * (BLOCKSIZE // 2) + col[None, :]  # (ROWS, BLOCKSIZE/2)
     ok = byte * 2 < n
     q = tl.load(packed_ptr + byte, mask=ok, other=0).to(tl.int32)
-    scale = _scale(absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, (byte * 2) // blocksize, ok, blocksize2, NESTED)
-    hi = tl.load(code_ptr + (q >> 4)) * scale  # values 2j
-    lo = tl.load(code_ptr + (q & 0xF)) * scale  # values 2j + 1
-    offs = pid * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,)
+    scale = _scale(absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, blk, blk * BLOCKSIZE < n, blocksize2, NESTED)
+    hi = tl.load(code_ptr + (q >> 4)) * scale[:, None]  # values 2j
+    lo = tl.load(code_ptr + (q & 0xF)) * scale[:, None]  # values 2j + 1
+    offs = blk[:, None] * BLOCKSIZE + tl.arange(0, BLOCKSIZE)[None, :]  # (ROWS, BLOCKSIZE)
     tl.store(out_ptr + offs, _cast(tl.interleave(hi, lo), out_ptr.dtype.element_ty), mask=offs < n)
 
 
@@ -89,16 +92,19 @@ def nested_args(w: Packed4bit):
     return w.absmax, w.absmax, w.absmax
 
 
-def dequantize_triton(w: Packed4bit, dtype: torch.dtype, block: int = 1024, num_warps: int = 4) -> torch.Tensor:
-    """The Triton kernel: ``shape`` in ``dtype`` (bf16, fp16 or fp32), one launch, one pass."""
+def dequantize_triton(w: Packed4bit, dtype: torch.dtype, block: int = 2048, num_warps: int = 4) -> torch.Tensor:
+    """The Triton kernel: ``shape`` in ``dtype`` (bf16, fp16 or fp32), one launch, one pass.
+
+    Each program writes ``max(block, blocksize)`` values (whole quantization blocks).
+    """
     if dtype not in OUT_DTYPES:
         raise ValueError(f"dtype: {dtype} is not a dequantization output (allowed: {OUT_DTYPES})")
     out = torch.empty(w.shape, dtype=dtype, device=w.device)
-    n = w.numel
+    rows = max(1, block // w.blocksize)
     absmax2, code2, offset = nested_args(w)
-    _dequant_kernel[(triton.cdiv(n, block),)](
-        w.packed, w.absmax, w.code, absmax2, code2, offset, out, n, w.blocksize, w.blocksize2,
-        NESTED=w.nested, BLOCK=block, num_warps=num_warps,
+    _dequant_kernel[(triton.cdiv(w.n_blocks, rows),)](
+        w.packed, w.absmax, w.code, absmax2, code2, offset, out, w.numel, w.blocksize2,
+        NESTED=w.nested, BLOCKSIZE=w.blocksize, ROWS=rows, num_warps=num_warps,
         enable_fp_fusion=False,  # an FMA would round code2*absmax2+offset once, bitsandbytes rounds twice
     )
     return out

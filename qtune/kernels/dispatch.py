@@ -9,9 +9,10 @@ interpreter under ``TRITON_INTERPRET=1`` for tests); ``auto`` is ``triton`` on C
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
-from qtune.errors import QtuneError
+from qtune.errors import QtuneError, missing_dependency
 
 KERNEL_MODES: dict[str, str] = {
     "auto": "Triton kernels on CUDA, bitsandbytes' own path elsewhere",
@@ -31,6 +32,8 @@ def resolve(mode: str, device: str) -> str:
             f"train.kernels: 'triton' needs a CUDA GPU (running on {device}); use train.kernels=auto or "
             "bitsandbytes (TRITON_INTERPRET=1 runs the kernels on CPU, slowly, for testing)"
         )
+    if mode == "triton" and importlib.util.find_spec("triton") is None:
+        raise missing_dependency("train.kernels: 'triton'", "triton", "triton")
     return mode
 
 

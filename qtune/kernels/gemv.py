@@ -10,7 +10,8 @@ fewer bytes. Program ``p`` owns ``BLOCK_N`` output rows and walks the reduction 
 
 with each ``W`` value rounded to the activation dtype before the product (as dequantize-then-matmul
 does) and the sum kept in fp32. ``K`` must be even (always true for transformer linears); other
-shapes, and batches above one, go through :func:`gemv_reference`.
+shapes, and batches above one, go through :func:`gemv_reference`. The fused LoRA layers
+(:mod:`qtune.kernels.peft_layers`) call it for one-row inputs without autograd (token-by-token generation).
 """
 
 from __future__ import annotations
@@ -65,12 +66,3 @@ def gemv_triton(x: torch.Tensor, w: Packed4bit, block_n: int = 8, block_k: int =
         enable_fp_fusion=False,
     )
     return out
-
-
-def linear_4bit(x: torch.Tensor, w: Packed4bit) -> torch.Tensor:
-    """``x · Wᵀ`` for inference: the GEMV kernel for one CUDA row, dequantize-and-matmul otherwise."""
-    if x.is_cuda and x.numel() == x.shape[-1] and w.shape[1] % 2 == 0:
-        return gemv_triton(x, w)
-    from qtune.kernels.dequant import dequantize
-
-    return torch.nn.functional.linear(x, dequantize(w, x.dtype, "triton" if x.is_cuda else "torch"))

@@ -21,7 +21,7 @@ def tiny_llama(tmp_path_factory):
     return str(path)
 
 
-def run(path: str, kernels: str, device: str, compute_dtype: str) -> tuple[list[float], int]:
+def build(path: str, device: str, compute_dtype: str):
     """What qtune.models.load does for an nf4 recipe, spelled out with transformers and peft (no pydantic, so
     this runs on the GPU image too): NF4 + double quant, LoRA r=8 on all linears, gradient checkpointing."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -35,6 +35,11 @@ def run(path: str, kernels: str, device: str, compute_dtype: str) -> tuple[list[
     base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=True)
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
                                             task_type="CAUSAL_LM"))
+    return model
+
+
+def run(path: str, kernels: str, device: str, compute_dtype: str) -> tuple[list[float], int]:
+    model = build(path, device, compute_dtype)
     assert apply(model, kernels, device) == kernels
     fused = sum(hasattr(m, "_qtune_original_forward") for m in model.modules())
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -59,6 +64,29 @@ def test_triton_run_matches_bitsandbytes_run(tiny_llama, device, compute_dtype="
     assert theirs[-1] < theirs[0]  # the run really trains
     worst = max(abs(a - b) for a, b in zip(ours, theirs))
     assert worst <= tol, f"losses triton {ours} vs bitsandbytes {theirs}: max diff {worst:.3g}"
+
+
+# Measured on CPU: the one-row (GEMV) and many-row logits equal peft + bitsandbytes' to 0 in fp32 and within
+# 0.016 in bf16 (logits ~1: one bf16 ulp, the GEMV sums in fp32 where bitsandbytes rounds the product to bf16).
+@pytest.mark.parametrize("compute_dtype,tol", [("float32", 1e-5), ("bfloat16", 3e-2)])
+def test_generation_forward_matches_bitsandbytes(tiny_llama, device, compute_dtype, tol):
+    """No autograd: one token goes through the GEMV kernel, a prompt through dequantize + matmul."""
+    model = build(tiny_llama, device, compute_dtype)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)  # B != 0: the adapter changes the output
+    model.eval()
+    prompt = torch.randint(0, 128, (1, 7), generator=torch.Generator().manual_seed(3)).to(device)
+    logits = {}
+    for kernels in ("bitsandbytes", "triton"):
+        apply(model, kernels, device)
+        with torch.no_grad():
+            logits[kernels] = [model(input_ids=prompt).logits, model(input_ids=prompt[:, :1]).logits]
+    for want, got in zip(logits["bitsandbytes"], logits["triton"]):
+        worst = (got.float() - want.float()).abs().max().item()
+        assert worst <= tol, f"logits {tuple(got.shape)}: max diff {worst:.3g}, mean {(got - want).abs().mean():.3g}"
 
 
 def test_auto_is_bitsandbytes_off_cuda_and_triton_needs_cuda(monkeypatch):

@@ -73,7 +73,7 @@ def _fused_forward(layer, x: torch.Tensor, *args, backend: str, dequantize, **kw
     x_lora = layer.lora_dropout[adapter](x if torch.is_autocast_enabled(x.device.type) else x.to(lora_a.dtype))
     bias = None if base.bias is None else base.bias.to(compute)
     weight = _packed_weight(layer)
-    one_row = x.numel() == x.shape[-1] and weight.shape[1] % 2 == 0
+    one_row = x.numel() == x.shape[-1] and weight.shape[1] % weight.blocksize == 0
     if backend == "triton" and one_row and not torch.is_grad_enabled():
         return _gemv_forward(x.to(compute), x_lora, weight, lora_a, lora_b, layer.scaling[adapter], bias, x.dtype)
     return qlora_linear(x.to(compute), x_lora, weight, dequantize, lora_a, lora_b, layer.scaling[adapter], bias,

@@ -66,9 +66,10 @@ def test_triton_run_matches_bitsandbytes_run(tiny_llama, device, compute_dtype="
     assert worst <= tol, f"losses triton {ours} vs bitsandbytes {theirs}: max diff {worst:.3g}"
 
 
-# Measured on CPU: the one-row (GEMV) and many-row logits equal peft + bitsandbytes' to 0 in fp32 and within
-# 0.016 in bf16 (logits ~1: one bf16 ulp, the GEMV sums in fp32 where bitsandbytes rounds the product to bf16).
-@pytest.mark.parametrize("compute_dtype,tol", [("float32", 1e-5), ("bfloat16", 3e-2)])
+# Measured on CPU, logits of size ~0.5: the prompt's (dequantize + matmul) equal peft + bitsandbytes' exactly;
+# the one-token (GEMV) logits differ by 7e-8 in fp32 and 1e-3 in bf16 (the GEMV keeps weights in fp32 where
+# bitsandbytes rounds them to bf16). The bounds are about 10x that.
+@pytest.mark.parametrize("compute_dtype,tol", [("float32", 1e-6), ("bfloat16", 1e-2)])
 def test_generation_forward_matches_bitsandbytes(tiny_llama, device, compute_dtype, tol):
     """No autograd: one token goes through the GEMV kernel, a prompt through dequantize + matmul."""
     model = build(tiny_llama, device, compute_dtype)

@@ -50,23 +50,27 @@ def dequantize_reference(w: Packed4bit, dtype: torch.dtype) -> torch.Tensor:
 
 
 @triton.jit
-def _scale(absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, blk, mask, blocksize2, NESTED: tl.constexpr):
-    """fp32 absmax of block ``blk`` (any shape), through the double-quant tables when NESTED."""
-    if NESTED:
-        a = tl.load(absmax_ptr + blk, mask=mask, other=0).to(tl.int32)
-        return tl.load(code2_ptr + a) * tl.load(absmax2_ptr + blk // blocksize2, mask=mask, other=0) + tl.load(offset_ptr)
-    return tl.load(absmax_ptr + blk, mask=mask, other=0)
-
-
-@triton.jit
 def _cast(v, dtype: tl.constexpr):
     """fp32 -> ``dtype`` rounding to nearest even; bf16 by integer ops, because Triton's interpreter
     truncates a plain bf16 cast (the GPU rounds to nearest even, so this is the same math there)."""
     if dtype == tl.bfloat16:
         bits = v.to(tl.uint32, bitcast=True)
         bits = bits + 0x7FFF + ((bits >> 16) & 1)
-        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    return v.to(dtype)
+        out = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        out = v.to(dtype)
+    return out
+
+
+@triton.jit
+def _scale(absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, blk, mask, blocksize2, NESTED: tl.constexpr):
+    """fp32 absmax of block ``blk`` (any shape), through the double-quant tables when NESTED."""
+    if NESTED:
+        a = tl.load(absmax_ptr + blk, mask=mask, other=0).to(tl.int32)
+        scale = tl.load(code2_ptr + a) * tl.load(absmax2_ptr + blk // blocksize2, mask=mask, other=0) + tl.load(offset_ptr)
+    else:
+        scale = tl.load(absmax_ptr + blk, mask=mask, other=0)
+    return scale
 
 
 @triton.jit

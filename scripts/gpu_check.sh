@@ -38,7 +38,7 @@ else
     echo "no GPU: dry run on CPU (interpreter, small shapes)"
     export TRITON_INTERPRET=1
     small=(--shapes 1024x1024)
-    train=(--size small --steps 1 --warmup 1 --seq 64)
+    train=(--size small --steps 1 --warmup 1 --seq 64 --repeats 1)
 fi
 
 step env 120 "$PY" -c "

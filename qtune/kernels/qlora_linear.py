@@ -64,15 +64,18 @@ class QLoRALinear(torch.autograd.Function):
         g = grad.to(lora_b.dtype)  # (..., out)
         g_rows = g.reshape(-1, g.shape[-1])  # (N, out)
         gb = g @ lora_b  # (..., r)
-        grad_a = s * gb.reshape(-1, gb.shape[-1]).t() @ x_lora.reshape(-1, x_lora.shape[-1])  # (r, in)
-        grad_b = s * g_rows.t() @ h.reshape(-1, h.shape[-1])  # (out, r)
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[4]:
+            grad_a = s * gb.reshape(-1, gb.shape[-1]).t() @ x_lora.reshape(-1, x_lora.shape[-1])  # (r, in)
+        if ctx.needs_input_grad[5]:
+            grad_b = s * g_rows.t() @ h.reshape(-1, h.shape[-1])  # (out, r)
         grad_x_lora = (s * gb) @ lora_a if ctx.needs_input_grad[1] else None  # (..., in)
         grad_x = None
         if ctx.needs_input_grad[0]:
             w = ctx.dequantize(ctx.weight, ctx.x_dtype)  # (out, in), recomputed, freed on return
             grad_x = grad.to(ctx.x_dtype) @ w
             del w
-        if ctx.shared:  # x_lora is x: autograd would add the two gradients; add them here once
+        if ctx.shared and grad_x is not None:  # x_lora is x: autograd would add the two gradients; add them here once
             grad_x, grad_x_lora = grad_x + grad_x_lora.to(ctx.x_dtype), None
         grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias and ctx.needs_input_grad[7] else None
         return grad_x, grad_x_lora, None, None, grad_a, grad_b, None, grad_bias, None

@@ -88,3 +88,21 @@ def test_autocast_matches_autograd(device):
         assert got.dtype == want.dtype == torch.float32, name
         scale = want.abs().max().item()
         assert (got - want).abs().max().item() <= TOL[torch.bfloat16] * scale, f"{name}: {diff(got, want)}"
+
+
+def test_gradients_only_where_asked(device):
+    """An input without grad (the first layer) or a frozen adapter: the other gradients still match."""
+    w, x, a, b, bias = setup(device, torch.float32)
+    x_const = x.detach()
+    qlora_linear(x_const, x_const, w, dequantize_triton, a, b, S).square().sum().backward()
+    got = a.grad.clone(), b.grad.clone()
+    a.grad = b.grad = None
+    reference(w, x_const, x_const, a, b, None).square().sum().backward()
+    for name, g, want in zip(["dA", "dB"], got, (a.grad, b.grad)):
+        assert (g - want).abs().max() <= TOL[torch.float32] * want.abs().max(), f"{name}: {diff(g, want)}"
+    a_frozen, b_frozen = a.detach(), b.detach()
+    qlora_linear(x, x, w, dequantize_triton, a_frozen, b_frozen, S).square().sum().backward()
+    got = x.grad.clone()
+    x.grad = None
+    reference(w, x, x, a_frozen, b_frozen, None).square().sum().backward()
+    assert (got - x.grad).abs().max() <= TOL[torch.float32] * x.grad.abs().max(), f"dX: {diff(got, x.grad)}"

@@ -11,6 +11,8 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from qtune.kernels.dispatch import KERNEL_MODES
+
 DType = Literal["bfloat16", "float16", "float32", "auto"]
 ComputeDType = Literal["bfloat16", "float16", "float32"]
 QuantMethod = Literal["nf4", "fp4", "int8", "none"]
@@ -24,6 +26,7 @@ Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"]
 Device = Literal["auto", "cpu", "cuda"]
 TrackingBackend = Literal["wandb", "tensorboard", "none"]
+Kernels = Literal[tuple(KERNEL_MODES)]  # auto | triton | bitsandbytes, from qtune.kernels.dispatch
 
 
 class Section(BaseModel):
@@ -125,6 +128,7 @@ class TrainSection(Section):
     save_steps: Optional[int] = Field(None, ge=1)
     output_dir: str = "runs/qtune"
     device: Device = "auto"
+    kernels: Kernels = Field("auto", description="4-bit LoRA layers: Triton kernels, bitsandbytes, or auto (Triton on CUDA)")
 
     @property
     def effective_batch_size(self) -> int:

@@ -92,6 +92,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     from qtune import tracking
     from qtune.data.dataset import build_datasets, refuse_training
     from qtune.data.packing import prepare_model
+    from qtune.kernels import apply as apply_kernels
     from qtune.models.load import attach_lora, load_base_model, load_tokenizer, resolve_device
     from qtune.train.plot import plot_loss
 
@@ -118,8 +119,9 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
                         gradient_checkpointing=recipe.train.gradient_checkpointing)
     if recipe.data.packing:
         prepare_model(model)
+    kernels = apply_kernels(model, recipe.train.kernels, device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    say(f"model: {recipe.model.path} ({recipe.quant.method}) on {device}, {trainable:,} trainable LoRA parameters")
+    say(f"model: {recipe.model.path} ({recipe.quant.method}) on {device}, {trainable:,} trainable LoRA parameters, {kernels} kernels")
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -1,0 +1,31 @@
+"""Kernel tests run Triton's CPU interpreter unless TRITON_INTERPRET=0 is set (scripts/gpu_check.sh
+does, on a CUDA machine). The variable must be set before qtune.kernels.dequant defines its
+kernels, so it is set here, at conftest import, ahead of every test module in this folder."""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    if os.environ["TRITON_INTERPRET"] == "1":
+        return "cpu"
+    if not torch.cuda.is_available():
+        pytest.skip("TRITON_INTERPRET=0 needs a CUDA GPU")
+    return "cuda"
+
+
+def quantize(w: torch.Tensor, quant_type: str, blocksize: int, nested: bool):
+    """bitsandbytes' own 4-bit quantization of ``w``: (packed uint8, QuantState)."""
+    import bitsandbytes.functional as F
+
+    return F.quantize_4bit(w, blocksize=blocksize, quant_type=quant_type, compress_statistics=nested)
+
+
+def diff(a: torch.Tensor, b: torch.Tensor) -> str:
+    d = (a.float() - b.float()).abs()
+    return f"max diff {d.max().item():.3g}, mean diff {d.mean().item():.3g}"

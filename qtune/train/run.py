@@ -134,7 +134,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
         t_train, eval_s = time.perf_counter(), trainer.eval_seconds
         result = trainer.train(resume_from_checkpoint=resume_from)
         train_s = time.perf_counter() - t_train - (trainer.eval_seconds - eval_s)  # periodic evals excluded
-        eval_after = trainer.evaluate()["eval_loss"]
+        eval_after = trainer.final_eval_loss()
     say(f"eval loss after training:  {eval_after:.4f} ({(eval_after - eval_before) / eval_before:+.1%})")
 
     with rundir.atomic_path(run / rundir.ADAPTER, directory=True) as tmp:

@@ -18,6 +18,7 @@ class QtuneTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.eval_rows = eval_rows or []
         self.eval_seconds = 0.0  # time spent in evaluate(), so throughput can leave it out
+        self.last_eval: tuple[int, float] | None = None  # (step, loss) of the latest evaluation
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
         """Token-weighted mean NLL over the eval split (see :mod:`qtune.eval.loss`), logged as ``eval_loss``."""
@@ -28,6 +29,7 @@ class QtuneTrainer(Trainer):
         )
         self.eval_seconds += time.perf_counter() - start
         metrics = {f"{metric_key_prefix}_loss": loss}
+        self.last_eval = (self.state.global_step, loss)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
@@ -38,6 +40,12 @@ class QtuneTrainer(Trainer):
             self.state.num_input_tokens_seen += real_tokens(inputs)
             return
         super()._track_num_input_tokens(inputs)
+
+    def final_eval_loss(self) -> float:
+        """Eval loss at the current step, reusing the evaluation the schedule may have just run."""
+        if self.last_eval is not None and self.last_eval[0] == self.state.global_step:
+            return self.last_eval[1]
+        return self.evaluate()["eval_loss"]
 
     def _save_checkpoint(self, model, trial) -> None:
         """Write ``checkpoint-N`` under a staging folder, then rename it into place when complete."""

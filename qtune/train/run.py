@@ -77,9 +77,9 @@ def training_arguments(recipe: Recipe, run: Path, device: str, report_to: list[s
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
         dataloader_num_workers=0,
-        # gradient checkpointing is switched on while attaching LoRA (prepare_model_for_kbit_training)
-        gradient_checkpointing=False,
     )
+    # Gradient checkpointing is switched on while attaching LoRA (prepare_model_for_kbit_training),
+    # so the Trainer's own switch stays at its default (off).
     known = {f.name for f in dataclasses.fields(TrainingArguments)}
     return TrainingArguments(**{k: v for k, v in args.items() if k in known})
 

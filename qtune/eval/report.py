@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -87,8 +88,12 @@ def load_stage(stage: Stage, run: Path, recipe, device: str):
     return load_source(resolve_source(stage.path), device)
 
 
-def dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt")
+
+
+def weight_file_bytes(path: Path) -> int:
+    """Bytes of an export's weight files (tokenizer, card and metadata are not counted)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
 
 
 def measure_stage(stage: Stage, run_dir: str, settings: EvalSettings, device: str) -> dict:
@@ -102,13 +107,17 @@ def measure_stage(stage: Stage, run_dir: str, settings: EvalSettings, device: st
     run = Path(run_dir)
     recipe = load_run_recipe(run)
     set_seed(settings.seed)
+    # bitsandbytes warns on every INT8 matmul that float32 inputs are cast to float16; said once in the notes.
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
     with LoadMemory(device) as mem:
         loaded = load_stage(stage, run, recipe, device)
     row = {"stage": stage.name, "kind": stage.kind, "compute_dtype": loaded.dtype, "notes": loaded.notes}
+    if stage.quant.get("method") == "int8":
+        row["notes"] = row["notes"] + ["bitsandbytes LLM.int8: float32 activations are cast to float16 for the int8 matmul"]
     if stage.kind == "export":
         row["bits_per_weight"] = stage.bits
-        row["size_bytes"] = dir_bytes(Path(stage.path))
-        row["size_kind"] = "files on disk"
+        row["size_bytes"] = weight_file_bytes(Path(stage.path))
+        row["size_kind"] = "weight files on disk"
     else:
         row["bits_per_weight"] = linear_bits_per_weight(loaded.model)
         row["size_bytes"] = state_dict_bytes(loaded.model)

@@ -78,14 +78,14 @@ def cmd_eval(args) -> int:
     source = resolve_source(args.model)
     device = resolve_device(args.device)
     settings = _eval_settings(args).for_device(device)
-    loaded = load_source(source, device)
-    result = {"model": args.model, "kind": source.kind, "device": device, "compute_dtype": loaded.dtype,
+    loaded = load_source(source, device, args.quant)
+    result = {"model": args.model, "kind": source.kind, "quant": args.quant, "device": device, "compute_dtype": loaded.dtype,
               "notes": loaded.notes, **measure(loaded, settings, recipe)}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     p = result["perplexity"]
-    print(f"{args.model} ({source.kind}, {loaded.dtype} on {device})")
+    print(f"{args.model} ({source.kind}{', ' + args.quant if args.quant else ''}, {loaded.dtype} compute on {device})")
     print(f"  perplexity {p['perplexity']:.4f} over {p['scored_tokens']} scored tokens of {p['text_tokens']} "
           f"(window {p['window']}, stride {p['stride']}, text sha256 {p['text']['sha256'][:12]})")
     if "eval" in result:
@@ -172,6 +172,8 @@ def _add_generation_args(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from qtune.models.load import QUANT_METHODS  # a registry only: nothing heavy is imported
+
     parser = argparse.ArgumentParser(prog="qtune", description="Fine-tune, quantize and deploy LLMs on one GPU.")
     parser.add_argument("--version", action="version", version=f"qtune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -196,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="run dir, export dir, .gguf file, checkpoint dir, packaged name or Hub id")
     _add_measure_args(p)
     p.add_argument("--data", metavar="RECIPE", help="recipe whose eval split gives the eval loss")
+    p.add_argument("--quant", choices=[m for m in QUANT_METHODS if m != "none"], help="quantize a checkpoint/packaged/Hub model at load time")
     p.add_argument("--gen-tokens", type=int, default=0, help="also time greedy generation of N tokens at batch 1")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)

@@ -93,8 +93,14 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
 
 
-def load_source(src: ModelSource, device: str) -> Loaded:
-    """Load ``src`` on ``device`` with its tokenizer, ready for ``eval()``."""
+def load_source(src: ModelSource, device: str, quant: str | None = None) -> Loaded:
+    """Load ``src`` on ``device`` with its tokenizer, ready for ``eval()``.
+
+    ``quant`` (nf4, fp4, int8) quantizes a checkpoint, packaged or Hub model at load time with
+    bitsandbytes, computing in bfloat16 on a GPU and float32 on CPU.
+    """
+    if quant not in (None, "none"):
+        return _load_quantized(src, device, quant)
     if src.kind == "run":
         loaded = _load_run(src, device)
     elif src.kind == "export":
@@ -109,6 +115,18 @@ def load_source(src: ModelSource, device: str) -> Loaded:
     loaded.dtype = loaded.dtype or str(loaded.model.dtype).removeprefix("torch.")
     loaded.model.eval()
     return loaded
+
+
+def _load_quantized(src: ModelSource, device: str, method: str) -> Loaded:
+    from qtune.models.load import load_base_model, load_tokenizer
+    from qtune.recipe.schema import ModelSection, QuantSection
+
+    if src.kind not in ("checkpoint", "packaged", "hub"):
+        raise QtuneError(f"--quant: only a checkpoint, packaged or Hub model is quantized at load time (given a {src.kind})")
+    compute = "bfloat16" if device == "cuda" else "float32"
+    section = ModelSection(path=str(src.path or src.spec))
+    model = load_base_model(section, QuantSection(method=method, compute_dtype=compute), device)
+    return Loaded(model.eval(), load_tokenizer(section), src, compute, [f"quantized to {method} at load time by bitsandbytes"])
 
 
 def load_run_recipe(run: Path):

@@ -96,6 +96,20 @@ def weight_file_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
 
 
+def _import_loaders(model_path: str) -> None:
+    import bitsandbytes  # noqa: F401
+    import peft  # noqa: F401
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    from qtune.models.load import resolve_model_path
+
+    try:
+        MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.from_pretrained(resolve_model_path(model_path)))]
+    except (OSError, KeyError, ValueError):
+        pass  # an unknown architecture is imported during the load instead, and counted there
+
+
 def measure_stage(stage: Stage, run_dir: str, settings: EvalSettings, device: str) -> dict:
     """Load one stage and measure it (runs in a fresh process, see :func:`build_report`)."""
     from transformers import set_seed
@@ -109,6 +123,7 @@ def measure_stage(stage: Stage, run_dir: str, settings: EvalSettings, device: st
     set_seed(settings.seed)
     # bitsandbytes warns on every INT8 matmul that float32 inputs are cast to float16; said once in the notes.
     warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+    _import_loaders(recipe.model.path)  # so the load memory below is the model's, not library code
     with LoadMemory(device) as mem:
         loaded = load_stage(stage, run, recipe, device)
     row = {"stage": stage.name, "kind": stage.kind, "compute_dtype": loaded.dtype, "notes": loaded.notes}

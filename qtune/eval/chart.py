@@ -9,6 +9,10 @@ from pathlib import Path
 KIND_COLORS = {"base": "tab:blue", "run": "tab:green", "export": "tab:purple"}
 
 
+def _delta(x, fmt: str) -> str:
+    return "" if x is None or x == 0 else " (" + fmt.format(x) + ")"
+
+
 def plot_report(report: dict, out: Path) -> None:
     import matplotlib
 
@@ -25,19 +29,22 @@ def plot_report(report: dict, out: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 1.6 + 0.55 * len(rows)), dpi=120, sharey=True)
     y = list(range(len(rows)))
+    deltas = [r.get("deltas", {}) for r in rows]
+    ppl_labels = [f"{v:.2f}" + _delta(d.get("ppl_pct_vs_reference"), "{:+.1f}%") for v, d in zip(ppl, deltas)]
+    loss_labels = ["n/a" if v is None else f"{v:.3f}" + _delta(d.get("eval_loss_vs_reference"), "{:+.3f}") for v, d in zip(loss, deltas)]
     panels = [
-        (axes[0], ppl, "perplexity on eval text (lower is better)", "{:.2f}"),
-        (axes[1], [v if v is not None else 0.0 for v in loss], "eval loss, nats/token (lower is better)", "{:.3f}"),
-        (axes[2], size_mb, "size on disk, MB", "{:.0f} MB"),
+        (axes[0], ppl, ppl_labels, "perplexity on eval text (lower is better; Δ vs reference)"),
+        (axes[1], [v if v is not None else 0.0 for v in loss], loss_labels, "eval loss on the task, nats/token (lower is better)"),
+        (axes[2], size_mb, [f"{v:.0f} MB" for v in size_mb], "size on disk, MB"),
     ]
-    for ax, values, xlabel, fmt in panels:
+    for ax, values, labels, xlabel in panels:
         ax.barh(y, values, color=colors)
         ax.set_xlabel(xlabel)
         ax.grid(axis="x", alpha=0.3)
         hi = max(values) if values else 1.0
-        ax.set_xlim(0, hi * 1.3 if hi > 0 else 1.0)
-        for i, v in enumerate(values):
-            ax.text(v, i, " " + fmt.format(v), va="center", fontsize=8)
+        ax.set_xlim(0, hi * 1.35 if hi > 0 else 1.0)
+        for i, (v, label) in enumerate(zip(values, labels)):
+            ax.text(v, i, " " + label, va="center", fontsize=8)
     for ax, values in ((axes[0], ppl), (axes[1], loss)):
         if values[0] is not None and rows[0]["stage"].startswith("reference"):
             ax.axvline(values[0], color="black", linestyle="--", linewidth=1, label="reference")

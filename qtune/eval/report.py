@@ -205,6 +205,10 @@ def _fmt(x, spec: str, empty: str = "—") -> str:
     return empty if x is None else format(x, spec)
 
 
+def _pct(x) -> str:
+    return "—" if x is None else f"{x:+.2f}%"
+
+
 def render_markdown(report: dict) -> str:
     rows = report["rows"]
     p0 = rows[0]["perplexity"]
@@ -226,7 +230,7 @@ def render_markdown(report: dict) -> str:
         lines.append(
             f"| {r['stage']} | {_fmt(r['bits_per_weight'], '.2f')} | {r['size_bytes'] / 1e6:.1f} | {r['load_peak_bytes'] / 1e6:.0f} | "
             f"{_fmt(r.get('generation', {}).get('tokens_per_s'), '.1f')} | {r['perplexity']['perplexity']:.3f} | "
-            f"{_fmt(d.get('ppl_pct_vs_reference'), '+.2f')}% | {_fmt(d.get('ppl_pct_vs_fine-tuned'), '+.2f')}% | "
+            f"{_pct(d.get('ppl_pct_vs_reference'))} | {_pct(d.get('ppl_pct_vs_fine-tuned'))} | "
             f"{_fmt(r.get('eval', {}).get('eval_loss'), '.4f')} | {_fmt(d.get('eval_loss_vs_reference'), '+.4f')} | "
             f"{_fmt(d.get('eval_loss_vs_fine-tuned'), '+.4f')} |"
         )

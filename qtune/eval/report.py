@@ -179,14 +179,20 @@ def build_report(run: Path, settings: EvalSettings, device: str, console=print) 
     device = resolve_device(device)
     settings = settings.for_device(device)
     recipe = load_run_recipe(run)
-    rows = []
+    rows, skipped = [], []
     for stage in plan_stages(run, recipe, device):
         console(f"measuring {stage.name} ...")
-        row = run_isolated(measure_stage, stage, str(run.resolve()), settings, device)
+        try:
+            row = run_isolated(measure_stage, stage, str(run.resolve()), settings, device)
+        except QtuneError as e:  # e.g. a GPTQ export without its backend: the other rows still count
+            console(f"  skipped: {e}")
+            skipped.append({"stage": stage.name, "error": str(e)})
+            continue
         console(f"  {format_row_brief(row)}")
         rows.append(row)
     add_deltas(rows)
     return {
+        "skipped": skipped,
         "run": str(run.resolve()),
         "base": recipe.model.path,
         "device": device,
@@ -239,6 +245,7 @@ def render_markdown(report: dict) -> str:
              "- tok/s: greedy decoding at batch 1, EOS suppressed, after a warm-up; wall-clock, so it varies with machine load "
              "(every other number is deterministic)."]
     notes += [f"- {r['stage']}: {n}" for r in rows for n in r.get("notes", [])]
+    notes += [f"- {r['stage']}: not measured — {r['error']}" for r in report.get("skipped", [])]
     return "\n".join(head + lines + notes) + "\n"
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from qtune import __version__, rundir
 from qtune.errors import QtuneError
 from qtune.eval.measure import EvalSettings
+from qtune.models.packaged import PACKAGED_MODELS
 
 REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "report.png"
 
@@ -191,6 +192,12 @@ def build_report(run: Path, settings: EvalSettings, device: str, console=print) 
         console(f"  {format_row_brief(row)}")
         rows.append(row)
     add_deltas(rows)
+    if recipe.model.path in PACKAGED_MODELS and rows and rows[0]["stage"].startswith("reference"):
+        spec = PACKAGED_MODELS[recipe.model.path]
+        rows[0]["notes"] = rows[0]["notes"] + [
+            f"the packaged base ships as {Path(spec.file).name}; its reference is that GGUF dequantized to float32, "
+            "so every row here re-quantizes weights that were already 4-bit, not the original 16-bit release"
+        ]
     return {
         "skipped": skipped,
         "run": str(run.resolve()),

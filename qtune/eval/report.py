@@ -22,8 +22,8 @@ that stage's alone and nothing (caches, compiled kernels, memory) leaks from one
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -122,8 +122,9 @@ def measure_stage(stage: Stage, run_dir: str, settings: EvalSettings, device: st
     run = Path(run_dir)
     recipe = load_run_recipe(run)
     set_seed(settings.seed)
-    # bitsandbytes warns on every INT8 matmul that float32 inputs are cast to float16; said once in the notes.
-    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+    # bitsandbytes logs on every INT8 matmul that float32 inputs are cast to float16; said once in the notes.
+    logging.getLogger("bitsandbytes.autograd._functions").addFilter(
+        lambda record: not str(record.msg).startswith("MatMul8bitLt: inputs will be cast"))
     _import_loaders(recipe.model.path)  # so the load memory below is the model's, not library code
     with LoadMemory(device) as mem:
         loaded = load_stage(stage, run, recipe, device)
@@ -248,7 +249,9 @@ def render_markdown(report: dict) -> str:
             f"{_fmt(d.get('eval_loss_vs_fine-tuned'), '+.4f')} |"
         )
     notes = ["", "Notes:", f"- size: {', '.join(sorted({r['stage'] + ': ' + r['size_kind'] for r in rows}))}.",
-             f"- load peak: {rows[0]['load_peak_kind'].replace('_', ' ')}, each stage loaded in a fresh process.",
+             f"- load peak: {rows[0]['load_peak_kind'].replace('_', ' ')}, each stage loaded in a fresh process. A float "
+             "checkpoint loaded in its stored dtype is memory-mapped, so on CPU its pages count only once touched (the "
+             "reference row can read below its size); quantized rows materialize their weights while loading.",
              "- tok/s: greedy decoding at batch 1, EOS suppressed, after a warm-up; wall-clock, so it varies with machine load "
              "(every other number is deterministic)."]
     notes += [f"- {r['stage']}: {n}" for r in rows for n in r.get("notes", [])]

@@ -69,7 +69,123 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _eval_settings(args):
+    from qtune.eval.measure import EvalSettings
+
+    return EvalSettings(
+        text=args.text or [], window=args.window, stride=args.stride, max_tokens=args.max_tokens,
+        gen_tokens=getattr(args, "gen_tokens", None), recipe=getattr(args, "data", None),
+    )
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from qtune.eval.measure import measure
+    from qtune.eval.sources import load_source, resolve_source
+    from qtune.models.load import resolve_device
+    from qtune.recipe import load_recipe
+
+    recipe = load_recipe(args.data) if args.data else None
+    source = resolve_source(args.model)
+    device = resolve_device(args.device)
+    settings = _eval_settings(args).for_device(device)
+    loaded = load_source(source, device, args.quant)
+    result = {"model": args.model, "kind": source.kind, "quant": args.quant, "device": device, "compute_dtype": loaded.dtype,
+              "notes": loaded.notes, **measure(loaded, settings, recipe)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    p = result["perplexity"]
+    print(f"{args.model} ({source.kind}{', ' + args.quant if args.quant else ''}, {loaded.dtype} compute on {device})")
+    print(f"  perplexity {p['perplexity']:.4f} over {p['scored_tokens']} scored tokens of {p['text_tokens']} "
+          f"(window {p['window']}, stride {p['stride']}, text sha256 {p['text']['sha256'][:12]})")
+    if "eval" in result:
+        e = result["eval"]
+        print(f"  eval loss {e['eval_loss']:.4f} nats/token over {e['eval_trained_tokens']} tokens of {e['eval_examples']} examples")
+    if "generation" in result:
+        print(f"  generation {result['generation']['tokens_per_s']:.1f} tokens/s at batch 1")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from qtune.eval.report import build_report, render_markdown, write_report
+
+    run = Path(args.run_dir)
+    report = build_report(run, _eval_settings(args), args.device, console=lambda s: print(s, file=sys.stderr))
+    paths = write_report(run, report)
+    print(render_markdown(report))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _load_for_generation(args):
+    from qtune.eval.sources import load_source, resolve_source
+    from qtune.models.load import resolve_device
+
+    return load_source(resolve_source(args.model), resolve_device(args.device))
+
+
+def cmd_generate(args) -> int:
+    import json
+
+    from qtune.eval.generate import encode_prompt, generate
+
+    loaded = _load_for_generation(args)
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]
+    ids = encode_prompt(loaded.tokenizer, messages, raw=args.raw)
+    stream = None if args.json else (lambda s: print(s, end="", flush=True))
+    g = generate(loaded.model, loaded.tokenizer, ids, args.max_new_tokens, args.temperature, args.seed, on_text=stream)
+    if args.json:
+        print(json.dumps({"model": args.model, "prompt": args.prompt, "text": g.text, "prompt_tokens": g.prompt_tokens,
+                          "new_tokens": g.new_tokens, "tokens_per_s": g.tokens_per_s, "greedy": args.temperature == 0,
+                          "temperature": args.temperature, "seed": args.seed}, indent=2))
+    else:
+        print()
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from qtune.eval.generate import chat_loop
+
+    loaded = _load_for_generation(args)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"chatting with {args.model} — /exit or Ctrl-D to leave", file=sys.stderr)
+
+    def read_line():
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        return line if line else None
+
+    chat_loop(loaded.model, loaded.tokenizer, read_line, lambda s: print(s, end="", flush=True),
+              args.max_new_tokens, args.temperature, args.system)
+    return 0
+
+
+def _add_measure_args(p) -> None:
+    p.add_argument("--text", nargs="+", metavar="FILE|DIR", help="plain text for perplexity (default: the bundled Python-tutorial excerpt)")
+    p.add_argument("--window", type=int, help="tokens per window (default 512 on CPU, 2048 on GPU)")
+    p.add_argument("--stride", type=int, help="tokens the window advances (default window/2); = window means plain chunks")
+    p.add_argument("--max-tokens", type=int, help="cap on eval-text tokens, 0 for none (default 4096 on CPU, 65536 on GPU)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+def _add_generation_args(p) -> None:
+    p.add_argument("model", help="run dir, export dir, .gguf file, checkpoint dir, packaged name or Hub id")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed when --temperature > 0")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from qtune.models.load import QUANT_METHODS  # a registry only: nothing heavy is imported
+
     parser = argparse.ArgumentParser(prog="qtune", description="Fine-tune, quantize and deploy LLMs on one GPU.")
     parser.add_argument("--version", action="version", version=f"qtune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -97,6 +213,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the packaged models a recipe can name in model.path")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("eval", help="perplexity on plain text and eval loss on a recipe's eval split")
+    p.add_argument("model", help="run dir, export dir, .gguf file, checkpoint dir, packaged name or Hub id")
+    _add_measure_args(p)
+    p.add_argument("--data", metavar="RECIPE", help="recipe whose eval split gives the eval loss")
+    p.add_argument("--quant", choices=[m for m in QUANT_METHODS if m != "none"], help="quantize a checkpoint/packaged/Hub model at load time")
+    p.add_argument("--gen-tokens", type=int, default=0, help="also time greedy generation of N tokens at batch 1")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="fidelity table of a run: reference, NF4, INT8, fine-tuned and exports")
+    p.add_argument("run_dir")
+    _add_measure_args(p)
+    p.add_argument("--gen-tokens", type=int, help="tokens generated to time batch-1 speed, 0 to skip (default 16 on CPU, 128 on GPU)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("generate", help="complete one prompt (chat template, greedy by default)")
+    _add_generation_args(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--raw", action="store_true", help="feed the prompt as bare text, without the chat template")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive streaming chat; /exit or EOF ends it")
+    _add_generation_args(p)
+    p.set_defaults(func=cmd_chat)
     return parser
 
 

@@ -1,0 +1,270 @@
+"""``qtune report RUN_DIR``: the fidelity table of one fine-tune, as report.md, report.json, report.png.
+
+One row per stage that exists, in this order:
+
+- ``reference`` — the base unquantized: bf16 on a GPU; on CPU the checkpoint's stored float dtype
+  (named as such, e.g. ``reference (float32)``), since CPU bf16 matmuls are slow and not what the
+  table is for;
+- ``nf4`` / ``int8`` — the base quantized at load time by bitsandbytes (NF4 as the recipe sets it
+  when it trains on NF4);
+- ``fine-tuned`` — the base as the run's recipe loads it, plus the run's adapter;
+- one row per export under ``<run>/exports/*/qtune_export.json`` (merged, gptq, awq, gguf).
+
+Each row: bits per weight of the linears, size (bytes as saved), peak memory to load, greedy
+tokens/s at batch 1, perplexity on the eval text, eval loss on the recipe's eval split, and the
+change of the last two against ``reference`` and ``fine-tuned``:
+``Δ% = 100 * (x - x_ref) / x_ref`` for perplexity, ``Δ = x - x_ref`` (nats) for eval loss.
+
+Every stage is loaded and measured in its own fresh process (spawned), so peak load memory is
+that stage's alone and nothing (caches, compiled kernels, memory) leaks from one row into the next.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from qtune import __version__, rundir
+from qtune.errors import QtuneError
+from qtune.eval.measure import EvalSettings
+from qtune.models.packaged import PACKAGED_MODELS
+
+REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "report.png"
+
+
+@dataclass
+class Stage:
+    name: str
+    kind: str  # "base" | "run" | "export"
+    quant: dict = field(default_factory=dict)  # QuantSection fields, for "base"
+    dtype: str = "auto"  # ModelSection.dtype, for "base"
+    path: str | None = None  # run or export directory
+    bits: float | None = None  # declared bits per weight (exports)
+
+
+def stored_float_dtype(model_path: str) -> str:
+    """The checkpoint's own float dtype from its config.json (float32 when unstated)."""
+    from qtune.models.load import resolve_model_path
+
+    cfg = json.loads((Path(resolve_model_path(model_path)) / "config.json").read_text())
+    dtype = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
+    return dtype if dtype in ("float32", "float16", "bfloat16") else "float32"
+
+
+def plan_stages(run: Path, recipe, device: str) -> list[Stage]:
+    """The rows of the report for ``run`` on ``device`` (see the module docstring)."""
+    from qtune.eval.sources import export_dirs, read_export_meta
+
+    ref_dtype = "bfloat16" if device == "cuda" else stored_float_dtype(recipe.model.path)
+    compute = recipe.quant.compute_dtype if device == "cuda" else ref_dtype
+    nf4 = recipe.quant.model_dump() if recipe.quant.method == "nf4" else {"method": "nf4", "double_quant": True, "compute_dtype": compute}
+    stages = [
+        Stage(f"reference ({ref_dtype})", "base", {"method": "none"}, ref_dtype),
+        Stage("nf4", "base", nf4),
+        Stage("int8", "base", {"method": "int8", "compute_dtype": compute}),
+        Stage("fine-tuned", "run", path=str(run)),
+    ]
+    for d in export_dirs(run):
+        meta = read_export_meta(d)
+        stages.append(Stage(f"{d.name} ({meta['format']})", "export", path=str(d), bits=meta.get("bits")))
+    return stages
+
+
+def load_stage(stage: Stage, run: Path, recipe, device: str):
+    from qtune.eval.sources import Loaded, ModelSource, load_source, resolve_source
+    from qtune.models.load import load_base_model, load_tokenizer
+    from qtune.recipe.schema import ModelSection, QuantSection
+
+    if stage.kind == "base":
+        model_section = ModelSection(**{**recipe.model.model_dump(), "dtype": stage.dtype})
+        quant = QuantSection(**stage.quant)
+        model = load_base_model(model_section, quant, device)
+        model.eval()
+        dtype = quant.compute_dtype if quant.method != "none" else stage.dtype
+        return Loaded(model, load_tokenizer(recipe.model), ModelSource("base", recipe.model.path), dtype)
+    return load_source(resolve_source(stage.path), device)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt")
+
+
+def weight_file_bytes(path: Path) -> int:
+    """Bytes of an export's weight files (tokenizer, card and metadata are not counted)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
+
+
+def _import_loaders(model_path: str) -> None:
+    import bitsandbytes  # noqa: F401
+    import peft  # noqa: F401
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    from qtune.models.load import resolve_model_path
+
+    try:
+        MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.from_pretrained(resolve_model_path(model_path)))]
+    except (OSError, KeyError, ValueError):
+        pass  # an unknown architecture is imported during the load instead, and counted there
+
+
+def measure_stage(stage: Stage, run_dir: str, settings: EvalSettings, device: str) -> dict:
+    """Load one stage and measure it (runs in a fresh process, see :func:`build_report`)."""
+    from transformers import set_seed
+
+    from qtune.eval.footprint import LoadMemory, linear_bits_per_weight, state_dict_bytes
+    from qtune.eval.measure import measure
+    from qtune.eval.sources import load_run_recipe
+
+    run = Path(run_dir)
+    recipe = load_run_recipe(run)
+    set_seed(settings.seed)
+    # bitsandbytes logs on every INT8 matmul that float32 inputs are cast to float16; said once in the notes.
+    logging.getLogger("bitsandbytes.autograd._functions").addFilter(
+        lambda record: not str(record.msg).startswith("MatMul8bitLt: inputs will be cast"))
+    _import_loaders(recipe.model.path)  # so the load memory below is the model's, not library code
+    with LoadMemory(device) as mem:
+        loaded = load_stage(stage, run, recipe, device)
+    row = {"stage": stage.name, "kind": stage.kind, "compute_dtype": loaded.dtype, "notes": loaded.notes}
+    if stage.quant.get("method") == "int8":
+        row["notes"] = row["notes"] + ["bitsandbytes LLM.int8: float32 activations are cast to float16 for the int8 matmul"]
+    if stage.kind == "export":
+        row["bits_per_weight"] = stage.bits
+        row["size_bytes"] = weight_file_bytes(Path(stage.path))
+        row["size_kind"] = "weight files on disk"
+    else:
+        row["bits_per_weight"] = linear_bits_per_weight(loaded.model)
+        row["size_bytes"] = state_dict_bytes(loaded.model)
+        row["size_kind"] = "state dict bytes as saved (base + adapter)" if stage.kind == "run" else "state dict bytes as saved"
+    row["load_peak_bytes"] = mem.bytes
+    row["load_peak_kind"] = mem.kind
+    row.update(measure(loaded, settings, recipe))
+    return row
+
+
+def run_isolated(fn, *args):
+    """``fn(*args)`` in a freshly spawned process; its result (or its exception) comes back."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def add_deltas(rows: list[dict]) -> None:
+    """Perplexity Δ% and eval-loss Δ (nats) of each row against ``reference`` and ``fine-tuned``."""
+
+    def value(row, key):
+        return row.get("perplexity", {}).get("perplexity") if key == "ppl" else row.get("eval", {}).get("eval_loss")
+
+    anchors = {"reference": rows[0] if rows and rows[0]["stage"].startswith("reference") else None,
+               "fine-tuned": next((r for r in rows if r["stage"] == "fine-tuned"), None)}
+    for row in rows:
+        deltas = {}
+        for anchor, a in anchors.items():
+            if a is None:
+                continue
+            p, p0 = value(row, "ppl"), value(a, "ppl")
+            l, l0 = value(row, "loss"), value(a, "loss")
+            deltas[f"ppl_pct_vs_{anchor}"] = 100 * (p - p0) / p0 if p is not None and p0 else None
+            deltas[f"eval_loss_vs_{anchor}"] = l - l0 if l is not None and l0 is not None else None
+        row["deltas"] = deltas
+
+
+def build_report(run: Path, settings: EvalSettings, device: str, console=print) -> dict:
+    """Measure every stage of ``run`` (each in its own process) and return the report dict."""
+    from qtune.eval.sources import load_run_recipe
+    from qtune.models.load import resolve_device
+
+    if not (run / rundir.RECIPE).is_file() or not (run / rundir.ADAPTER).is_dir():
+        raise QtuneError(f"RUN_DIR: '{run}' is not a finished run (needs {rundir.RECIPE} and {rundir.ADAPTER}/)")
+    device = resolve_device(device)
+    settings = settings.for_device(device)
+    recipe = load_run_recipe(run)
+    rows, skipped = [], []
+    for stage in plan_stages(run, recipe, device):
+        console(f"measuring {stage.name} ...")
+        try:
+            row = run_isolated(measure_stage, stage, str(run.resolve()), settings, device)
+        except QtuneError as e:  # e.g. a GPTQ export without its backend: the other rows still count
+            console(f"  skipped: {e}")
+            skipped.append({"stage": stage.name, "error": str(e)})
+            continue
+        console(f"  {format_row_brief(row)}")
+        rows.append(row)
+    add_deltas(rows)
+    if recipe.model.path in PACKAGED_MODELS and rows and rows[0]["stage"].startswith("reference"):
+        spec = PACKAGED_MODELS[recipe.model.path]
+        rows[0]["notes"] = rows[0]["notes"] + [
+            f"the packaged base ships as {Path(spec.file).name}; its reference is that GGUF dequantized to float32, "
+            "so every row here re-quantizes weights that were already 4-bit, not the original 16-bit release"
+        ]
+    return {
+        "skipped": skipped,
+        "run": str(run.resolve()),
+        "base": recipe.model.path,
+        "device": device,
+        "settings": asdict(settings),
+        "rows": rows,
+        "created_by": f"qtune {__version__}",
+    }
+
+
+def format_row_brief(row: dict) -> str:
+    ev = row.get("eval", {}).get("eval_loss")
+    return f"ppl {row['perplexity']['perplexity']:.3f}" + (f", eval loss {ev:.4f}" if ev is not None else "")
+
+
+def _fmt(x, spec: str, empty: str = "—") -> str:
+    return empty if x is None else format(x, spec)
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{x:+.2f}%"
+
+
+def render_markdown(report: dict) -> str:
+    rows = report["rows"]
+    p0 = rows[0]["perplexity"]
+    head = [
+        f"# Fidelity report: {Path(report['run']).name}",
+        "",
+        f"Base `{report['base']}` on **{report['device']}**. Perplexity: {p0['text_tokens']} tokens of "
+        f"{len(p0['text']['files'])} file(s) (sha256 `{p0['text']['sha256'][:16]}…`"
+        f"{', capped' if p0['text_truncated'] else ''}), window {p0['window']}, stride {p0['stride']} "
+        f"({p0['scored_tokens']} tokens scored). Eval loss: token-weighted NLL (nats) on `{rows[0].get('eval', {}).get('eval_data')}`.",
+        "Δ columns: perplexity change in % and eval-loss change in nats, against the reference and the fine-tuned model.",
+        "",
+        "| stage | bits/weight | size (MB) | load peak (MB) | tok/s (batch 1) | perplexity | Δppl vs ref | Δppl vs FT | eval loss | Δloss vs ref | Δloss vs FT |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines = []
+    for r in rows:
+        d = r["deltas"]
+        lines.append(
+            f"| {r['stage']} | {_fmt(r['bits_per_weight'], '.2f')} | {r['size_bytes'] / 1e6:.1f} | {r['load_peak_bytes'] / 1e6:.0f} | "
+            f"{_fmt(r.get('generation', {}).get('tokens_per_s'), '.1f')} | {r['perplexity']['perplexity']:.3f} | "
+            f"{_pct(d.get('ppl_pct_vs_reference'))} | {_pct(d.get('ppl_pct_vs_fine-tuned'))} | "
+            f"{_fmt(r.get('eval', {}).get('eval_loss'), '.4f')} | {_fmt(d.get('eval_loss_vs_reference'), '+.4f')} | "
+            f"{_fmt(d.get('eval_loss_vs_fine-tuned'), '+.4f')} |"
+        )
+    notes = ["", "Notes:", f"- size: {', '.join(sorted({r['stage'] + ': ' + r['size_kind'] for r in rows}))}.",
+             f"- load peak: {rows[0]['load_peak_kind'].replace('_', ' ')}, each stage loaded in a fresh process. A float "
+             "checkpoint loaded in its stored dtype is memory-mapped, so on CPU its pages count only once touched (the "
+             "reference row can read below its size); quantized rows materialize their weights while loading.",
+             "- tok/s: greedy decoding at batch 1, EOS suppressed, after a warm-up; wall-clock, so it varies with machine load "
+             "(every other number is deterministic)."]
+    notes += [f"- {r['stage']}: {n}" for r in rows for n in r.get("notes", [])]
+    notes += [f"- {r['stage']}: not measured — {r['error']}" for r in report.get("skipped", [])]
+    return "\n".join(head + lines + notes) + "\n"
+
+
+def write_report(run: Path, report: dict) -> list[Path]:
+    """Write report.md, report.json and report.png into ``run``, each atomically."""
+    from qtune.eval.chart import plot_report
+
+    rundir.write_json(run / REPORT_JSON, report)
+    rundir.write_text(run / REPORT_MD, render_markdown(report))
+    with rundir.atomic_path(run / REPORT_PNG) as tmp:
+        plot_report(report, tmp)
+    return [run / REPORT_MD, run / REPORT_JSON, run / REPORT_PNG]

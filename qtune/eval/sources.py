@@ -1,0 +1,217 @@
+"""What ``MODEL`` means on the command line, and how each kind loads for evaluation.
+
+The first rule that matches wins (the fallback, a Hub id, comes last):
+
+==========  ==================================================  =====================================
+kind        how it is recognised                                how it loads
+==========  ==================================================  =====================================
+run         a directory with ``recipe.yaml`` and ``adapter/``   the base as its recipe loads it
+                                                                (quantized the same way) + adapter
+export      a directory with ``qtune_export.json``              by its ``format``: merged/gptq/awq as
+                                                                a transformers checkpoint, gguf as a
+                                                                ``.gguf`` file (below)
+gguf        a ``.gguf`` file                                    transformers ``gguf_file=``:
+                                                                dequantized to float weights
+checkpoint  a directory with ``config.json``                    transformers, stored dtype
+packaged    a name from ``qtune models``                        its cached float32 checkpoint
+hub         anything else                                       transformers from the Hub
+==========  ==================================================  =====================================
+
+GGUF is evaluated by dequantizing its weights into a transformers model: the weights carry the
+GGUF quantization error exactly, but the matmuls run in float (llama.cpp would also quantize the
+activations to 8 bit), so the numbers measure the weight quantization alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qtune import rundir
+from qtune.errors import QtuneError, missing_dependency
+from qtune.models.packaged import PACKAGED_MODELS
+
+EXPORT_META = "qtune_export.json"
+EXPORT_FORMATS = ("merged", "gptq", "awq", "gguf")
+# What loading a quantized export through transformers needs, per format.
+EXPORT_BACKENDS = {"gptq": ("gptqmodel", "gptq"), "awq": ("autoawq", "awq")}
+
+
+@dataclass
+class ModelSource:
+    kind: str
+    spec: str  # what the user gave
+    path: Path | None = None
+    meta: dict = field(default_factory=dict)  # qtune_export.json for exports
+
+    @property
+    def label(self) -> str:
+        if self.kind == "export":
+            return f"{self.meta.get('format')} export {self.path.name}"
+        return f"{self.kind} {self.spec}"
+
+
+def read_export_meta(directory: Path) -> dict:
+    meta = rundir.read_json(directory / EXPORT_META)
+    fmt = meta.get("format")
+    if fmt not in EXPORT_FORMATS:
+        raise QtuneError(f"{directory / EXPORT_META}: format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    return meta
+
+
+def resolve_source(spec: str) -> ModelSource:
+    """Classify ``spec`` (see the table in the module docstring)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / rundir.RECIPE).is_file() and (path / rundir.ADAPTER).is_dir():
+            return ModelSource("run", spec, path)
+        if (path / EXPORT_META).is_file():
+            return ModelSource("export", spec, path, read_export_meta(path))
+        if (path / "config.json").is_file():
+            return ModelSource("checkpoint", spec, path)
+        raise QtuneError(
+            f"MODEL: directory '{spec}' is not a run (recipe.yaml + adapter/), an export ({EXPORT_META}) "
+            f"or a transformers checkpoint (config.json)"
+        )
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise QtuneError(f"MODEL: no such GGUF file '{spec}'")
+        return ModelSource("gguf", spec, path)
+    if spec in PACKAGED_MODELS:
+        return ModelSource("packaged", spec)
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise QtuneError(f"MODEL: no such file or directory '{spec}' (packaged models: {', '.join(PACKAGED_MODELS)})")
+    return ModelSource("hub", spec)
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object
+    source: ModelSource
+    dtype: str  # compute dtype of the non-quantized parts
+    notes: list[str] = field(default_factory=list)
+
+
+def load_source(src: ModelSource, device: str, quant: str | None = None) -> Loaded:
+    """Load ``src`` on ``device`` with its tokenizer, ready for ``eval()``.
+
+    ``quant`` (nf4, fp4, int8) quantizes a checkpoint, packaged or Hub model at load time with
+    bitsandbytes, computing in bfloat16 on a GPU and float32 on CPU.
+    """
+    if quant not in (None, "none"):
+        return _load_quantized(src, device, quant)
+    if src.kind == "run":
+        loaded = _load_run(src, device)
+    elif src.kind == "export":
+        loaded = _load_export(src, device)
+    elif src.kind == "gguf":
+        loaded = _load_gguf(src, src.path, device, tokenizer_dir=None)
+    else:
+        from qtune.models.load import resolve_model_path
+
+        path = src.path or resolve_model_path(src.spec)
+        loaded = Loaded(_from_pretrained(path, src.spec, device), _tokenizer(path, src.spec), src, "")
+    loaded.dtype = loaded.dtype or str(loaded.model.dtype).removeprefix("torch.")
+    loaded.model.eval()
+    return loaded
+
+
+def _load_quantized(src: ModelSource, device: str, method: str) -> Loaded:
+    from qtune.models.load import load_base_model, load_tokenizer
+    from qtune.recipe.schema import ModelSection, QuantSection
+
+    if src.kind not in ("checkpoint", "packaged", "hub"):
+        raise QtuneError(f"--quant: only a checkpoint, packaged or Hub model is quantized at load time (given a {src.kind})")
+    compute = "bfloat16" if device == "cuda" else "float32"
+    section = ModelSection(path=str(src.path or src.spec))
+    model = load_base_model(section, QuantSection(method=method, compute_dtype=compute), device)
+    return Loaded(model.eval(), load_tokenizer(section), src, compute, [f"quantized to {method} at load time by bitsandbytes"])
+
+
+def load_run_recipe(run: Path):
+    from qtune.recipe import load_recipe
+
+    return load_recipe(run / rundir.RECIPE)
+
+
+def _load_run(src: ModelSource, device: str) -> Loaded:
+    from qtune.models.load import load_tokenizer, load_trained
+
+    recipe = load_run_recipe(src.path)
+    model = load_trained(str(src.path / rundir.ADAPTER), recipe.model, recipe.quant, device)
+    tok = load_tokenizer(recipe.model)
+    note = f"base {recipe.model.path} loaded as the recipe says (quant {recipe.quant.method}) + adapter"
+    return Loaded(model, tok, src, recipe.quant.compute_dtype if recipe.quant.method != "none" else "", [note])
+
+
+def _load_export(src: ModelSource, device: str) -> Loaded:
+    fmt = src.meta["format"]
+    if fmt == "gguf":
+        ggufs = sorted(src.path.glob("*.gguf"))
+        if not ggufs:
+            raise QtuneError(f"MODEL: gguf export '{src.spec}' holds no .gguf file")
+        tok_dir = src.path if (src.path / "tokenizer_config.json").is_file() else None
+        return _load_gguf(src, ggufs[0], device, tokenizer_dir=tok_dir)
+    if fmt in EXPORT_BACKENDS:
+        package, extra = EXPORT_BACKENDS[fmt]
+        try:
+            model = _from_pretrained(src.path, src.spec, device)
+        except ImportError as e:
+            raise missing_dependency(f"loading a {fmt.upper()} export ({str(e).splitlines()[0]})", package, extra) from None
+    else:
+        model = _from_pretrained(src.path, src.spec, device)
+    return Loaded(model, _tokenizer(_tokenizer_dir(src), src.spec), src, "")
+
+
+def _tokenizer_dir(src: ModelSource):
+    if (src.path / "tokenizer_config.json").is_file() or not src.meta.get("base"):
+        return src.path
+    from qtune.models.load import resolve_model_path
+
+    return resolve_model_path(src.meta["base"])
+
+
+def _load_gguf(src: ModelSource, file: Path, device: str, tokenizer_dir) -> Loaded:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=dtype, device_map={"": device})
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # the weights are plain floats now
+    tok = _tokenizer(tokenizer_dir, src.spec) if tokenizer_dir else AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    note = f"{file.name} dequantized to {str(dtype).removeprefix('torch.')} by transformers (weights carry the GGUF error; matmuls in float)"
+    return Loaded(model, tok, src, str(dtype).removeprefix("torch."), [note])
+
+
+def _from_pretrained(path, spec: str, device: str):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype="auto", device_map={"": device})
+    except OSError as e:
+        raise QtuneError(
+            f"MODEL: could not load '{spec}' ({str(e).splitlines()[0]}); without Hub access give a run, export, "
+            f"checkpoint directory, .gguf file or packaged model ({', '.join(PACKAGED_MODELS)})"
+        ) from None
+
+
+def _tokenizer(path, spec: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except OSError as e:
+        raise QtuneError(f"MODEL: could not load a tokenizer for '{spec}' ({str(e).splitlines()[0]})") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def export_dirs(run: Path) -> list[Path]:
+    """Every export of a run: ``<run>/exports/*/qtune_export.json``, sorted by name."""
+    return sorted(p.parent for p in (run / "exports").glob(f"*/{EXPORT_META}"))
+

@@ -1,0 +1,52 @@
+"""MODEL resolution: runs, exports, checkpoints, GGUF files, packaged names, Hub ids."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qtune.errors import QtuneError
+from qtune.eval.sources import export_dirs, resolve_source
+
+
+def test_each_kind_is_recognised(tiny_run, tiny_checkpoint, tmp_path):
+    assert resolve_source(str(tiny_run)).kind == "run"
+    assert resolve_source(str(tiny_checkpoint)).kind == "checkpoint"
+    assert resolve_source("smollm2-135m-instruct").kind == "packaged"
+    assert resolve_source("HuggingFaceTB/SmolLM2-135M").kind == "hub"
+    export = tmp_path / "exports" / "gguf"
+    export.mkdir(parents=True)
+    (export / "qtune_export.json").write_text(json.dumps({"format": "gguf", "bits": 4.5, "group_size": 32, "files": ["m.gguf"]}))
+    src = resolve_source(str(export))
+    assert (src.kind, src.meta["bits"]) == ("export", 4.5)
+    assert export_dirs(tmp_path) == [export]
+
+
+def test_unusable_models_are_one_line_errors(tmp_path):
+    with pytest.raises(QtuneError, match="not a run"):
+        resolve_source(str(tmp_path))
+    with pytest.raises(QtuneError, match="no such GGUF file"):
+        resolve_source(str(tmp_path / "missing.gguf"))
+    with pytest.raises(QtuneError, match="no such file or directory './nope'"):
+        resolve_source("./nope")
+    (tmp_path / "qtune_export.json").write_text(json.dumps({"format": "gguff"}))
+    with pytest.raises(QtuneError, match="'gguff' is not one of merged, gptq, awq, gguf"):
+        resolve_source(str(tmp_path))
+
+
+def test_gguf_file_scores_like_the_checkpoint_converted_from_it():
+    """The packaged checkpoint *is* the packaged GGUF dequantized to float32 by transformers, so
+    loading the .gguf directly must give the same perplexity (measured: identical to ~1e-7)."""
+    from qtune.eval.measure import EvalSettings, text_perplexity
+    from qtune.eval.sources import load_source
+    from qtune.models.packaged import gguf_path
+
+    settings = EvalSettings(window=64, stride=32, max_tokens=160)
+    gguf = load_source(resolve_source(str(gguf_path("smollm2-135m-instruct"))), "cpu")
+    assert gguf.dtype == "float32" and "dequantized" in gguf.notes[0]
+    from_gguf = text_perplexity(gguf, settings)
+    del gguf
+    packaged = text_perplexity(load_source(resolve_source("smollm2-135m-instruct"), "cpu"), settings)
+    assert from_gguf["text_tokens"] == packaged["text_tokens"] == 160
+    assert from_gguf["perplexity"] == pytest.approx(packaged["perplexity"], rel=1e-5), (from_gguf["perplexity"], packaged["perplexity"])

@@ -62,9 +62,15 @@ def cmd_merge(args) -> int:
 
     from qtune.export.merge import merged_model, save_checkpoint
 
-    model, _, tokenizer = merged_model(args.run_dir, args.base)
-    out = save_checkpoint(model, tokenizer, args.out or Path(args.run_dir) / "exports" / f"merged-{args.base}", args.dtype)
-    print(f"merged into the {args.base} base → {out}")
+    from qtune.export.card import write_card, write_manifest
+    from qtune.export.formats import DEFAULT_MERGE_BASE
+
+    model, recipe, tokenizer = merged_model(args.run_dir, args.base)
+    name = "merged" if args.base == DEFAULT_MERGE_BASE else f"merged-{args.base}"
+    out = save_checkpoint(model, tokenizer, args.out or Path(args.run_dir) / "exports" / name, args.dtype)
+    manifest = write_manifest(out, "merged", 16 if args.dtype != "float32" else 32, None, args.base, dtype=args.dtype)
+    write_card(out, manifest, None, recipe.model.path)
+    print(f"merged into the {args.base} base → {out} (fidelity: qtune export RUN_DIR --format merged)")
     return 0
 
 
@@ -134,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dequantized: the NF4 weights the adapter was trained against (default, measured better); "
                         "original: the 16-bit weights")
     p.add_argument("--out", help="output directory (default RUN_DIR/exports/merged-BASE)")
-    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
+                   help="storage dtype (float16 keeps 3 more mantissa bits of the LoRA delta than bfloat16)")
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("export", help="merge, quantize (GPTQ/AWQ/GGUF) and write deployable exports of a run")

@@ -50,8 +50,14 @@ def _pre_tokenizer(model_path: str) -> str:
     return "default"
 
 
-def write_gguf(ckpt: Path, out_file: Path, qtype: str, pre_tokenizer: str = "default") -> None:
-    """Convert the float checkpoint ``ckpt`` into one GGUF file of type ``qtype``."""
+def write_gguf(ckpt: Path, out_file: Path, qtype: str, pre_tokenizer: str = "default") -> tuple[dict, float]:
+    """Convert the float checkpoint ``ckpt`` into one GGUF file of type ``qtype``.
+
+    Returns what was written, dequantized back into HF names and layout (float32 tensors), and the
+    average bits per element of the 2-D tensors — so fidelity needs no slow re-parse of the file.
+    """
+    import torch
+
     import gguf
     import numpy as np
     from gguf.vocab import BpeVocab, SpecialVocab
@@ -96,6 +102,7 @@ def write_gguf(ckpt: Path, out_file: Path, qtype: str, pre_tokenizer: str = "def
     SpecialVocab(ckpt, load_merges=True, n_vocab=cfg["vocab_size"]).add_to_gguf(w)
 
     names = gguf.get_tensor_name_map(arch, n_layer)
+    written, n_bytes, n_el = {}, 0, 0
     tensors = {}
     for f in sorted(ckpt.glob("*.safetensors")):
         tensors.update(load_file(str(f)))
@@ -112,16 +119,28 @@ def write_gguf(ckpt: Path, out_file: Path, qtype: str, pre_tokenizer: str = "def
             data = _permute(data, kv_heads)
         block = gguf.GGML_QUANT_SIZES[gtype][0]
         if data.ndim == 1 or qtype == "F32" or data.shape[-1] % block:
-            w.add_tensor(name, data)  # F32
+            stored, back = data, data  # F32
+            w.add_tensor(name, data)
         elif qtype == "F16":
-            w.add_tensor(name, data.astype(np.float16))
+            stored = data.astype(np.float16)
+            back = stored.astype(np.float32)
+            w.add_tensor(name, stored)
         else:
-            raw = gguf.quants.quantize(data, gtype)
-            w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=gtype)
+            stored = gguf.quants.quantize(data, gtype)
+            back = gguf.quants.dequantize(stored, gtype).reshape(data.shape)
+            w.add_tensor(name, stored, raw_shape=stored.shape, raw_dtype=gtype)
+        if data.ndim == 2:
+            n_bytes, n_el = n_bytes + stored.nbytes, n_el + data.size
+        if hf_name.endswith("q_proj.weight"):
+            back = _unpermute(back, heads)
+        elif hf_name.endswith("k_proj.weight"):
+            back = _unpermute(back, kv_heads)
+        written[hf_name] = torch.from_numpy(np.ascontiguousarray(back, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    return written, round(8 * n_bytes / n_el, 3)
 
 
 def llama_cpp_quantize(f16_file: Path, out_file: Path, qtype: str) -> None:
@@ -137,8 +156,25 @@ def llama_cpp_quantize(f16_file: Path, out_file: Path, qtype: str) -> None:
         raise QtuneError(f"export.gguf_types: llama.cpp could not quantize to {qtype} (return code {rc})")
 
 
+def model_from_state(ckpt: Path, state: dict):
+    """A float32 transformers model with ``ckpt``'s config and the weights in ``state``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(ckpt))
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not (config.tie_word_embeddings and k.startswith("lm_head"))]
+    assert not missing, f"GGUF lacks {missing[:5]}"
+    model.tie_weights()
+    return model.eval()
+
+
 def load_gguf_dequantized(path: Path, ckpt: Path):
-    """The GGUF file's weights as a float32 transformers model built from ``ckpt``'s config."""
+    """A GGUF file read back (any type ``gguf.quants`` dequantizes, K-quants too) as a float32 model.
+
+    Slow for real vocabularies: ``GGUFReader`` parses every token and merge string in Python.
+    """
     import gguf
     import numpy as np
     import torch
@@ -161,11 +197,7 @@ def load_gguf_dequantized(path: Path, ckpt: Path):
         elif hf.endswith("k_proj.weight"):
             data = _unpermute(data, kv)
         state[hf] = torch.from_numpy(np.ascontiguousarray(data))
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not (config.tie_word_embeddings and k.startswith("lm_head"))]
-    assert not missing, f"GGUF lacks {missing[:5]}"
-    model.tie_weights()
-    return model.eval()
+    return model_from_state(ckpt, state)
 
 
 def export_gguf(merged: Path, recipe, tokenizer, settings, rows, reference, out: Path, say) -> Path:
@@ -187,11 +219,14 @@ def export_gguf(merged: Path, recipe, tokenizer, settings, rows, reference, out:
                 write_gguf(merged, f16, "F16", pre)
                 llama_cpp_quantize(f16, target, qtype)
                 f16.unlink()
+                model = load_gguf_dequantized(target, merged)
+                bits[target.name] = _bits_per_weight(target)
             else:
-                write_gguf(merged, target, qtype, pre)
+                state, bits[target.name] = write_gguf(merged, target, qtype, pre)
+                model = model_from_state(merged, state)
             with torch.no_grad():
-                fidelity["exports"][target.name] = compare(measure(load_gguf_dequantized(target, merged), recipe, tokenizer, rows), reference)
-            bits[target.name] = _bits_per_weight(target)
+                fidelity["exports"][target.name] = compare(measure(model, recipe, tokenizer, rows), reference)
+            del model
             say(f"gguf: {target.name} ({time.perf_counter() - t:.0f}s)")
     card.write_fidelity(out, fidelity)
     manifest = card.write_manifest(out, "gguf", min(bits.values()), None, settings.base, bits_per_file=bits,

@@ -76,8 +76,11 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--eval-rows", type=int, default=64, help="eval conversations scored (all: 0)")
     ap.add_argument("--no-gptqmodel", action="store_true")
+    ap.add_argument("--threads", type=int, help="torch threads (on a shared machine 1 avoids OpenMP spin stalls)")
     ap.add_argument("--run", help="a finished run: also measure fine-tune -> merge -> GPTQ retention")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     recipe = load_recipe(args.recipe, [f"data.max_eval_examples={args.eval_rows}"] if args.eval_rows else [])
     path = resolve_model_path(recipe.model.path)
@@ -92,6 +95,8 @@ def main() -> None:
     t = time.perf_counter()
     m = rtn_all(copy.deepcopy(base), args.bits, args.group_size)
     results["RTN"] = (ppl_and_loss(m, recipe, tok, rows), time.perf_counter() - t)
+    for name, (r, _) in results.items():
+        print(f"  {name}: perplexity {r['perplexity']:.3f}", flush=True)
     for name, q in (("qtune GPTQ", gptq_layer_quantizer(args.bits, args.group_size, False, True, 0.01)),
                     ("qtune AWQ", awq_layer_quantizer(args.bits, args.group_size))):
         m = copy.deepcopy(base)
@@ -99,11 +104,12 @@ def main() -> None:
         sweep(m, calib, 8, q)
         wall = time.perf_counter() - t
         results[name] = (ppl_and_loss(m, recipe, tok, rows), wall)
-        print(f"  {name}: {wall:.0f}s", flush=True)
+        print(f"  {name}: perplexity {results[name][0]['perplexity']:.3f}, {wall:.0f}s", flush=True)
     if not args.no_gptqmodel:
         try:
             m, wall = gptqmodel_gptq(path, calib, args.bits, args.group_size, True)
             results["gptqmodel GPTQ"] = (ppl_and_loss(m, recipe, tok, rows), wall)
+            print(f"  gptqmodel GPTQ: perplexity {results['gptqmodel GPTQ'][0]['perplexity']:.3f}, {wall:.0f}s", flush=True)
         except ImportError as e:
             print(f"  gptqmodel not importable ({e}); row skipped")
 

@@ -97,7 +97,8 @@ def export_settings(args):
         return ExportSection.model_validate(base)
     except ValidationError as e:
         raise QtuneError("bad export options", lines=[
-            f"export.{'.'.join(map(str, err['loc']))}: {err['msg']} (given {err.get('input')!r})" for err in e.errors()
+            f"export.{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')} (given {err.get('input')!r})"
+            for err in e.errors()
         ]) from None
 
 

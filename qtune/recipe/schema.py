@@ -138,7 +138,7 @@ class ExportSection(Section):
     @classmethod
     def _group(cls, v: int) -> int:
         if v != -1 and v < 8:
-            raise ValueError(f"must be -1 (one group per row) or at least 8 (given {v})")
+            raise ValueError("must be -1 (one group per row) or at least 8")
         return v
 
 

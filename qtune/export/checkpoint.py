@@ -37,11 +37,11 @@ def write_checkpoint(model, tokenizer, quantized: dict[str, QuantizedWeight], qc
 
     pack = PACKERS[qconfig["quant_method"]]
     state = {}
-    tied = getattr(model.config, "tie_word_embeddings", False)
-    out_emb = model.get_output_embeddings()
     skip = {n + ".weight" for n in quantized}
+    if getattr(model.config, "tie_word_embeddings", False):
+        skip.add("lm_head.weight")  # tied to the input embeddings, which are saved
     for name, tensor in model.state_dict().items():
-        if name in skip or (tied and out_emb is not None and tensor.data_ptr() == out_emb.weight.data_ptr() and name.startswith("lm_head")):
+        if name in skip:
             continue
         state[name] = tensor.detach().to(torch.float16).contiguous()
     for name, w in quantized.items():

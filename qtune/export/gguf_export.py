@@ -178,14 +178,15 @@ def load_gguf_dequantized(path: Path, ckpt: Path):
     import gguf
     import numpy as np
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from safetensors import safe_open
 
-    config = AutoConfig.from_pretrained(str(ckpt))
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    arch = getattr(gguf.MODEL_ARCH, GGUF_ARCHS[config.model_type])
-    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
-    by_gguf = {names.get_name(k, try_suffixes=(".weight", ".bias")): k for k in model.state_dict()}
-    heads, kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
+    cfg = json.loads((ckpt / "config.json").read_text())
+    arch = getattr(gguf.MODEL_ARCH, GGUF_ARCHS[cfg["model_type"]])
+    names = gguf.get_tensor_name_map(arch, cfg["num_hidden_layers"])
+    keys = [k for f in sorted(ckpt.glob("*.safetensors")) for k in safe_open(str(f), "np").keys()]
+    by_gguf = {names.get_name(k, try_suffixes=(".weight", ".bias")): k for k in keys}
+    heads = cfg["num_attention_heads"]
+    kv = cfg.get("num_key_value_heads") or heads
     state = {}
     for t in gguf.GGUFReader(str(path)).tensors:
         stem, suffix = t.name.rsplit(".", 1)

@@ -1,6 +1,5 @@
 """``qtune export`` options: the recipe's export section, overridden by flags, validated once."""
 
-import shutil
 
 import pytest
 

@@ -116,7 +116,7 @@ def cmd_export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from qtune.export.formats import EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
+    from qtune.export.formats import DEFAULT_MERGE_BASE, EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
 
     parser = argparse.ArgumentParser(prog="qtune", description="Fine-tune, quantize and deploy LLMs on one GPU.")
     parser.add_argument("--version", action="version", version=f"qtune {__version__}")
@@ -137,9 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("merge", help="merge a run's LoRA adapter into a 16-bit checkpoint")
     p.add_argument("run_dir")
-    p.add_argument("--base", choices=MERGE_BASES, default="dequantized",
-                   help="dequantized: the NF4 weights the adapter was trained against (default, measured better); "
-                        "original: the 16-bit weights")
+    p.add_argument("--base", choices=MERGE_BASES, default=DEFAULT_MERGE_BASE,
+                   help="original: the 16-bit weights (default, measured better, docs/export.md); "
+                        "dequantized: the NF4 weights the adapter was trained against (reproduces the trained model)")
     p.add_argument("--out", help="output directory (default RUN_DIR/exports/merged-BASE)")
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
                    help="storage dtype (float16 keeps 3 more mantissa bits of the LoRA delta than bfloat16)")
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="merge, quantize (GPTQ/AWQ/GGUF) and write deployable exports of a run")
     p.add_argument("run_dir")
     p.add_argument("--format", nargs="+", choices=EXPORT_FORMATS, required=True)
-    p.add_argument("--base", choices=MERGE_BASES, help="merge base (default dequantized)")
+    p.add_argument("--base", choices=MERGE_BASES, help=f"merge base (default {DEFAULT_MERGE_BASE})")
     p.add_argument("--bits", type=int, choices=QUANT_BITS)
     p.add_argument("--group-size", type=int, help="input columns per scale, -1 for per-row (default 64)")
     p.add_argument("--sym", action=argparse.BooleanOptionalAction, default=None, help="symmetric grid (GPTQ)")

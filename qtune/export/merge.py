@@ -6,8 +6,8 @@ Two choices of ``W_base`` (``--base``):
   (NF4/FP4 with its blocksize and double quantization, or INT8 rows) is quantized and dequantized
   exactly as bitsandbytes did during training. The merged model then computes what the trained
   model computed, up to the storage dtype.
-- ``original``: the 16/32-bit weights before quantization. The adapter learned to correct the
-  quantization error too, so adding it to the unquantized weights applies that correction twice.
+- ``original``: the 16/32-bit weights before quantization. The adapter may have learned to
+  correct some quantization error, which then is corrected twice; but the base itself is better.
 
 :data:`~qtune.export.formats.DEFAULT_MERGE_BASE` is the one that measured better (docs/export.md has the figures).
 """

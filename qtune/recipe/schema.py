@@ -11,7 +11,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from qtune.export.formats import EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
+from qtune.export.formats import DEFAULT_MERGE_BASE, EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
 
 DType = Literal["bfloat16", "float16", "float32", "auto"]
 ComputeDType = Literal["bfloat16", "float16", "float32"]
@@ -125,7 +125,7 @@ class CalibrationSection(Section):
 
 class ExportSection(Section):
     formats: list[ExportFormat] = Field(default_factory=lambda: ["merged"], min_length=1)
-    base: MergeBase = "dequantized"
+    base: MergeBase = DEFAULT_MERGE_BASE
     bits: QuantBits = 4
     group_size: int = Field(64, description="input columns per scale; -1 for one group per row")
     sym: bool = False

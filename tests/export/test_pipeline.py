@@ -6,6 +6,7 @@ import torch
 
 from qtune.export.card import FIDELITY, MANIFEST
 from qtune.export.checkpoint import load_dequantized
+from qtune.export.formats import DEFAULT_MERGE_BASE
 from qtune.export.gguf_export import load_gguf_dequantized
 from qtune.export.merge import merged_model
 from qtune.export.pipeline import export_run
@@ -21,7 +22,7 @@ def test_export_all_formats(tiny_run, tmp_path):
     assert set(done) == {"merged", "gptq", "awq", "gguf"}
     for fmt, path in done.items():
         m = json.loads((path / MANIFEST).read_text())
-        assert m["format"] == fmt and m["created_by"].startswith("qtune ") and m["base"] == "dequantized"
+        assert m["format"] == fmt and m["created_by"].startswith("qtune ") and m["base"] == DEFAULT_MERGE_BASE
         assert all((path / f).is_file() for f in m["files"])
         assert (path / "README.md").read_text().count("```") >= 2
         fid = json.loads((path / FIDELITY).read_text())
@@ -32,7 +33,7 @@ def test_export_all_formats(tiny_run, tmp_path):
     cfg = json.loads((done["awq"] / "config.json").read_text())["quantization_config"]
     assert cfg["quant_method"] == "awq" and cfg["version"] == "gemm" and cfg["zero_point"] is True
 
-    merged = merged_model(tiny_run, "dequantized")[0]
+    merged = merged_model(tiny_run, DEFAULT_MERGE_BASE)[0]
     ids = torch.randint(0, 1000, (2, 48), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = merged(input_ids=ids).logits

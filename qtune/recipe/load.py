@@ -160,6 +160,8 @@ def _fields_at(loc: tuple[str, ...]) -> list[str]:
 
 
 def _literal_choices(loc: tuple[str, ...]) -> list[str]:
+    if loc and loc[-1].isdigit():  # an item of a list field: the choices are the list's
+        loc = loc[:-1]
     parent = _model_at(loc[:-1])
     if parent is None or loc[-1] not in parent.model_fields:
         return []

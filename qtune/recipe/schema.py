@@ -12,6 +12,7 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from qtune.kernels.dispatch import KERNEL_MODES
+from qtune.export.formats import DEFAULT_MERGE_BASE, EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
 
 DType = Literal["bfloat16", "float16", "float32", "auto"]
 ComputeDType = Literal["bfloat16", "float16", "float32"]
@@ -27,6 +28,10 @@ Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adam
 Device = Literal["auto", "cpu", "cuda"]
 TrackingBackend = Literal["wandb", "tensorboard", "none"]
 Kernels = Literal[tuple(KERNEL_MODES)]  # auto | triton | bitsandbytes, from qtune.kernels.dispatch
+ExportFormat = Literal[EXPORT_FORMATS]
+MergeBase = Literal[MERGE_BASES]
+GGUFType = Literal[GGUF_TYPES]
+QuantBits = Literal[QUANT_BITS]
 
 
 class Section(BaseModel):
@@ -141,6 +146,32 @@ class TrackingSection(Section):
     run_name: Optional[str] = None
 
 
+class CalibrationSection(Section):
+    source: str = Field("train", description="train, eval, or a JSONL file in the recipe's data format")
+    samples: int = Field(128, ge=1)
+    seq_len: int = Field(256, ge=16)
+    seed: int = 0
+
+
+class ExportSection(Section):
+    formats: list[ExportFormat] = Field(default_factory=lambda: ["merged"], min_length=1)
+    base: MergeBase = DEFAULT_MERGE_BASE
+    bits: QuantBits = 4
+    group_size: int = Field(64, description="input columns per scale; -1 for one group per row")
+    sym: bool = False
+    act_order: bool = Field(True, description="GPTQ desc_act: quantize the most activated columns first")
+    damp: float = Field(0.01, gt=0, lt=1)
+    gguf_types: list[GGUFType] = Field(default_factory=lambda: ["Q8_0"], min_length=1)
+    calibration: CalibrationSection = CalibrationSection()
+
+    @field_validator("group_size")
+    @classmethod
+    def _group(cls, v: int) -> int:
+        if v != -1 and v < 8:
+            raise ValueError("must be -1 (one group per row) or at least 8")
+        return v
+
+
 class Recipe(Section):
     model: ModelSection
     quant: QuantSection = QuantSection()
@@ -148,6 +179,7 @@ class Recipe(Section):
     data: DataSection
     train: TrainSection = TrainSection()
     tracking: TrackingSection = TrackingSection()
+    export: Optional[ExportSection] = None
 
     @model_validator(mode="after")
     def _paged_optim_needs_cuda(self) -> "Recipe":

@@ -156,6 +156,10 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     }
     rundir.write_json(run / rundir.SUMMARY, summary)
     plot_loss(rundir.read_metrics(run), run / rundir.LOSS_PLOT, f"{recipe.model.path} · {recipe.quant.method} · LoRA r={recipe.lora.rank}")
+    if recipe.export is not None:
+        from qtune.export.pipeline import export_run
+
+        export_run(run, recipe.export, console=console)
     return summary
 
 

@@ -1,0 +1,17 @@
+"""The export registries (kept import-light: the recipe schema builds its choices from them)."""
+
+EXPORT_FORMATS = ("merged", "gptq", "awq", "gguf")
+MERGE_BASES = ("dequantized", "original")
+DEFAULT_MERGE_BASE = "original"  # measured better on a SmolLM2 demo run: docs/export.md
+# Written by the gguf package itself / by llama.cpp's quantizer (llama-cpp-python) from an F16 file.
+GGUF_NATIVE_TYPES = ("F16", "BF16", "F32", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
+GGUF_LLAMA_CPP_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K")
+GGUF_TYPES = GGUF_NATIVE_TYPES + GGUF_LLAMA_CPP_TYPES
+QUANT_BITS = (4, 8)
+
+
+def export_name(fmt: str, bits: int, group_size: int) -> str:
+    """The folder under ``<run>/exports/``: ``merged``, ``gguf``, ``gptq-w4g64``, ``awq-w4g128``..."""
+    if fmt in ("gptq", "awq"):
+        return f"{fmt}-w{bits}g{group_size if group_size > 0 else 'row'}"
+    return fmt

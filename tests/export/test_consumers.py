@@ -1,0 +1,69 @@
+"""Real consumers load the exports and compute what qtune's dequantized view computes.
+
+GPTQ and AWQ through transformers + optimum + gptqmodel (torch kernels, CPU), GGUF through
+llama-cpp-python. These need the optional extra ``qtune[verify]`` (and ``qtune[gguf]`` for
+llama-cpp-python) and skip without it; see docs/export.md for the install lines CI uses.
+"""
+
+import pytest
+import torch
+
+from qtune.export.checkpoint import load_dequantized, quantization_config, write_checkpoint
+from qtune.export.sequential import sweep
+
+
+class NoTokenizer:
+    def save_pretrained(self, path):
+        (path / "tokenizer_config.json").write_text("{}")
+
+
+@pytest.mark.parametrize("fmt", ["gptq", "awq"])
+def test_transformers_gptqmodel_loads_export(fmt, make_tiny, calib, tmp_path, monkeypatch):
+    pytest.importorskip("optimum")
+    pytest.importorskip("gptqmodel")
+    monkeypatch.setenv("GPTQMODEL_CPU_WORKERS", "2")
+    from transformers import AutoModelForCausalLM, AwqConfig, GPTQConfig
+
+    from qtune.export.awq import awq_layer_quantizer
+    from qtune.export.gptq import gptq_layer_quantizer
+
+    model = make_tiny(kv_heads=2)
+    act_order = fmt == "gptq"  # act-order on: the consumer must follow g_idx
+    quantizer = gptq_layer_quantizer(4, 32, False, act_order, 0.01) if fmt == "gptq" else awq_layer_quantizer(4, 32)
+    quantized = sweep(model, calib, 4, quantizer)
+    write_checkpoint(model, NoTokenizer(), quantized, quantization_config(fmt, 4, 32, False, act_order, 0.01), tmp_path)
+
+    # torch kernels: the default AWQ CPU kernel (ATen int4pack) rounds scales to bfloat16 (~1e-2 off)
+    qcfg = GPTQConfig(bits=4, backend="torch") if fmt == "gptq" else AwqConfig(bits=4, group_size=32, backend="torch_awq")
+    consumer = AutoModelForCausalLM.from_pretrained(str(tmp_path), device_map="cpu", dtype=torch.float32, quantization_config=qcfg)
+    assert "qweight" in dict(consumer.named_buffers()) or any(n.endswith("qweight") for n, _ in consumer.named_buffers())
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = load_dequantized(tmp_path)(input_ids=ids).logits
+        theirs = consumer(input_ids=ids).logits.float()
+    d = (theirs - ours).abs()
+    # measured: max 3e-3 (GPTQ) / 5e-3 (AWQ), mean ~5e-4, on logits of mean magnitude ~0.7;
+    # a wrong bit order or g_idx gives errors of the logits' own size
+    assert d.max() < 3e-2 and d.mean() < 3e-3, f"max {d.max():.3e} mean {d.mean():.3e}"
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K_M"])
+def test_llama_cpp_loads_gguf(qtype, tiny_run, tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import numpy as np
+
+    from qtune.export.gguf_export import load_gguf_dequantized
+    from qtune.export.pipeline import export_run
+    from qtune.recipe.schema import ExportSection
+
+    done = export_run(tiny_run, ExportSection(formats=["gguf"], gguf_types=[qtype]), out_root=tmp_path)
+    path = done["gguf"] / f"run-{qtype}.gguf"
+    ids = torch.randint(0, 1000, (40,), generator=torch.Generator().manual_seed(0)).tolist()
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
+    llm.eval(ids)
+    theirs = torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32))
+    with torch.no_grad():
+        ours = load_gguf_dequantized(path, done["merged"])(input_ids=torch.tensor([ids])).logits[0]
+    d = (theirs - ours).abs()
+    # llama.cpp quantizes activations to 8 bits inside its quantized dot products; measured max/mean below
+    assert d.max() < 0.1 and d.mean() < 1e-2, f"max {d.max():.3e} mean {d.mean():.3e} (logit scale {ours.abs().mean():.3f})"

@@ -1,0 +1,53 @@
+"""``qtune export`` end to end on a tiny run: every format, the exports contract, fidelity."""
+
+import json
+
+import torch
+
+from qtune.export.card import FIDELITY, MANIFEST
+from qtune.export.checkpoint import load_dequantized
+from qtune.export.formats import DEFAULT_MERGE_BASE
+from qtune.export.gguf_export import load_gguf_dequantized
+from qtune.export.merge import merged_model
+from qtune.export.pipeline import export_run
+from qtune.recipe.schema import ExportSection
+
+
+def test_export_all_formats(tiny_run, tmp_path):
+    settings = ExportSection(
+        formats=["merged", "gptq", "awq", "gguf"], group_size=64, gguf_types=["F16", "Q8_0", "Q4_0"],
+        calibration={"samples": 8, "seq_len": 64},
+    )
+    done = export_run(tiny_run, settings, out_root=tmp_path)
+    assert set(done) == {"merged", "gptq", "awq", "gguf"}
+    for fmt, path in done.items():
+        m = json.loads((path / MANIFEST).read_text())
+        assert m["format"] == fmt and m["created_by"].startswith("qtune ") and m["base"] == DEFAULT_MERGE_BASE
+        assert all((path / f).is_file() for f in m["files"])
+        assert (path / "README.md").read_text().count("```") >= 2
+        fid = json.loads((path / FIDELITY).read_text())
+        assert fid
+    assert done["gptq"].name == "gptq-w4g64" and json.loads((done["gptq"] / MANIFEST).read_text())["bits"] == 4.0
+    cfg = json.loads((done["gptq"] / "config.json").read_text())["quantization_config"]
+    assert cfg["quant_method"] == "gptq" and cfg["desc_act"] is True and cfg["checkpoint_format"] == "gptq"
+    cfg = json.loads((done["awq"] / "config.json").read_text())["quantization_config"]
+    assert cfg["quant_method"] == "awq" and cfg["version"] == "gemm" and cfg["zero_point"] is True
+
+    merged = merged_model(tiny_run, DEFAULT_MERGE_BASE)[0]
+    ids = torch.randint(0, 1000, (2, 48), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = merged(input_ids=ids).logits
+        f16 = load_gguf_dequantized(done["gguf"] / "run-F16.gguf", done["merged"])(input_ids=ids).logits
+        gptq = load_dequantized(done["gptq"])(input_ids=ids).logits
+    # F16 GGUF, with q/k permuted and back, is the merged model up to float16 rounding
+    d = (f16 - ref).abs()
+    assert d.max() < 1e-2, f"F16 max {d.max():.3e} mean {d.mean():.3e}"
+    assert (gptq - ref).abs().mean() > 10 * d.mean(), "4-bit GPTQ should differ more than F16 rounding"
+    gg = json.loads((done["gguf"] / FIDELITY).read_text())["exports"]
+    err = {k.split("-")[1][:-5]: abs(v["delta"]["perplexity"]) for k, v in gg.items()}
+    assert err["F16"] <= err["Q8_0"] <= err["Q4_0"], err
+    bits = json.loads((done["gguf"] / MANIFEST).read_text())["bits_per_file"]
+    assert bits["run-Q8_0.gguf"] == 8.5 and bits["run-Q4_0.gguf"] == 4.5 and bits["run-F16.gguf"] == 16, bits
+    fid = json.loads((done["gptq"] / FIDELITY).read_text())
+    # a random tiny model is fragile; 4-bit still keeps the eval loss within 10% here
+    assert abs(fid["delta"]["eval_loss"]) < 0.1 * fid["merged"]["eval_loss"], fid

@@ -29,12 +29,12 @@ from pathlib import Path
 
 from qtune import rundir
 from qtune.errors import QtuneError, missing_dependency
+from qtune.export.formats import EXPORT_FORMATS
 from qtune.models.packaged import PACKAGED_MODELS
 
 EXPORT_META = "qtune_export.json"
-EXPORT_FORMATS = ("merged", "gptq", "awq", "gguf")
-# What loading a quantized export through transformers needs, per format.
-EXPORT_BACKENDS = {"gptq": ("gptqmodel", "gptq"), "awq": ("autoawq", "awq")}
+# What loading a quantized export through transformers needs, per format (optimum + gptqmodel for both).
+EXPORT_BACKENDS = {"gptq": ("gptqmodel", "verify"), "awq": ("gptqmodel", "verify")}
 
 
 @dataclass

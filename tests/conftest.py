@@ -23,19 +23,24 @@ def smollm2_dir() -> Path:
     return materialize("smollm2-135m-instruct")
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory, smollm2_dir) -> Path:
+def tiny_llama(vocab_size: int = 49152, seed: int = 0):
+    """A fresh random 2-layer, 64-wide llama (float32, eval mode), seeded."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    out = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
     )
-    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, smollm2_dir) -> Path:
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama().save_pretrained(out, safe_serialization=True)
     for f in smollm2_dir.iterdir():
         if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
             shutil.copy(f, out / f.name)

@@ -67,7 +67,7 @@ def recipe_eval_loss(loaded, recipe, settings: EvalSettings) -> dict:
 
     data = build_datasets(recipe.data, loaded.tokenizer, recipe.train.seed)
     loss = mean_token_nll(loaded.model, data.eval, PadCollator(loaded.tokenizer.pad_token_id), settings.eval_batch_size)
-    return {"eval_loss": loss, "eval_examples": len(data.eval), "eval_trained_tokens": data.stats["eval"]["trained_tokens"], "eval_data": recipe.data.eval}
+    return {"eval_loss": loss, "eval_examples": len(data.eval), "eval_trained_tokens": data.stats["eval"]["trained_tokens"], "eval_data": recipe.data.eval.path if recipe.data.eval else None}
 
 
 def measure(loaded, settings: EvalSettings, recipe=None) -> dict:

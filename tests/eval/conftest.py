@@ -8,25 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import tiny_llama
+
 CHAT_ROWS = [
     [{"role": "user", "content": "What is a list?"}, {"role": "assistant", "content": "An ordered, mutable sequence."}],
     [{"role": "user", "content": "What is a tuple?"}, {"role": "assistant", "content": "An ordered, immutable sequence."}],
     [{"role": "user", "content": "What is a dict?"}, {"role": "assistant", "content": "A mapping from keys to values."}],
     [{"role": "user", "content": "What is a set?"}, {"role": "assistant", "content": "An unordered collection of unique items."}],
 ]
-
-
-def tiny_llama(vocab_size: int, seed: int = 0):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
-        pad_token_id=2,
-    )
-    return LlamaForCausalLM(cfg).eval()
 
 
 @pytest.fixture(name="tiny_llama")
@@ -36,22 +25,9 @@ def tiny_llama_fixture():
 
 
 @pytest.fixture(scope="session")
-def smollm_dir() -> Path:
-    from qtune.models.packaged import materialize
-
-    return materialize("smollm2-135m-instruct")
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, smollm_dir) -> Path:
+def tiny_checkpoint(tiny_llama_dir) -> Path:
     """A 2-layer, 64-wide llama (random weights, float32) saved with SmolLM2's tokenizer."""
-    from transformers import AutoTokenizer
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tok = AutoTokenizer.from_pretrained(smollm_dir)
-    tiny_llama(len(tok)).save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
+    return tiny_llama_dir
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,8 @@ Other commands and users rely on this layout::
       summary.json     eval_loss_before/after, steps, train_tokens, tokens_per_s, peak_memory_bytes, wall_s
       loss.png         train and eval loss curves
       checkpoints/     Trainer checkpoints (checkpoint-N), each renamed into place when complete
+      exports/<name>/  merged / GPTQ / AWQ / GGUF exports, each with qtune_export.json, fidelity.json, README.md
+      report.{md,json,png}  the fidelity table written by ``qtune report``
 
 Every file and folder here is written to a temporary name first and renamed into place, so an
 interrupted run never leaves a half-written file under the final name.

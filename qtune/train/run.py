@@ -178,7 +178,6 @@ def _build_trainer(recipe: Recipe, model, data, tokenizer, run: Path, device: st
         eval_dataset=data.eval,
         data_collator=collator_for(recipe.data, tokenizer.pad_token_id),
         callbacks=[metrics, RichProgressCallback(metrics, probe)],
-        eval_rows=data.eval,
     )
     trainer.remove_callback(PrinterCallback)  # the rich bar and metrics.jsonl replace its raw dict prints
     metrics.eval_clock = lambda: trainer.eval_seconds

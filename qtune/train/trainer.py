@@ -14,17 +14,20 @@ from qtune.eval.loss import mean_token_nll
 
 
 class QtuneTrainer(Trainer):
-    def __init__(self, *args, eval_rows: list[dict] | None = None, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.eval_rows = eval_rows or []
         self.eval_seconds = 0.0  # time spent in evaluate(), so throughput can leave it out
         self.last_eval: tuple[int, float] | None = None  # (step, loss) of the latest evaluation
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
-        """Token-weighted mean NLL over the eval split (see :mod:`qtune.eval.loss`), logged as ``eval_loss``."""
+        """Token-weighted mean NLL over the eval rows (see :mod:`qtune.eval.loss`), logged as ``eval_loss``.
+
+        Rows are never packed here: they are right-padded whatever the training collator is.
+        """
         start = time.perf_counter()
+        rows = self.eval_dataset if eval_dataset is None else eval_dataset
         loss = mean_token_nll(
-            self.model, self.eval_rows, PadCollator(self.data_collator.pad_token_id),
+            self.model, rows, PadCollator(self.data_collator.pad_token_id),
             batch_size=self.args.per_device_eval_batch_size,
         )
         self.eval_seconds += time.perf_counter() - start

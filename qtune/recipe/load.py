@@ -52,7 +52,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     missing = [
         f"data.{field}.path: no such file or folder '{s.path}' (looked in ./ and {path.parent}/)"
         for field, s in [(f"train[{i}]", s) for i, s in enumerate(recipe.data.train)] + [("eval", recipe.data.eval)]
-        if s is not None and not s.path.startswith("hf:") and not Path(s.path).exists()
+        if s is not None and not s.is_hub and not Path(s.path).exists()
     ]
     if missing:
         raise RecipeError(f"{path}: {len(missing)} error(s)", lines=missing)
@@ -82,9 +82,11 @@ def resolve_paths(recipe: Recipe, base: Path) -> Recipe:
     """Make data paths relative to the recipe's folder absolute when they exist there."""
 
     def resolve(source):
+        if source.is_hub:
+            return source
         candidate = Path(source.path).expanduser()
-        if source.path.startswith("hf:") or candidate.is_absolute() or candidate.exists():
-            return source.model_copy(update={"path": source.path if source.path.startswith("hf:") else str(candidate)})
+        if candidate.is_absolute() or candidate.exists():
+            return source.model_copy(update={"path": str(candidate)})
         beside = base / candidate
         return source.model_copy(update={"path": str(beside.resolve())}) if beside.exists() else source
 

@@ -11,6 +11,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from qtune.data.sources import HUB_PREFIX
 from qtune.kernels.dispatch import KERNEL_MODES
 from qtune.export.formats import DEFAULT_MERGE_BASE, EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
 
@@ -81,6 +82,10 @@ class DataSource(Section):
     weight: float = Field(1.0, gt=0, description="rows are repeated (>1) or subsampled (<1) by this factor")
     format: Optional[DataFormat] = Field(None, description="overrides data.format for this source")
     split: str = Field("train", description="split of a Hub dataset")
+
+    @property
+    def is_hub(self) -> bool:
+        return self.path.startswith(HUB_PREFIX)
 
 
 class DataSection(Section):

@@ -1,6 +1,6 @@
 """Which base should the LoRA adapter be merged into? Measured on a finished run.
 
-Prints eval loss (assistant tokens) and perplexity (all tokens) on the recipe's eval data for the
+Prints eval loss (assistant tokens of the recipe's eval split) and perplexity (the bundled eval text) for the
 trained model (adapter on its NF4 base, what training evaluated), the merge into the dequantized
 NF4 weights, and the merge into the original 16-bit weights.
 
@@ -18,7 +18,7 @@ import torch
 
 def main() -> None:
     from qtune import rundir
-    from qtune.export.fidelity import eval_rows, measure
+    from qtune.export.fidelity import measure
     from qtune.export.merge import MERGE_BASES, merged_model
     from qtune.models.load import load_tokenizer, load_trained
     from qtune.recipe import load_recipe
@@ -33,15 +33,15 @@ def main() -> None:
     run = Path(args.run_dir)
     recipe = load_recipe(run / rundir.RECIPE, [f"data.max_eval_examples={args.eval_rows}"] if args.eval_rows else [])
     tok = load_tokenizer(recipe.model)
-    rows = eval_rows(recipe, tok)
     t = time.perf_counter()
     results = {f"trained ({recipe.quant.method} base + adapter)": measure(
-        load_trained(str(run / rundir.ADAPTER), recipe.model, recipe.quant, "cpu"), recipe, tok, rows)}
+        load_trained(str(run / rundir.ADAPTER), recipe.model, recipe.quant, "cpu"), tok, recipe)}
     for base in MERGE_BASES:
         model = merged_model(run, base)[0]
-        with torch.no_grad():
-            results[f"merged into {base}"] = measure(model, recipe, tok, rows)
-    print(f"{run}: {len(rows[0])} eval conversations ({time.perf_counter() - t:.0f}s)")
+        results[f"merged into {base}"] = measure(model, tok, recipe)
+    first = next(iter(results.values()))
+    print(f"{run}: {first['eval_examples']} eval conversations, perplexity on {first['text']['scored_tokens']} tokens "
+          f"of {', '.join(first['text']['text']['files'])} ({time.perf_counter() - t:.0f}s)")
     print(f"{'model':<36}{'eval loss':>11}{'perplexity':>12}")
     for name, r in results.items():
         print(f"{name:<36}{r['eval_loss']:>11.4f}{r['perplexity']:>12.3f}")

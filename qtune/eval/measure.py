@@ -38,14 +38,14 @@ class EvalSettings:
         return out
 
 
-def text_perplexity(loaded, settings: EvalSettings) -> dict:
+def text_perplexity(model, tokenizer, settings: EvalSettings) -> dict:
     """Perplexity of the eval text; the returned dict records exactly what was scored."""
     from qtune.eval.perplexity import perplexity
     from qtune.eval.text import read_text_sources, tokenize_documents
 
     text = read_text_sources(settings.text)
-    tok = tokenize_documents(loaded.tokenizer, text, settings.max_tokens or None)
-    r = perplexity(loaded.model, tok.documents, settings.window, settings.stride)
+    tok = tokenize_documents(tokenizer, text, settings.max_tokens or None)
+    r = perplexity(model, tok.documents, settings.window, settings.stride)
     return {
         "perplexity": r.perplexity,
         "mean_nll": r.mean_nll,
@@ -60,13 +60,13 @@ def text_perplexity(loaded, settings: EvalSettings) -> dict:
     }
 
 
-def recipe_eval_loss(loaded, recipe, settings: EvalSettings) -> dict:
-    """Token-weighted NLL on ``recipe``'s eval split, tokenized with ``loaded``'s tokenizer."""
+def recipe_eval_loss(model, tokenizer, recipe, settings: EvalSettings) -> dict:
+    """Token-weighted NLL on ``recipe``'s eval split, tokenized with ``tokenizer``."""
     from qtune.data.dataset import PadCollator, build_datasets
     from qtune.eval.loss import mean_token_nll
 
-    data = build_datasets(recipe.data, loaded.tokenizer, recipe.train.seed)
-    loss = mean_token_nll(loaded.model, data.eval, PadCollator(loaded.tokenizer.pad_token_id), settings.eval_batch_size)
+    data = build_datasets(recipe.data, tokenizer, recipe.train.seed)
+    loss = mean_token_nll(model, data.eval, PadCollator(tokenizer.pad_token_id), settings.eval_batch_size)
     return {"eval_loss": loss, "eval_examples": len(data.eval), "eval_trained_tokens": data.stats["eval"]["trained_tokens"], "eval_data": recipe.data.eval.path if recipe.data.eval else None}
 
 
@@ -77,9 +77,9 @@ def measure(loaded, settings: EvalSettings, recipe=None) -> dict:
     from qtune.eval.generate import generation_speed
 
     torch.manual_seed(settings.seed)
-    out = {"perplexity": text_perplexity(loaded, settings)}
+    out = {"perplexity": text_perplexity(loaded.model, loaded.tokenizer, settings)}
     if recipe is not None:
-        out["eval"] = recipe_eval_loss(loaded, recipe, settings)
+        out["eval"] = recipe_eval_loss(loaded.model, loaded.tokenizer, recipe, settings)
     if settings.gen_tokens:
         out["generation"] = generation_speed(loaded.model, loaded.tokenizer, settings.gen_tokens)
     return out

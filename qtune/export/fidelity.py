@@ -1,34 +1,35 @@
-"""How much an export changed the model, on the recipe's own eval data.
+"""How much an export changed the model: the numbers ``qtune eval`` reports, on the same inputs.
 
-Two figures per model, both token-weighted over the whole eval set:
+Two figures per model, from :mod:`qtune.eval.measure` with its CPU/GPU defaults:
 
-- ``eval_loss``: mean NLL of the assistant tokens (the task loss training reported);
-- ``perplexity``: ``exp`` of the mean NLL of every token of the rendered eval conversations.
+- ``eval_loss``: mean NLL of the assistant tokens of the recipe's eval split (the task loss training
+  reported), token-weighted over the whole split;
+- ``perplexity``: strided-window perplexity of the eval text (the bundled prose excerpt unless
+  ``text`` names files), held-out text that neither training nor calibration saw.
 
-An export is compared with the merged 16-bit model it was made from; ``delta`` is export - merged.
+An export is compared with the model it was made from; ``delta`` is export - reference.
 """
 
 from __future__ import annotations
 
-import math
 
+def measure(model, tokenizer, recipe, text: list[str] | None = None, max_tokens: int | None = None) -> dict:
+    """``max_tokens``: eval-text tokens scored (default: ``qtune eval``'s for the model's device)."""
+    import torch
 
-def eval_rows(recipe, tokenizer) -> tuple[list[dict], list[dict]]:
-    """(task rows with assistant-only labels, the same rows labelled on every token)."""
-    from qtune.data.dataset import build_datasets
+    from qtune.eval.measure import EvalSettings, recipe_eval_loss, text_perplexity
 
-    rows = build_datasets(recipe.data, tokenizer, recipe.train.seed).eval
-    return rows, [{"input_ids": r["input_ids"], "labels": list(r["input_ids"])} for r in rows]
-
-
-def measure(model, recipe, tokenizer, rows=None, batch_size: int = 16) -> dict:
-    from qtune.data.dataset import PadCollator
-    from qtune.eval.loss import mean_token_nll
-
-    task, full = rows if rows is not None else eval_rows(recipe, tokenizer)
-    collate = PadCollator(tokenizer.pad_token_id)
-    nll = mean_token_nll(model, full, collate, batch_size)
-    return {"eval_loss": mean_token_nll(model, task, collate, batch_size), "perplexity": math.exp(nll), "examples": len(task)}
+    device = next(model.parameters()).device.type
+    settings = EvalSettings(text=list(text or []), max_tokens=max_tokens).for_device(device)
+    with torch.no_grad():
+        ppl = text_perplexity(model, tokenizer, settings)
+        task = recipe_eval_loss(model, tokenizer, recipe, settings)
+    return {
+        "eval_loss": task["eval_loss"],
+        "perplexity": ppl["perplexity"],
+        "eval_examples": task["eval_examples"],
+        "text": {k: ppl[k] for k in ("scored_tokens", "window", "stride", "text")},
+    }
 
 
 def compare(export: dict, reference: dict) -> dict:

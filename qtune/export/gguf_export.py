@@ -201,9 +201,7 @@ def load_gguf_dequantized(path: Path, ckpt: Path):
     return model_from_state(ckpt, state)
 
 
-def export_gguf(merged: Path, recipe, tokenizer, settings, rows, reference, out: Path, say) -> Path:
-    import torch
-
+def export_gguf(merged: Path, recipe, tokenizer, settings, reference, out: Path, say) -> Path:
     from qtune import rundir
     from qtune.export.fidelity import compare, measure
 
@@ -225,8 +223,7 @@ def export_gguf(merged: Path, recipe, tokenizer, settings, rows, reference, out:
             else:
                 state, bits[target.name] = write_gguf(merged, target, qtype, pre)
                 model = model_from_state(merged, state)
-            with torch.no_grad():
-                fidelity["exports"][target.name] = compare(measure(model, recipe, tokenizer, rows), reference)
+            fidelity["exports"][target.name] = compare(measure(model, tokenizer, recipe), reference)
             del model
             say(f"gguf: {target.name} ({time.perf_counter() - t:.0f}s)")
     card.write_fidelity(out, fidelity)

@@ -23,9 +23,8 @@ def _say(console):
 def export_run(run_dir: str | Path, settings, formats: list[str] | None = None, out_root: str | Path | None = None,
                console=None) -> dict[str, Path]:
     """Write every format in ``formats`` (default ``settings.formats``); return their directories."""
-    import torch
 
-    from qtune.export.fidelity import eval_rows, measure
+    from qtune.export.fidelity import measure
     from qtune.export.merge import merged_model
 
     say = _say(console)
@@ -34,30 +33,26 @@ def export_run(run_dir: str | Path, settings, formats: list[str] | None = None, 
     formats = formats or list(settings.formats)
     t0 = time.perf_counter()
     model, recipe, tokenizer = merged_model(run_dir, settings.base)
-    rows = eval_rows(recipe, tokenizer)
-    with torch.no_grad():
-        reference = measure(model, recipe, tokenizer, rows)
+    reference = measure(model, tokenizer, recipe)
     say(f"merged into the {settings.base} base in {time.perf_counter() - t0:.0f}s: eval loss {reference['eval_loss']:.4f}, "
         f"perplexity {reference['perplexity']:.3f}")
     done: dict[str, Path] = {}
     for fmt in formats:
         t = time.perf_counter()
         if fmt == "merged" or (fmt == "gguf" and "merged" not in done):
-            done["merged"] = _export_merged(run_dir, model, recipe, tokenizer, settings, rows, reference, out_root / "merged")
+            done["merged"] = _export_merged(run_dir, model, recipe, tokenizer, settings, reference, out_root / "merged")
         if fmt in ("gptq", "awq"):
             out = out_root / export_name(fmt, settings.bits, settings.group_size)
-            done[fmt] = _export_quantized(fmt, copy.deepcopy(model), recipe, tokenizer, settings, rows, reference, out, say)
+            done[fmt] = _export_quantized(fmt, copy.deepcopy(model), recipe, tokenizer, settings, reference, out, say)
         elif fmt == "gguf":
             from qtune.export.gguf_export import export_gguf
 
-            done[fmt] = export_gguf(done["merged"], recipe, tokenizer, settings, rows, reference, out_root / "gguf", say)
+            done[fmt] = export_gguf(done["merged"], recipe, tokenizer, settings, reference, out_root / "gguf", say)
         say(f"{fmt}: {done[fmt if fmt in done else 'merged']} ({time.perf_counter() - t:.0f}s)")
     return done
 
 
-def _export_merged(run_dir, model, recipe, tokenizer, settings, rows, reference, out: Path) -> Path:
-    import torch
-
+def _export_merged(run_dir, model, recipe, tokenizer, settings, reference, out: Path) -> Path:
     from qtune import rundir
     from qtune.export.fidelity import compare, measure
     from qtune.export.merge import save_checkpoint
@@ -65,8 +60,7 @@ def _export_merged(run_dir, model, recipe, tokenizer, settings, rows, reference,
 
     save_checkpoint(model, tokenizer, out)
     trained = load_trained(str(run_dir / rundir.ADAPTER), recipe.model, recipe.quant, "cpu")
-    with torch.no_grad():
-        trained_fid = measure(trained, recipe, tokenizer, rows)
+    trained_fid = measure(trained, tokenizer, recipe)
     del trained
     fidelity = compare(reference, trained_fid)
     fidelity["reference"] = f"the trained adapter on its {recipe.quant.method} base"
@@ -76,7 +70,7 @@ def _export_merged(run_dir, model, recipe, tokenizer, settings, rows, reference,
     return out
 
 
-def _export_quantized(fmt, model, recipe, tokenizer, settings, rows, reference, out: Path, say) -> Path:
+def _export_quantized(fmt, model, recipe, tokenizer, settings, reference, out: Path, say) -> Path:
     import torch
 
     from qtune.export.awq import awq_layer_quantizer
@@ -106,8 +100,7 @@ def _export_quantized(fmt, model, recipe, tokenizer, settings, rows, reference, 
     quant_s = time.perf_counter() - t
     qcfg = quantization_config(fmt, s.bits, s.group_size, s.sym and fmt == "gptq", s.act_order and fmt == "gptq", s.damp)
     write_checkpoint(model, tokenizer, quantized, qcfg, out)
-    with torch.no_grad():
-        fidelity = compare(measure(load_dequantized(out), recipe, tokenizer, rows), reference)
+    fidelity = compare(measure(load_dequantized(out), tokenizer, recipe), reference)
     fidelity["reference"] = "the merged 16-bit model; the export is read back from its files (qtune's dequantized view)"
     card.write_fidelity(out, fidelity)
     manifest = card.write_manifest(

@@ -45,8 +45,9 @@ def test_gguf_file_scores_like_the_checkpoint_converted_from_it():
     settings = EvalSettings(window=64, stride=32, max_tokens=160)
     gguf = load_source(resolve_source(str(gguf_path("smollm2-135m-instruct"))), "cpu")
     assert gguf.dtype == "float32" and "dequantized" in gguf.notes[0]
-    from_gguf = text_perplexity(gguf, settings)
+    from_gguf = text_perplexity(gguf.model, gguf.tokenizer, settings)
     del gguf
-    packaged = text_perplexity(load_source(resolve_source("smollm2-135m-instruct"), "cpu"), settings)
+    packaged_model = load_source(resolve_source("smollm2-135m-instruct"), "cpu")
+    packaged = text_perplexity(packaged_model.model, packaged_model.tokenizer, settings)
     assert from_gguf["text_tokens"] == packaged["text_tokens"] == 160
     assert from_gguf["perplexity"] == pytest.approx(packaged["perplexity"], rel=1e-5), (from_gguf["perplexity"], packaged["perplexity"])

@@ -110,6 +110,8 @@ def dequantize_triton(w: Packed4bit, dtype: torch.dtype, block: int = 4096, num_
     """
     if dtype not in OUT_DTYPES:
         raise ValueError(f"dtype: {dtype} is not a dequantization output (allowed: {OUT_DTYPES})")
+    if block <= 0 or block & (block - 1):
+        raise ValueError(f"block: {block} values a program is not a power of 2")
     out = torch.empty(w.shape, dtype=dtype, device=w.device)
     rows = max(1, block // w.blocksize)
     absmax2, code2, offset = nested_args(w)

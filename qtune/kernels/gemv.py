@@ -29,6 +29,7 @@ batches above one, go through :func:`gemv_reference`. The fused LoRA layers
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 import torch
@@ -48,7 +49,7 @@ class GemvConfig(NamedTuple):
     split_k: int = 1
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["blocks_per_split"])  # one compile for every split of every K
 def _gemv_kernel(x_ptr, words_ptr, absmax_ptr, code_ptr, absmax2_ptr, code2_ptr, offset_ptr, out_ptr,
                  N, K, blocks_per_split, blocksize2, NESTED: tl.constexpr, BLOCKSIZE: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCKS_K: tl.constexpr, SPLIT_K: tl.constexpr):
@@ -101,6 +102,7 @@ def gemv_reference(x: torch.Tensor, w: Packed4bit) -> torch.Tensor:
     return torch.nn.functional.linear(x, dequantize_reference(w, x.dtype))
 
 
+@lru_cache(maxsize=None)
 def default_config(n_out: int, k_in: int) -> GemvConfig:
     """A config for an (n_out, k_in) weight: split K only when the rows alone launch too few programs.
 

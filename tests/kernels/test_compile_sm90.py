@@ -40,8 +40,9 @@ for out, nested, rows, warps in [("bf16", True, 64, 4), ("fp16", False, 128, 8),
     assert "fma.rn.f32" not in ptx, f"dequant {out}: fused multiply-add in the scale"
     if out != "fp32":
         assert "st.global.v4" in ptx, f"dequant {out}: the 8 values of a word are not one 16-byte store"
-for x, nested, (block_n, blocks_k, warps, split) in [("bf16", True, (4, 8, 4, 1)), ("fp16", False, (32, 4, 8, 8)),
-                                                     ("fp32", True, (16, 1, 4, 2))]:
+# (block_n, blocks_k, num_warps, split_k): the bench_gemv configs' shapes at blocksize 64, and 1 block a step
+for x, nested, (block_n, blocks_k, warps, split) in [("bf16", True, (4, 8, 4, 1)), ("bf16", True, (16, 8, 2, 4)),
+                                                     ("fp16", False, (32, 4, 4, 8)), ("fp32", True, (8, 1, 4, 2))]:
     sig = {"x_ptr": f"*{x}", "words_ptr": "*i32", "absmax_ptr": "*u8" if nested else "*fp32", **tables,
            "out_ptr": f"*{x}" if split == 1 else "*fp32", "N": "i32", "K": "i32", "blocks_per_split": "i32",
            "blocksize2": "i32"}

@@ -13,7 +13,8 @@ Program ``(p, s)`` owns ``BLOCK_N`` output rows and split ``s`` of ``SPLIT_K`` o
 dimension. It walks its split in steps of ``BLOCKS_K`` whole quantization blocks, as a
 (BLOCK_N, BLOCKS_K, bs/8) tile of words (one coalesced 32-bit load per word). The eight nibbles of a
 word are shifted out in registers, one static step each; step ``j`` reads ``code[q]`` (a 64-byte
-table, cached) and the ``x[k_w + j]`` of every word of the tile, shared by the ``BLOCK_N`` rows. Each
+table, cached) and the ``x[k_w + j]`` of every word of the tile, shared by the rows a thread holds
+(bf16/fp16 ``x`` is read as int32 pairs, one load for steps ``j`` and ``j + 1``). Each
 word's eight-term sum is scaled by its block's absmax (looked up once per block and step) and added to a
 (BLOCK_N, BLOCKS_K, bs/8) fp32 accumulator: no reduction inside the loop, one at the end. With
 ``SPLIT_K`` = 1 the program writes ``y`` in ``x``'s dtype; otherwise it writes an fp32 partial sum
@@ -29,14 +30,14 @@ batches above one, go through :func:`gemv_reference`. The fused LoRA layers
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from qtune.kernels.dequant import _cast, _nibbles, _scale, dequantize_reference, nested_args
+from qtune.kernels.dequant import OUT_DTYPES, _cast, _nibbles, _scale, dequantize_reference, nested_args
 from qtune.kernels.storage import Packed4bit
 
 
@@ -49,10 +50,28 @@ class GemvConfig(NamedTuple):
     split_k: int = 1
 
 
+@triton.jit
+def _x_pair(x_ptr, k, mask, X_BITS: tl.constexpr):
+    """``x[k]``, ``x[k + 1]`` (k even) in fp32. For 16-bit x (X_BITS 16: bf16, -16: fp16) ``x_ptr`` is x viewed as
+    int32, one load holding both, x[k] in the low half (little-endian); a bf16 is the top half of its fp32."""
+    if X_BITS == 32:
+        x0 = tl.load(x_ptr + k, mask=mask, other=0)
+        x1 = tl.load(x_ptr + k + 1, mask=mask, other=0)
+    else:
+        pair = tl.load(x_ptr + k // 2, mask=mask, other=0)
+        if X_BITS == 16:
+            x0 = (pair << 16).to(tl.float32, bitcast=True)
+            x1 = (pair & -65536).to(tl.float32, bitcast=True)
+        else:
+            x0 = pair.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+            x1 = (pair >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return x0, x1
+
+
 @triton.jit(do_not_specialize=["blocks_per_split"])  # one compile for every split of every K
 def _gemv_kernel(x_ptr, words_ptr, absmax_ptr, code_ptr, absmax2_ptr, code2_ptr, offset_ptr, out_ptr,
                  N, K, blocks_per_split, blocksize2, NESTED: tl.constexpr, BLOCKSIZE: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCKS_K: tl.constexpr, SPLIT_K: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCKS_K: tl.constexpr, SPLIT_K: tl.constexpr, X_BITS: tl.constexpr):
     WORDS: tl.constexpr = BLOCKSIZE // 8  # words a quantization block
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     row_ok = rows < N
@@ -69,9 +88,10 @@ def _gemv_kernel(x_ptr, words_ptr, absmax_ptr, code_ptr, absmax2_ptr, code2_ptr,
         words = tl.load(words_ptr + word, mask=row_ok[:, None, None] & blk_ok[None, :, None], other=0)
         k = blk[:, None] * BLOCKSIZE + wb[None, :] * 8  # first column of each word (BLOCKS_K, WORDS)
         part = tl.zeros((BLOCK_N, BLOCKS_K, WORDS), dtype=tl.float32)
-        for j in tl.static_range(8):
-            xj = tl.load(x_ptr + k + j, mask=blk_ok[:, None], other=0).to(tl.float32)  # (BLOCKS_K, WORDS)
-            part += tl.load(code_ptr + _nibbles(words, j)) * xj[None, :, :]
+        for j in tl.static_range(0, 8, 2):
+            x0, x1 = _x_pair(x_ptr, k + j, blk_ok[:, None], X_BITS)  # (BLOCKS_K, WORDS) each
+            part += tl.load(code_ptr + _nibbles(words, j)) * x0[None, :, :]
+            part += tl.load(code_ptr + _nibbles(words, j + 1)) * x1[None, :, :]
         scale = _scale(absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, rows[:, None] * row_blocks + blk[None, :],
                        row_ok[:, None] & blk_ok[None, :], blocksize2, NESTED)  # (BLOCK_N, BLOCKS_K)
         acc += part * scale[:, :, None]
@@ -102,7 +122,7 @@ def gemv_reference(x: torch.Tensor, w: Packed4bit) -> torch.Tensor:
     return torch.nn.functional.linear(x, dequantize_reference(w, x.dtype))
 
 
-@lru_cache(maxsize=None)
+@cache
 def default_config(n_out: int, k_in: int) -> GemvConfig:
     """A config for an (n_out, k_in) weight: split K only when the rows alone launch too few programs.
 
@@ -126,6 +146,8 @@ def gemv_triton(x: torch.Tensor, w: Packed4bit, config: GemvConfig | None = None
     n_out, k_in = w.shape
     if x.shape[-1] != k_in or x.numel() != k_in:
         raise ValueError(f"x: shape {tuple(x.shape)} is not one row of {k_in} features")
+    if x.dtype not in OUT_DTYPES:
+        raise ValueError(f"x: dtype {x.dtype} is not a GEMV input (allowed: {OUT_DTYPES})")
     if k_in % w.blocksize:
         raise ValueError(f"w: {k_in} input features is not a multiple of the blocksize {w.blocksize}; "
                          "use gemv_reference")
@@ -140,10 +162,16 @@ def gemv_triton(x: torch.Tensor, w: Packed4bit, config: GemvConfig | None = None
     out = torch.empty(*x.shape[:-1], n_out, dtype=x.dtype, device=x.device)
     part = out if split_k == 1 else torch.empty(split_k, n_out, dtype=torch.float32, device=x.device)
     absmax2, code2, offset = nested_args(w)
+    x = x.contiguous()
+    if x.dtype == torch.float32:
+        x_bits = 32
+    else:  # bf16 / fp16 as int32 pairs (K is even); a copy only if x starts mid-word
+        x_bits = 16 if x.dtype == torch.bfloat16 else -16
+        x = (x if x.data_ptr() % 4 == 0 else x.clone()).view(torch.int32)
     _gemv_kernel[(triton.cdiv(n_out, block_n), split_k)](
-        x.contiguous(), w.words, w.absmax, w.code, absmax2, code2, offset, part, n_out, k_in, per_split,
+        x, w.words, w.absmax, w.code, absmax2, code2, offset, part, n_out, k_in, per_split,
         w.blocksize2, NESTED=w.nested, BLOCKSIZE=w.blocksize, BLOCK_N=block_n, BLOCKS_K=blocks_k,
-        SPLIT_K=split_k, num_warps=num_warps,
+        SPLIT_K=split_k, X_BITS=x_bits, num_warps=num_warps,
     )
     if split_k > 1:
         _sum_splits_kernel[(triton.cdiv(n_out, 1024),)](part, out, n_out, SPLIT_K=split_k, BLOCK=1024, num_warps=4)

@@ -41,13 +41,15 @@ for out, nested, rows, warps in [("bf16", True, 64, 4), ("fp16", False, 128, 8),
     if out != "fp32":
         assert "st.global.v4" in ptx, f"dequant {out}: the 8 values of a word are not one 16-byte store"
 # (block_n, blocks_k, num_warps, split_k): the bench_gemv configs' shapes at blocksize 64, and 1 block a step
-for x, nested, (block_n, blocks_k, warps, split) in [("bf16", True, (4, 8, 4, 1)), ("bf16", True, (16, 8, 2, 4)),
-                                                     ("fp16", False, (32, 4, 4, 8)), ("fp32", True, (8, 1, 4, 2))]:
-    sig = {"x_ptr": f"*{x}", "words_ptr": "*i32", "absmax_ptr": "*u8" if nested else "*fp32", **tables,
-           "out_ptr": f"*{x}" if split == 1 else "*fp32", "N": "i32", "K": "i32", "blocks_per_split": "i32",
+GEMV = [("bf16", True, (4, 8, 4, 1)), ("bf16", True, (16, 8, 2, 4)), ("bf16", False, (32, 4, 4, 8)),
+        ("fp16", False, (8, 8, 2, 1)), ("fp32", True, (4, 1, 4, 1)), ("fp32", True, (8, 1, 4, 2))]
+for x, nested, (block_n, blocks_k, warps, split) in GEMV:
+    sig = {"x_ptr": "*fp32" if x == "fp32" else "*i32", "words_ptr": "*i32", "absmax_ptr": "*u8" if nested else "*fp32",
+           **tables, "out_ptr": f"*{x}" if split == 1 else "*fp32", "N": "i32", "K": "i32", "blocks_per_split": "i32",
            "blocksize2": "i32"}
     lower(_gemv_kernel, sig, {"NESTED": nested, "BLOCKSIZE": 64, "BLOCK_N": block_n, "BLOCKS_K": blocks_k,
-                              "SPLIT_K": split}, warps, fp_fusion=True)
+                              "SPLIT_K": split, "X_BITS": {"bf16": 16, "fp16": -16, "fp32": 32}[x]}, warps,
+          fp_fusion=True)
 for out in ("bf16", "fp16", "fp32"):
     lower(_sum_splits_kernel, {"part_ptr": "*fp32", "out_ptr": f"*{out}", "N": "i32"}, {"SPLIT_K": 4, "BLOCK": 1024})
 print("compiled")

@@ -47,3 +47,13 @@ def test_default_config_splits_only_short_layers():
     assert default_config(4096, 4096).split_k == 1  # 1024 programs from the rows alone
     assert default_config(1024, 4096).split_k == 4  # k/v projections with grouped-query attention
     assert default_config(64, 256).split_k == 1  # too few steps to split
+
+
+def test_gemv_reads_a_16bit_row_that_starts_mid_word(device):
+    """bf16/fp16 x is read as int32 pairs; a row 2 bytes off a word boundary (a slice) gives the same y."""
+    torch.manual_seed(0)
+    packed, state = quantize(torch.randn(16, 128, device=device), "nf4", 64, True)
+    w = from_quant_state(packed, state)
+    row = torch.randn(1, 129, device=device).to(torch.bfloat16)[:, 1:]  # data_ptr % 4 == 2
+    assert row.data_ptr() % 4 == 2
+    assert torch.equal(gemv_triton(row, w), gemv_triton(row.clone(), w))

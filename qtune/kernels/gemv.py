@@ -162,7 +162,7 @@ def gemv_triton(x: torch.Tensor, w: Packed4bit, config: GemvConfig | None = None
     out = torch.empty(*x.shape[:-1], n_out, dtype=x.dtype, device=x.device)
     part = out if split_k == 1 else torch.empty(split_k, n_out, dtype=torch.float32, device=x.device)
     absmax2, code2, offset = nested_args(w)
-    x = x.contiguous()
+    x = x.reshape(k_in)  # the one row, contiguous (a view unless x is strided)
     if x.dtype == torch.float32:
         x_bits = 32
     else:  # bf16 / fp16 as int32 pairs (K is even); a copy only if x starts mid-word

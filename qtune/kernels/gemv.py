@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from qtune.kernels.dequant import OUT_DTYPES, _cast, _nibbles, _scale, dequantize_reference, nested_args
+from qtune.kernels.dequant import OUT_DTYPES, _cast, _nibbles, dequantize_reference, nested_args
 from qtune.kernels.storage import Packed4bit
 
 
@@ -68,6 +68,21 @@ def _x_pair(x_ptr, k, mask, X_BITS: tl.constexpr):
     return x0, x1
 
 
+@triton.jit
+def _step_loads(words_ptr, absmax_ptr, absmax2_ptr, rows, row_ok, row_blocks, blk, last, blocksize2,
+                WORDS: tl.constexpr, NESTED: tl.constexpr):
+    """The DRAM reads of one step (blocks ``blk`` of ``rows``): its words (BLOCK_N, BLOCKS_K, WORDS) and raw
+    absmax (BLOCK_N, BLOCKS_K), with absmax2 when NESTED (else a copy of absmax); all zero past ``last``."""
+    blk_ok = blk < last
+    word = (rows[:, None, None] * row_blocks + blk[None, :, None]) * WORDS + tl.arange(0, WORDS)[None, None, :]
+    words = tl.load(words_ptr + word, mask=row_ok[:, None, None] & blk_ok[None, :, None], other=0)
+    sblk = rows[:, None] * row_blocks + blk[None, :]
+    smask = row_ok[:, None] & blk_ok[None, :]
+    absmax = tl.load(absmax_ptr + sblk, mask=smask, other=0)
+    absmax2 = tl.load(absmax2_ptr + sblk // blocksize2, mask=smask, other=0) if NESTED else absmax
+    return words, absmax, absmax2
+
+
 @triton.jit(do_not_specialize=["blocks_per_split"])  # one compile for every split of every K
 def _gemv_kernel(x_ptr, words_ptr, absmax_ptr, code_ptr, absmax2_ptr, code2_ptr, offset_ptr, out_ptr,
                  N, K, blocks_per_split, blocksize2, NESTED: tl.constexpr, BLOCKSIZE: tl.constexpr,
@@ -80,21 +95,29 @@ def _gemv_kernel(x_ptr, words_ptr, absmax_ptr, code_ptr, absmax2_ptr, code2_ptr,
     last = tl.minimum(first + blocks_per_split, row_blocks)
     b = tl.arange(0, BLOCKS_K)  # (BLOCKS_K,)
     wb = tl.arange(0, WORDS)  # (WORDS,)
+    offset = tl.load(offset_ptr) if NESTED else 0.0
     acc = tl.zeros((BLOCK_N, BLOCKS_K, WORDS), dtype=tl.float32)
+    # software pipeline by hand: the next step's DRAM reads are issued before this step's arithmetic
+    words, absmax, absmax2 = _step_loads(words_ptr, absmax_ptr, absmax2_ptr, rows, row_ok, row_blocks, first + b,
+                                         last, blocksize2, WORDS, NESTED)
     for b0 in range(first, last, BLOCKS_K):
         blk = b0 + b  # block within the row (BLOCKS_K,)
         blk_ok = blk < last
-        word = (rows[:, None, None] * row_blocks + blk[None, :, None]) * WORDS + wb[None, None, :]
-        words = tl.load(words_ptr + word, mask=row_ok[:, None, None] & blk_ok[None, :, None], other=0)
+        next_words, next_absmax, next_absmax2 = _step_loads(words_ptr, absmax_ptr, absmax2_ptr, rows, row_ok,
+                                                             row_blocks, blk + BLOCKS_K, last, blocksize2, WORDS,
+                                                             NESTED)
         k = blk[:, None] * BLOCKSIZE + wb[None, :] * 8  # first column of each word (BLOCKS_K, WORDS)
         part = tl.zeros((BLOCK_N, BLOCKS_K, WORDS), dtype=tl.float32)
         for j in tl.static_range(0, 8, 2):
             x0, x1 = _x_pair(x_ptr, k + j, blk_ok[:, None], X_BITS)  # (BLOCKS_K, WORDS) each
             part += tl.load(code_ptr + _nibbles(words, j)) * x0[None, :, :]
             part += tl.load(code_ptr + _nibbles(words, j + 1)) * x1[None, :, :]
-        scale = _scale(absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, rows[:, None] * row_blocks + blk[None, :],
-                       row_ok[:, None] & blk_ok[None, :], blocksize2, NESTED)  # (BLOCK_N, BLOCKS_K)
+        if NESTED:
+            scale = tl.load(code2_ptr + absmax.to(tl.int32)) * absmax2 + offset  # (BLOCK_N, BLOCKS_K)
+        else:
+            scale = absmax
         acc += part * scale[:, :, None]
+        words, absmax, absmax2 = next_words, next_absmax, next_absmax2
     y = tl.sum(tl.sum(acc, axis=2), axis=1)  # (BLOCK_N,)
     if SPLIT_K == 1:
         tl.store(out_ptr + rows, _cast(y, out_ptr.dtype.element_ty), mask=row_ok)

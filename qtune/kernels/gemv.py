@@ -16,7 +16,9 @@ word are shifted out in registers, one static step each; step ``j`` reads ``code
 table, cached) and the ``x[k_w + j]`` of every word of the tile, shared by the rows a thread holds
 (bf16/fp16 ``x`` is read as int32 pairs, one load for steps ``j`` and ``j + 1``). Each
 word's eight-term sum is scaled by its block's absmax (looked up once per block and step) and added to a
-(BLOCK_N, BLOCKS_K, bs/8) fp32 accumulator: no reduction inside the loop, one at the end. With
+(BLOCK_N, BLOCKS_K, bs/8) fp32 accumulator: no reduction inside the loop, one at the end. The words
+and absmax of step ``i + 1`` are loaded before the arithmetic of step ``i`` (Triton does not pipeline
+these loads by itself), so a thread always has a step's reads in flight. With
 ``SPLIT_K`` = 1 the program writes ``y`` in ``x``'s dtype; otherwise it writes an fp32 partial sum
 and a second small kernel adds the ``SPLIT_K`` partials in a fixed order (deterministic; no atomics),
 which lets short-and-wide layers launch enough programs to fill the GPU.
@@ -149,7 +151,9 @@ def gemv_reference(x: torch.Tensor, w: Packed4bit) -> torch.Tensor:
 def default_config(n_out: int, k_in: int) -> GemvConfig:
     """A config for an (n_out, k_in) weight: split K only when the rows alone launch too few programs.
 
-    Up to 8 splits, until about 1024 programs (8 a streaming multiprocessor on an H100's 132).
+    Up to 8 splits, until about 1024 programs (8 a streaming multiprocessor on an H100's 132). The tile is
+    chosen from sm_90 PTX (loads a word, registers), not yet from timings; ``scripts/bench_gemv.py`` prints
+    the fastest of several configs per shape.
     """
     config = GemvConfig()
     programs = -(-n_out // config.block_n)

@@ -9,13 +9,11 @@ Both compute, for every flat index ``i < n`` of the weight (see :mod:`qtune.kern
     W.flat[i] = (code[q_i] * scale_{i // blocksize}).to(dtype)
 
 in fp32, so the result equals ``bitsandbytes.functional.dequantize_4bit`` bit for bit. The Triton
-kernel does it in one pass over :attr:`Packed4bit.words` (eight indices a 32-bit word): each program
-takes ``ROWS`` whole quantization blocks as a (ROWS, blocksize/8) tile of words, looks up each block's
-(nested) absmax once, shifts the eight nibbles of every word out in registers and writes a
-(ROWS, blocksize/8, 8) tile of the output dtype whose last axis is eight consecutive values (one 16-byte
-store per word in bf16/fp16). Any blocksize works (it is a compile-time constant; a block never splits
-a word because blocksizes are multiples of 8), and so does an ``n`` that is not a multiple of the
-blocksize (the last block is masked).
+kernel does it in one pass: each program takes whole quantization blocks (``ROWS`` of them, as a
+(ROWS, blocksize/2) tile of bytes), looks up each block's (nested) absmax once, decodes both nibbles
+and writes (ROWS, blocksize) interleaved values of the output dtype. Any blocksize works (it is a
+compile-time constant; a block never splits a byte because blocksizes are even), and so does an
+``n`` that is not a multiple of the blocksize (the last block is masked).
 """
 
 from __future__ import annotations
@@ -76,24 +74,19 @@ def _scale(absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, blk, mask, blocksize2
 
 
 @triton.jit
-def _nibbles(words, J):
-    """Indices ``8w + J`` of ``words`` (any shape; ``J`` a constexpr or a tensor of 0..7), see storage."""
-    return (words >> (8 * (J // 2) + 4 * (1 - J % 2))) & 0xF
-
-
-@triton.jit
-def _dequant_kernel(words_ptr, absmax_ptr, code_ptr, absmax2_ptr, code2_ptr, offset_ptr, out_ptr,
+def _dequant_kernel(packed_ptr, absmax_ptr, code_ptr, absmax2_ptr, code2_ptr, offset_ptr, out_ptr,
                     n, blocksize2, NESTED: tl.constexpr, BLOCKSIZE: tl.constexpr, ROWS: tl.constexpr):
-    # One program: ROWS quantization blocks, each BLOCKSIZE values = BLOCKSIZE/8 words; one absmax per row.
+    # One program: ROWS quantization blocks, each BLOCKSIZE values = BLOCKSIZE/2 bytes; one absmax per row.
     blk = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # (ROWS,)
-    word = blk[:, None] * (BLOCKSIZE // 8) + tl.arange(0, BLOCKSIZE // 8)[None, :]  # (ROWS, BLOCKSIZE/8)
-    words = tl.load(words_ptr + word, mask=word * 8 < n, other=0)
-    j = tl.arange(0, 8)
-    q = _nibbles(words[:, :, None], j[None, None, :])  # (ROWS, BLOCKSIZE/8, 8)
+    col = tl.arange(0, BLOCKSIZE // 2)  # (BLOCKSIZE/2,)
+    byte = blk[:, None] * (BLOCKSIZE // 2) + col[None, :]  # (ROWS, BLOCKSIZE/2)
+    ok = byte * 2 < n
+    q = tl.load(packed_ptr + byte, mask=ok, other=0).to(tl.int32)
     scale = _scale(absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, blk, blk * BLOCKSIZE < n, blocksize2, NESTED)
-    values = tl.load(code_ptr + q) * scale[:, None, None]
-    offs = word[:, :, None] * 8 + j[None, None, :]  # (ROWS, BLOCKSIZE/8, 8): flat value index
-    tl.store(out_ptr + offs, _cast(values, out_ptr.dtype.element_ty), mask=offs < n)
+    hi = tl.load(code_ptr + (q >> 4)) * scale[:, None]  # values 2j
+    lo = tl.load(code_ptr + (q & 0xF)) * scale[:, None]  # values 2j + 1
+    offs = blk[:, None] * BLOCKSIZE + tl.arange(0, BLOCKSIZE)[None, :]  # (ROWS, BLOCKSIZE)
+    tl.store(out_ptr + offs, _cast(tl.interleave(hi, lo), out_ptr.dtype.element_ty), mask=offs < n)
 
 
 def nested_args(w: Packed4bit):
@@ -103,20 +96,18 @@ def nested_args(w: Packed4bit):
     return w.absmax, w.absmax, w.absmax
 
 
-def dequantize_triton(w: Packed4bit, dtype: torch.dtype, block: int = 4096, num_warps: int = 4) -> torch.Tensor:
+def dequantize_triton(w: Packed4bit, dtype: torch.dtype, block: int = 2048, num_warps: int = 4) -> torch.Tensor:
     """The Triton kernel: ``shape`` in ``dtype`` (bf16, fp16 or fp32), one launch, one pass.
 
-    Each program writes ``max(block, blocksize)`` values (whole quantization blocks; ``block`` a power of 2).
+    Each program writes ``max(block, blocksize)`` values (whole quantization blocks).
     """
     if dtype not in OUT_DTYPES:
         raise ValueError(f"dtype: {dtype} is not a dequantization output (allowed: {OUT_DTYPES})")
-    if block <= 0 or block & (block - 1):
-        raise ValueError(f"block: {block} values a program is not a power of 2")
     out = torch.empty(w.shape, dtype=dtype, device=w.device)
     rows = max(1, block // w.blocksize)
     absmax2, code2, offset = nested_args(w)
     _dequant_kernel[(triton.cdiv(w.n_blocks, rows),)](
-        w.words, w.absmax, w.code, absmax2, code2, offset, out, w.numel, w.blocksize2,
+        w.packed, w.absmax, w.code, absmax2, code2, offset, out, w.numel, w.blocksize2,
         NESTED=w.nested, BLOCKSIZE=w.blocksize, ROWS=rows, num_warps=num_warps,
         enable_fp_fusion=False,  # an FMA would round code2*absmax2+offset once, bitsandbytes rounds twice
     )

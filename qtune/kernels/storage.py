@@ -15,18 +15,11 @@ of ``blocksize2`` (256) absmax values, each with an fp32 ``absmax2``, around a m
 
 The kernels compute both lines in this order, in fp32, so they agree with
 ``bitsandbytes.functional.dequantize_4bit`` bit for bit.
-
-The Triton kernels read ``packed`` as little-endian 32-bit words (:attr:`Packed4bit.words`): byte ``b``
-of word ``w`` is ``packed[4w + b]``, so the word holds indices ``8w .. 8w + 7`` and index ``8w + j``
-sits at bit ``shift(j) = 8 * (j // 2) + 4 * (1 - j % 2)`` (4, 0, 12, 8, 20, 16, 28, 24):
-
-    q_{8w + j} = (words[w] >> shift(j)) & 0xF
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from math import prod
 from typing import Optional
 
@@ -76,17 +69,6 @@ class Packed4bit:
     @property
     def device(self) -> torch.device:
         return self.packed.device
-
-    @cached_property
-    def words(self) -> torch.Tensor:
-        """``packed`` as int32 ``(ceil(n_bytes / 4),)``: a view, or a zero-padded copy when the byte count is
-        not a multiple of 4 or the buffer is not 4-byte aligned (odd shapes only; real linears never copy)."""
-        data = self.packed
-        if data.numel() % 4 or data.data_ptr() % 4:
-            padded = torch.zeros(-(-data.numel() // 4) * 4, dtype=torch.uint8, device=data.device)
-            padded[: data.numel()] = data
-            data = padded
-        return data.view(torch.int32)
 
 
 def code_table(quant_type: str, device) -> torch.Tensor:

@@ -63,17 +63,3 @@ def test_nibble_order_high_first(device):
     expected = torch.tensor([-2.0, 2.0, 0.0, -2.0], device=device)
     assert torch.equal(dequantize_reference(w, torch.float32), expected)
     assert torch.equal(dequantize_triton(w, torch.float32), expected)
-
-
-def test_words_view_aligned_storage_and_copy_otherwise(device):
-    """The kernels read int32 words: a view of a real linear's bytes, a padded copy of an odd or shifted buffer."""
-    from dataclasses import replace
-
-    packed, state = quantize(torch.randn(8, 256, device=device), "nf4", 64, True)
-    w = from_quant_state(packed, state)
-    assert w.words.data_ptr() == w.packed.data_ptr() and w.words.numel() * 4 == w.packed.numel()
-    shifted = torch.empty(w.packed.numel() + 1, dtype=torch.uint8, device=device)[1:]  # 1 byte off alignment
-    shifted.copy_(w.packed)
-    moved = replace(w, packed=shifted)
-    assert moved.words.data_ptr() != shifted.data_ptr()
-    assert torch.equal(dequantize_triton(moved, torch.bfloat16), dequantize_reference(w, torch.bfloat16))

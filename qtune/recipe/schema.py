@@ -138,7 +138,7 @@ class TrainSection(Section):
     save_steps: Optional[int] = Field(None, ge=1)
     output_dir: str = "runs/qtune"
     device: Device = "auto"
-    kernels: Kernels = Field("auto", description="4-bit LoRA layers: Triton kernels, bitsandbytes, or auto (Triton on CUDA)")
+    kernels: Kernels = Field("auto", description="4-bit LoRA layers: Triton kernels, bitsandbytes, or auto (the path measured fastest: bitsandbytes today)")
 
     @property
     def effective_batch_size(self) -> int:

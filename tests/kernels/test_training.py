@@ -90,9 +90,9 @@ def test_generation_forward_matches_bitsandbytes(tiny_llama, device, compute_dty
         assert worst <= tol, f"logits {tuple(got.shape)}: max diff {worst:.3g}, mean {(got - want).abs().mean():.3g}"
 
 
-def test_auto_is_bitsandbytes_off_cuda_and_triton_needs_cuda(monkeypatch):
+def test_auto_is_the_measured_faster_path_and_triton_needs_cuda(monkeypatch):
     assert resolve("auto", "cpu") == "bitsandbytes"
-    assert resolve("auto", "cuda") == "triton"
+    assert resolve("auto", "cuda") == "bitsandbytes"  # Triton measured 0.94-0.96x on an H100 (dispatch docstring)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     from qtune.errors import QtuneError
 

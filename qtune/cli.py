@@ -212,7 +212,7 @@ def export_settings(args):
     recipe = load_run_recipe(args.run_dir)
     base = recipe.export.model_dump() if recipe.export else {}
     flags = {"base": args.base, "bits": args.bits, "group_size": args.group_size, "sym": args.sym,
-             "act_order": args.act_order, "damp": args.damp, "gguf_types": args.gguf_type}
+             "act_order": args.act_order, "damp": args.damp, "grid_search": args.grid_search, "gguf_types": args.gguf_type}
     calib = {"source": args.calib_source, "samples": args.calib_samples, "seq_len": args.calib_seq_len}
     base.update({k: v for k, v in flags.items() if v is not None})
     base["calibration"] = {**base.get("calibration", {}), **{k: v for k, v in calib.items() if v is not None}}
@@ -290,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sym", action=argparse.BooleanOptionalAction, default=None, help="symmetric grid (GPTQ)")
     p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None, help="GPTQ desc_act (default on)")
     p.add_argument("--damp", type=float, help="GPTQ damping, fraction of mean(diag H) (default 0.01)")
+    p.add_argument("--grid-search", action=argparse.BooleanOptionalAction, default=None,
+                   help="GPTQ: per group, the shrunk range with the least rounding error (default on)")
     p.add_argument("--gguf-type", nargs="+", choices=GGUF_TYPES, help="GGUF file types (default Q8_0)")
     p.add_argument("--calib-source", help="train (default), eval, or a JSONL file in the recipe's data format")
     p.add_argument("--calib-samples", type=int, help="calibration blocks (default 128)")

@@ -17,7 +17,10 @@ error ``||W X - W' X||²`` over quantized ``W'``, one row at a time but with the
    updates into one matmul.
 6. Groups: the grid (scale, zero) of group ``k`` is chosen from the error-updated weights when
    the sweep reaches the group's first column. Under act-order groups are contiguous in the
-   visiting order, so ``g_idx[perm[i]] = i // group_size``.
+   visiting order, so ``g_idx[perm[i]] = i // group_size``. With ``grid_search`` the grid is not
+   the group's full range but the shrunk one with the least rounding error
+   (:func:`~qtune.export.grid.find_grid`, the reference code's ``mse`` option); on SmolLM2-135M
+   it closes 79% instead of 48% of round-to-nearest's eval-loss gap (docs/export.md).
 
 The result is a :class:`~qtune.export.grid.QuantizedWeight` in the original column order.
 """
@@ -54,6 +57,7 @@ def gptq_quantize(
     act_order: bool = False,
     damp: float = 0.01,
     block_size: int = 128,
+    grid_search: bool = False,
 ) -> QuantizedWeight:
     """Quantize ``weight`` (out, in) against Hessian ``H`` (in, in); see the module docstring."""
     W = weight.detach().float().clone()
@@ -82,7 +86,7 @@ def gptq_quantize(
         for i in range(b1 - b0):
             col = b0 + i
             if col % g == 0:
-                scale, zero = find_grid(W1[:, i : i + g], bits, sym)  # (out, 1) each
+                scale, zero = find_grid(W1[:, i : i + g], bits, sym, grid_search)  # (out, 1) each
                 scales[:, col // g], zeros[:, col // g] = scale[:, 0], zero[:, 0]
             w = W1[:, i : i + 1]  # (out, 1)
             q = quantize(w, scale, zero, bits)
@@ -104,7 +108,7 @@ def gptq_quantize(
     )
 
 
-def gptq_layer_quantizer(bits: int, group_size: int, sym: bool, act_order: bool, damp: float):
+def gptq_layer_quantizer(bits: int, group_size: int, sym: bool, act_order: bool, damp: float, grid_search: bool = False):
     """A ``quantize_layer`` for :func:`qtune.export.sequential.sweep`, true-sequential.
 
     Each group of linears sharing an input gets one Hessian, collected from the layer with the
@@ -119,7 +123,7 @@ def gptq_layer_quantizer(bits: int, group_size: int, sym: bool, act_order: bool,
             acc = HessianAccumulator(modules[group.linears[0]].in_features)
             feed_inputs(layer, inputs, group.linears[:1], lambda name, x: acc.add(x))
             for name in group.linears:
-                w = gptq_quantize(modules[name].weight, acc.H, bits, group_size, sym, act_order, damp)
+                w = gptq_quantize(modules[name].weight, acc.H, bits, group_size, sym, act_order, damp, grid_search=grid_search)
                 set_weight(modules[name], w.dequantize())
                 out[name] = w
         return out

@@ -91,7 +91,7 @@ def _export_quantized(fmt, model, recipe, tokenizer, settings, reference, out: P
         raise QtuneError(f"export.bits: AWQ GEMM checkpoints hold 4-bit weights (given {s.bits}); use gptq for 8 bits")
     calib = calibration_tokens(recipe, tokenizer, cal.samples, cal.seq_len, cal.source, cal.seed)
     if fmt == "gptq":
-        quantizer = gptq_layer_quantizer(s.bits, s.group_size, s.sym, s.act_order, s.damp)
+        quantizer = gptq_layer_quantizer(s.bits, s.group_size, s.sym, s.act_order, s.damp, s.grid_search)
     else:
         quantizer = awq_layer_quantizer(s.bits, s.group_size)
     t = time.perf_counter()

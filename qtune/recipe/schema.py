@@ -166,6 +166,7 @@ class ExportSection(Section):
     sym: bool = False
     act_order: bool = Field(True, description="GPTQ desc_act: quantize the most activated columns first")
     damp: float = Field(0.01, gt=0, lt=1)
+    grid_search: bool = Field(True, description="GPTQ: per group, the shrunk range with the least rounding error")
     gguf_types: list[GGUFType] = Field(default_factory=lambda: ["Q8_0"], min_length=1)
     calibration: CalibrationSection = CalibrationSection()
 

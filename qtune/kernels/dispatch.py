@@ -6,7 +6,7 @@ uses the fused QLoRA linear with the Triton dequantization kernel (a CUDA GPU, o
 interpreter under ``TRITON_INTERPRET=1`` for tests); ``auto`` is the path measured fastest, which is
 ``bitsandbytes`` everywhere today. On one H100 (``scripts/gpu_check.sh``) the Triton path trained a 7B-shaped
 NF4 model at 0.94-0.96x bitsandbytes' tokens/s (its dequantization is faster, 1.1-2.1x, but the step is
-matmul-bound and the fused function adds launches), and a tiny model at 0.59x; on CPU it is the torch
+matmul-bound), and a 60-step tiny-model run at 0.59x (Triton's first-call compile included); on CPU it is the torch
 reference, slower again.
 """
 

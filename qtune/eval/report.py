@@ -8,7 +8,8 @@ One row per stage that exists, in this order:
 - ``nf4`` / ``int8`` — the base quantized at load time by bitsandbytes (NF4 as the recipe sets it
   when it trains on NF4);
 - ``fine-tuned`` — the base as the run's recipe loads it, plus the run's adapter;
-- one row per export under ``<run>/exports/*/qtune_export.json`` (merged, gptq, awq, gguf).
+- one row per export under ``<run>/exports/*/qtune_export.json`` (merged, gptq, awq), and one per
+  ``.gguf`` file of a gguf export (each file type its own row).
 
 Each row: bits per weight of the linears, size (bytes as saved), peak memory to load, greedy
 tokens/s at batch 1, perplexity on the eval text, eval loss on the recipe's eval split, and the
@@ -70,7 +71,12 @@ def plan_stages(run: Path, recipe, device: str) -> list[Stage]:
     ]
     for d in export_dirs(run):
         meta = read_export_meta(d)
-        stages.append(Stage(f"{d.name} ({meta['format']})", "export", path=str(d), bits=meta.get("bits")))
+        if meta["format"] == "gguf":  # one row per file type (Q8_0, Q4_K_M, ...)
+            for f in sorted(d.glob("*.gguf")):
+                bits = meta.get("bits_per_file", {}).get(f.name, meta.get("bits"))
+                stages.append(Stage(f"{f.stem} (gguf)", "export", path=str(f), bits=bits))
+        else:
+            stages.append(Stage(f"{d.name} ({meta['format']})", "export", path=str(d), bits=meta.get("bits")))
     return stages
 
 
@@ -93,8 +99,9 @@ WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt")
 
 
 def weight_file_bytes(path: Path) -> int:
-    """Bytes of an export's weight files (tokenizer, card and metadata are not counted)."""
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
+    """Bytes of an export's weight files (tokenizer, card and metadata are not counted); ``path`` a directory or one file."""
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+    return sum(f.stat().st_size for f in files if f.name.endswith(WEIGHT_SUFFIXES))
 
 
 def _import_loaders(model_path: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,23 @@ def test_files_written(report, tiny_run):
     png = (tiny_run / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert not [p for p in tiny_run.iterdir() if p.name.startswith(".report")]  # no temp files left
+
+
+def test_each_gguf_file_is_its_own_row(tiny_run, tmp_path):
+    """A gguf export holding several file types gives one row per file, with that file's bits and size."""
+    import shutil
+
+    from qtune.eval.report import plan_stages, weight_file_bytes
+    from qtune.eval.sources import load_run_recipe
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("exports"))
+    gg = run / "exports" / "gguf"
+    gg.mkdir(parents=True)
+    (gg / "run-Q8_0.gguf").write_bytes(b"x" * 300)
+    (gg / "run-Q4_K_M.gguf").write_bytes(b"x" * 200)
+    meta = {"format": "gguf", "bits": 4.9, "bits_per_file": {"run-Q8_0.gguf": 8.5, "run-Q4_K_M.gguf": 4.9}}
+    (gg / "qtune_export.json").write_text(json.dumps(meta))
+    stages = [s for s in plan_stages(run, load_run_recipe(run), "cpu") if s.kind == "export"]
+    assert [(s.name, s.bits) for s in stages] == [("run-Q4_K_M (gguf)", 4.9), ("run-Q8_0 (gguf)", 8.5)]
+    assert [weight_file_bytes(Path(s.path)) for s in stages] == [200, 300]

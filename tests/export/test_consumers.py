@@ -65,5 +65,54 @@ def test_llama_cpp_loads_gguf(qtype, tiny_run, tmp_path):
     with torch.no_grad():
         ours = load_gguf_dequantized(path, done["merged"])(input_ids=torch.tensor([ids])).logits[0]
     d = (theirs - ours).abs()
-    # llama.cpp quantizes activations to 8 bits inside its quantized dot products; measured max/mean below
-    assert d.max() < 0.1 and d.mean() < 1e-2, f"max {d.max():.3e} mean {d.mean():.3e} (logit scale {ours.abs().mean():.3f})"
+    # llama.cpp quantizes activations to 8 bits inside its quantized dot products: measured max 1.2e-2 / mean
+    # 1.7e-3 (Q8_0) and 1.4e-2 / 1.9e-3 (Q4_K_M) on logits of mean magnitude 0.18; a layout bug is of that size
+    assert d.max() < 5e-2 and d.mean() < 5e-3, f"max {d.max():.3e} mean {d.mean():.3e} (logit scale {ours.abs().mean():.3f})"
+
+
+def _next_token_logprobs_llama_cpp(llama_cpp, path, ids):
+    import numpy as np
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, logits_all=True, verbose=False, n_threads=2)
+    llm.eval(ids)
+    scores = torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32))
+    return torch.log_softmax(scores, -1)[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+
+
+def _next_token_logprobs(model, ids):
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+    return torch.log_softmax(logits, -1)[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0"])
+def test_llama_cpp_scores_smollm2_gguf_like_qtune(qtype, smollm2_dir, tmp_path):
+    """The real model: llama.cpp's next-token log-probabilities on prose agree with qtune's dequantized view
+    of the same GGUF (the view every fidelity number is measured on) as closely as they agree for the
+    GGUF that llama.cpp's own converter wrote (the Q4_1 file the packaged model ships as)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qtune.eval.text import read_text_sources
+    from qtune.export.gguf_export import _pre_tokenizer, load_gguf_dequantized, write_gguf
+    from qtune.models.packaged import gguf_path
+
+    text = read_text_sources(None).documents[0][:2000]
+    ids = AutoTokenizer.from_pretrained(smollm2_dir)(text)["input_ids"][:96]
+    # control: the shipped GGUF in llama.cpp vs the same weights in transformers
+    shipped = gguf_path("smollm2-135m-instruct")
+    control = _next_token_logprobs_llama_cpp(llama_cpp, shipped, ids) - _next_token_logprobs(
+        AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32), ids)
+
+    path = tmp_path / f"smollm2-{qtype}.gguf"
+    write_gguf(smollm2_dir, path, qtype, _pre_tokenizer("smollm2-135m-instruct"))
+    assert llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False).tokenize(
+        text.encode(), add_bos=False, special=False)[:64] == ids[:64], "llama.cpp tokenizes the text differently"
+    ours = _next_token_logprobs_llama_cpp(llama_cpp, path, ids) - _next_token_logprobs(
+        load_gguf_dequantized(path, smollm2_dir), ids)
+    # measured: control NLL gap 0.007, mean |Δ| 0.062 (max 0.27); ours Q8_0 0.020 / 0.060 (0.34), Q4_0 0.007 /
+    # 0.076 (0.35) — llama.cpp rounds activations to 8 bits inside quantized dot products; a wrong layout,
+    # RoPE or norm gives nats, not hundredths
+    msg = (f"{qtype}: NLL gap {ours.mean():+.4f} (control {control.mean():+.4f}), mean |Δ| {ours.abs().mean():.3f} "
+           f"(control {control.abs().mean():.3f}), max {ours.abs().max():.3f}")
+    assert abs(ours.mean()) < 0.05 and ours.abs().mean() < 1.5 * control.abs().mean(), msg

@@ -20,6 +20,9 @@ hub         anything else                                       transformers fro
 GGUF is evaluated by dequantizing its weights into a transformers model: the weights carry the
 GGUF quantization error exactly, but the matmuls run in float (llama.cpp would also quantize the
 activations to 8 bit), so the numbers measure the weight quantization alone.
+
+On CPU a float16/bfloat16 checkpoint (merged exports are float16) runs in float32; see
+:func:`_upcast_half_on_cpu`.
 """
 
 from __future__ import annotations
@@ -112,9 +115,25 @@ def load_source(src: ModelSource, device: str, quant: str | None = None) -> Load
 
         path = src.path or resolve_model_path(src.spec)
         loaded = Loaded(_from_pretrained(path, src.spec, device), _tokenizer(path, src.spec), src, "")
+    _upcast_half_on_cpu(loaded, device)
     loaded.dtype = loaded.dtype or str(loaded.model.dtype).removeprefix("torch.")
     loaded.model.eval()
     return loaded
+
+
+def _upcast_half_on_cpu(loaded: Loaded, device: str) -> None:
+    """A float16/bfloat16 checkpoint (e.g. a merged export) runs in float32 on CPU, which has no fast
+    half-precision matmul (a 135M model's eval took minutes instead of seconds); the weights are unchanged.
+    Quantized checkpoints keep their dtype: their kernels expect it."""
+    import torch
+
+    model = loaded.model
+    if device != "cpu" or model.dtype not in (torch.float16, torch.bfloat16) or getattr(model.config, "quantization_config", None):
+        return
+    stored = str(model.dtype).removeprefix("torch.")
+    model.float()
+    loaded.dtype = "float32"
+    loaded.notes.append(f"stored as {stored}, run in float32 on CPU (no fast half-precision matmul there; weights unchanged)")
 
 
 def _load_quantized(src: ModelSource, device: str, method: str) -> Loaded:

@@ -106,6 +106,7 @@ def _export_quantized(fmt, model, recipe, tokenizer, settings, reference, out: P
     manifest = card.write_manifest(
         out, fmt, s.bits, s.group_size, s.base, quantization_config=qcfg, quantize_seconds=round(quant_s, 1),
         calibration={"source": cal.source, "samples": int(calib.shape[0]), "seq_len": cal.seq_len, "seed": cal.seed},
+        **({"grid_search": s.grid_search} if fmt == "gptq" else {}),
     )
     card.write_card(out, manifest, fidelity, recipe.model.path)
     return out

@@ -51,3 +51,22 @@ def test_gguf_file_scores_like_the_checkpoint_converted_from_it():
     packaged = text_perplexity(packaged_model.model, packaged_model.tokenizer, settings)
     assert from_gguf["text_tokens"] == packaged["text_tokens"] == 160
     assert from_gguf["perplexity"] == pytest.approx(packaged["perplexity"], rel=1e-5), (from_gguf["perplexity"], packaged["perplexity"])
+
+
+def test_half_precision_checkpoint_runs_in_float32_on_cpu(tiny_llama_dir, tmp_path):
+    """A float16 checkpoint (what merged exports are) is upcast on CPU, weights unchanged, and says so."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from qtune.eval.sources import load_source
+
+    half = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float16)
+    half.save_pretrained(tmp_path, safe_serialization=True)
+    for f in tiny_llama_dir.glob("*"):
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            (tmp_path / f.name).write_bytes(f.read_bytes())
+    loaded = load_source(resolve_source(str(tmp_path)), "cpu")
+    assert loaded.model.dtype == torch.float32 and loaded.dtype == "float32"
+    assert any("stored as float16" in n for n in loaded.notes), loaded.notes
+    w16 = half.model.layers[0].mlp.down_proj.weight
+    assert torch.equal(loaded.model.model.layers[0].mlp.down_proj.weight, w16.float())

@@ -27,7 +27,8 @@ def test_export_all_formats(tiny_run, tmp_path):
         assert (path / "README.md").read_text().count("```") >= 2
         fid = json.loads((path / FIDELITY).read_text())
         assert fid
-    assert done["gptq"].name == "gptq-w4g64" and json.loads((done["gptq"] / MANIFEST).read_text())["bits"] == 4.0
+    gptq_meta = json.loads((done["gptq"] / MANIFEST).read_text())
+    assert done["gptq"].name == "gptq-w4g64" and gptq_meta["bits"] == 4.0 and gptq_meta["grid_search"] is True
     cfg = json.loads((done["gptq"] / "config.json").read_text())["quantization_config"]
     assert cfg["quant_method"] == "gptq" and cfg["desc_act"] is True and cfg["checkpoint_format"] == "gptq"
     cfg = json.loads((done["awq"] / "config.json").read_text())["quantization_config"]

@@ -8,7 +8,7 @@ One row per stage that exists, in this order:
 - ``nf4`` / ``int8`` — the base quantized at load time by bitsandbytes (NF4 as the recipe sets it
   when it trains on NF4);
 - ``fine-tuned`` — the base as the run's recipe loads it, plus the run's adapter;
-- one row per export under ``<run>/exports/*/qtune_export.json`` (merged, gptq, awq), and one per
+- one row per export under ``<run>/exports/*/qtune_export.json`` (merged, gptq, awq, in that order), and one per
   ``.gguf`` file of a gguf export (each file type its own row).
 
 Each row: bits per weight of the linears, size (bytes as saved), peak memory to load, greedy
@@ -32,6 +32,7 @@ from pathlib import Path
 from qtune import __version__, rundir
 from qtune.errors import QtuneError
 from qtune.eval.measure import EvalSettings
+from qtune.export.formats import EXPORT_FORMATS
 from qtune.models.packaged import PACKAGED_MODELS
 
 REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "report.png"
@@ -69,8 +70,9 @@ def plan_stages(run: Path, recipe, device: str) -> list[Stage]:
         Stage("int8", "base", {"method": "int8", "compute_dtype": compute}),
         Stage("fine-tuned", "run", path=str(run)),
     ]
-    for d in export_dirs(run):
-        meta = read_export_meta(d)
+    exports = [(d, read_export_meta(d)) for d in export_dirs(run)]
+    exports.sort(key=lambda e: EXPORT_FORMATS.index(e[1]["format"]))  # merged, gptq, awq, gguf; by name within
+    for d, meta in exports:
         if meta["format"] == "gguf":  # one row per file type (Q8_0, Q4_K_M, ...)
             for f in sorted(d.glob("*.gguf")):
                 bits = meta.get("bits_per_file", {}).get(f.name, meta.get("bits"))

@@ -126,10 +126,9 @@ def measure_stage(stage: Stage, run_dir: str, settings: EvalSettings, device: st
 
     from qtune.eval.footprint import LoadMemory, linear_bits_per_weight, state_dict_bytes
     from qtune.eval.measure import measure
-    from qtune.eval.sources import load_run_recipe
 
     run = Path(run_dir)
-    recipe = load_run_recipe(run)
+    recipe = rundir.load_run_recipe(run)
     set_seed(settings.seed)
     # bitsandbytes logs on every INT8 matmul that float32 inputs are cast to float16; said once in the notes.
     logging.getLogger("bitsandbytes.autograd._functions").addFilter(
@@ -182,14 +181,11 @@ def add_deltas(rows: list[dict]) -> None:
 
 def build_report(run: Path, settings: EvalSettings, device: str, console=print) -> dict:
     """Measure every stage of ``run`` (each in its own process) and return the report dict."""
-    from qtune.eval.sources import load_run_recipe
     from qtune.models.load import resolve_device
 
-    if not (run / rundir.RECIPE).is_file() or not (run / rundir.ADAPTER).is_dir():
-        raise QtuneError(f"RUN_DIR: '{run}' is not a finished run (needs {rundir.RECIPE} and {rundir.ADAPTER}/)")
+    recipe = rundir.load_run_recipe(run)
     device = resolve_device(device)
     settings = settings.for_device(device)
-    recipe = load_run_recipe(run)
     rows, skipped = [], []
     for stage in plan_stages(run, recipe, device):
         console(f"measuring {stage.name} ...")

@@ -66,7 +66,7 @@ def resolve_source(spec: str) -> ModelSource:
     """Classify ``spec`` (see the table in the module docstring)."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        if (path / rundir.RECIPE).is_file() and (path / rundir.ADAPTER).is_dir():
+        if rundir.is_finished_run(path):
             return ModelSource("run", spec, path)
         if (path / EXPORT_META).is_file():
             return ModelSource("export", spec, path, read_export_meta(path))
@@ -148,16 +148,10 @@ def _load_quantized(src: ModelSource, device: str, method: str) -> Loaded:
     return Loaded(model.eval(), load_tokenizer(section), src, compute, [f"quantized to {method} at load time by bitsandbytes"])
 
 
-def load_run_recipe(run: Path):
-    from qtune.recipe import load_recipe
-
-    return load_recipe(run / rundir.RECIPE)
-
-
 def _load_run(src: ModelSource, device: str) -> Loaded:
     from qtune.models.load import load_tokenizer, load_trained
 
-    recipe = load_run_recipe(src.path)
+    recipe = rundir.load_run_recipe(src.path)
     model = load_trained(str(src.path / rundir.ADAPTER), recipe.model, recipe.quant, device)
     tok = load_tokenizer(recipe.model)
     note = f"base {recipe.model.path} loaded as the recipe says (quant {recipe.quant.method}) + adapter"

@@ -24,15 +24,6 @@ from qtune.export.formats import MERGE_BASES
 MERGE_DTYPES = ("float16", "bfloat16", "float32")
 
 
-def load_run_recipe(run_dir: str | Path):
-    from qtune.recipe import load_recipe
-
-    run = Path(run_dir)
-    if not (run / rundir.RECIPE).is_file() or not (run / rundir.ADAPTER).is_dir():
-        raise QtuneError(f"RUN_DIR: '{run}' is not a finished qtune run (needs {rundir.RECIPE} and {rundir.ADAPTER}/)")
-    return load_recipe(run / rundir.RECIPE)
-
-
 def roundtrip_bnb(weight, quant) -> "torch.Tensor":
     """``weight`` quantized and dequantized the way ``quant`` (the recipe's section) stored it."""
     import torch
@@ -68,7 +59,7 @@ def merged_model(run_dir: str | Path, base: str = DEFAULT_BASE):
 
     if base not in MERGE_BASES:
         raise QtuneError(f"--base: '{base}' is not one of {', '.join(MERGE_BASES)}")
-    recipe = load_run_recipe(run_dir)
+    recipe = rundir.load_run_recipe(run_dir)
     path = resolve_model_path(recipe.model.path)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.float32, trust_remote_code=recipe.model.trust_remote_code, revision=recipe.model.revision

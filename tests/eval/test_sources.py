@@ -55,17 +55,17 @@ def test_gguf_file_scores_like_the_checkpoint_converted_from_it():
 
 def test_half_precision_checkpoint_runs_in_float32_on_cpu(tiny_llama_dir, tmp_path):
     """A float16 checkpoint (what merged exports are) is upcast on CPU, weights unchanged, and says so."""
+    import shutil
+
     import torch
     from transformers import AutoModelForCausalLM
 
     from qtune.eval.sources import load_source
 
     half = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float16)
-    half.save_pretrained(tmp_path, safe_serialization=True)
-    for f in tiny_llama_dir.glob("*"):
-        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            (tmp_path / f.name).write_bytes(f.read_bytes())
-    loaded = load_source(resolve_source(str(tmp_path)), "cpu")
+    shutil.copytree(tiny_llama_dir, tmp_path / "half")  # tokenizer files; the weights are replaced below
+    half.save_pretrained(tmp_path / "half", safe_serialization=True)
+    loaded = load_source(resolve_source(str(tmp_path / "half")), "cpu")
     assert loaded.model.dtype == torch.float32 and loaded.dtype == "float32"
     assert any("stored as float16" in n for n in loaded.notes), loaded.notes
     w16 = half.model.layers[0].mlp.down_proj.weight

@@ -23,7 +23,6 @@ def _say(console):
 def export_run(run_dir: str | Path, settings, formats: list[str] | None = None, out_root: str | Path | None = None,
                console=None) -> dict[str, Path]:
     """Write every format in ``formats`` (default ``settings.formats``); return their directories."""
-
     from qtune.export.fidelity import measure
     from qtune.export.merge import merged_model
 

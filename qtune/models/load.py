@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from qtune.errors import QtuneError
+from qtune.models.bnb_layout import keep_training_layout
 from qtune.models.packaged import PACKAGED_MODELS, materialize
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -77,7 +78,7 @@ QUANT_METHODS: dict[str, Callable[["QuantSection"], object] | None] = {
 
 
 def load_base_model(model: "ModelSection", quant: "QuantSection", device: str):
-    """Load the (possibly quantized) base causal LM on ``device``."""
+    """Load the (possibly quantized) base causal LM on ``device``, its 4-bit weights in the layout training needs."""
     from transformers import AutoModelForCausalLM
 
     builder = QUANT_METHODS[quant.method]
@@ -91,12 +92,14 @@ def load_base_model(model: "ModelSection", quant: "QuantSection", device: str):
     kwargs["device_map"] = {"": device}
     path = resolve_model_path(model.path)
     try:
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
         raise QtuneError(
             f"model.path: could not load '{model.path}' ({str(e).splitlines()[0]}); without Hub access give a "
             f"local checkpoint directory or a packaged model ({', '.join(PACKAGED_MODELS)})"
         ) from None
+    keep_training_layout(loaded)  # bitsandbytes' CPU inference repack drops gradients: see bnb_layout
+    return loaded
 
 
 def load_tokenizer(model: "ModelSection"):

@@ -1,4 +1,4 @@
-"""Trainer callbacks: ``metrics.jsonl`` with throughput, and a rich progress bar."""
+"""Trainer callbacks: ``metrics.jsonl`` with throughput, a rich progress bar, and the 4-bit layout guard."""
 
 from __future__ import annotations
 
@@ -89,3 +89,17 @@ class RichProgressCallback(TrainerCallback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+class LayoutGuard(TrainerCallback):
+    """Refuses to train through 4-bit weights bitsandbytes repacked for inference (:mod:`qtune.models.bnb_layout`).
+
+    Checked when training begins and after every evaluation, the one step that could repack them.
+    """
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        from qtune.models.bnb_layout import check_training_layout
+
+        check_training_layout(model)
+
+    on_evaluate = on_train_begin

@@ -84,6 +84,23 @@ def training_arguments(recipe: Recipe, run: Path, device: str, report_to: list[s
     return TrainingArguments(**{k: v for k, v in args.items() if k in known})
 
 
+def build_model(recipe: Recipe, device: str):
+    """The model ``train`` trains: the base as the recipe quantizes it, LoRA attached, kernels routed.
+
+    Returns the model and the resolved kernel mode.
+    """
+    from qtune.data.packing import prepare_model
+    from qtune.kernels import apply as apply_kernels
+    from qtune.models.load import attach_lora, load_base_model
+
+    base = load_base_model(recipe.model, recipe.quant, device)
+    model = attach_lora(base, recipe.lora, quantized=recipe.quant.method != "none",
+                        gradient_checkpointing=recipe.train.gradient_checkpointing)
+    if recipe.data.packing:
+        prepare_model(model)
+    return model, apply_kernels(model, recipe.train.kernels, device)
+
+
 def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console=None) -> dict:
     """Fine-tune ``recipe``'s base with LoRA and fill its run directory; return the summary."""
     import torch
@@ -91,9 +108,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
 
     from qtune import tracking
     from qtune.data.dataset import build_datasets, refuse_training
-    from qtune.data.packing import prepare_model
-    from qtune.kernels import apply as apply_kernels
-    from qtune.models.load import attach_lora, load_base_model, load_tokenizer, resolve_device
+    from qtune.models.load import load_tokenizer, resolve_device
     from qtune.train.plot import plot_loss
 
     say = console.print if console is not None else print
@@ -114,12 +129,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     if not data.eval:
         raise QtuneError("data.eval: the eval split is empty; set data.eval to a file or data.eval_fraction > 0")
 
-    base = load_base_model(recipe.model, recipe.quant, device)
-    model = attach_lora(base, recipe.lora, quantized=recipe.quant.method != "none",
-                        gradient_checkpointing=recipe.train.gradient_checkpointing)
-    if recipe.data.packing:
-        prepare_model(model)
-    kernels = apply_kernels(model, recipe.train.kernels, device)
+    model, kernels = build_model(recipe, device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     say(f"model: {recipe.model.path} ({recipe.quant.method}) on {device}, {trainable:,} trainable LoRA parameters, {kernels} kernels")
 
@@ -167,7 +177,7 @@ def _build_trainer(recipe: Recipe, model, data, tokenizer, run: Path, device: st
     from transformers import PrinterCallback
 
     from qtune.data.dataset import collator_for
-    from qtune.train.callbacks import MetricsCallback, RichProgressCallback
+    from qtune.train.callbacks import LayoutGuard, MetricsCallback, RichProgressCallback
     from qtune.train.trainer import QtuneTrainer
 
     metrics = MetricsCallback(run / rundir.METRICS)
@@ -177,7 +187,7 @@ def _build_trainer(recipe: Recipe, model, data, tokenizer, run: Path, device: st
         train_dataset=data.train,
         eval_dataset=data.eval,
         data_collator=collator_for(recipe.data, tokenizer.pad_token_id),
-        callbacks=[metrics, RichProgressCallback(metrics, probe)],
+        callbacks=[LayoutGuard(), metrics, RichProgressCallback(metrics, probe)],
     )
     trainer.remove_callback(PrinterCallback)  # the rich bar and metrics.jsonl replace its raw dict prints
     metrics.eval_clock = lambda: trainer.eval_seconds

@@ -104,6 +104,8 @@ def load_source(src: ModelSource, device: str, quant: str | None = None) -> Load
     """
     if quant not in (None, "none"):
         return _load_quantized(src, device, quant)
+    from qtune.models.bnb_layout import keep_training_layout
+
     if src.kind == "run":
         loaded = _load_run(src, device)
     elif src.kind == "export":
@@ -116,6 +118,7 @@ def load_source(src: ModelSource, device: str, quant: str | None = None) -> Load
         path = src.path or resolve_model_path(src.spec)
         loaded = Loaded(_from_pretrained(path, src.spec, device), _tokenizer(path, src.spec), src, "")
     _upcast_half_on_cpu(loaded, device)
+    keep_training_layout(loaded.model)  # a bnb 4-bit checkpoint: eval figures on the same path on every CPU
     loaded.dtype = loaded.dtype or str(loaded.model.dtype).removeprefix("torch.")
     loaded.model.eval()
     return loaded

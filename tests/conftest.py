@@ -6,6 +6,12 @@ weights are random, seeded, and saved as a local checkpoint directory.
 
 from __future__ import annotations
 
+import os
+
+# Triton's CPU interpreter, unless TRITON_INTERPRET=0 is set (scripts/gpu_check.sh does, on a CUDA
+# machine). It must be set before qtune.kernels.dequant defines its kernels: here, ahead of every test.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import shutil
 from pathlib import Path
 

@@ -32,6 +32,8 @@ What qtune does:
 
 from __future__ import annotations
 
+import sys
+
 from qtune.errors import QtuneError
 
 CPU_PACKED = "packing_format_for_cpu"  # QuantState flag: the weight is in the AVX512-BF16 layout
@@ -43,10 +45,10 @@ PATH_CPU_BF16 = "bitsandbytes AVX512-BF16 CPU inference kernel"
 
 def linear4bit_layers(model) -> list:
     """Every bitsandbytes ``Linear4bit`` in ``model`` (peft's LoRA layers wrap them)."""
-    try:
-        from bitsandbytes.nn import Linear4bit
-    except ImportError:  # pragma: no cover - bitsandbytes is a dependency
+    if "bitsandbytes" not in sys.modules:  # no 4-bit layer can exist; importing it would cost a second
         return []
+    from bitsandbytes.nn import Linear4bit
+
     return [m for m in model.modules() if isinstance(m, Linear4bit)]
 
 

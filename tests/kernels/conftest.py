@@ -1,13 +1,10 @@
 """Kernel tests run Triton's CPU interpreter unless TRITON_INTERPRET=0 is set (scripts/gpu_check.sh
-does, on a CUDA machine). The variable must be set before qtune.kernels.dequant defines its
-kernels, so it is set here, at conftest import, ahead of every test module in this folder."""
+does, on a CUDA machine); the root conftest sets the default before any kernel is defined."""
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 
 @pytest.fixture(scope="session")

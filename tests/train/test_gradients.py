@@ -10,7 +10,7 @@ then hold on every CPU, not only on the ones that have the instruction set.
 
 Tolerance: float32, max |grad - ref| <= 1e-4 x max |ref| per tensor. Measured with the fix: NF4 (with
 and without double quant) and FP4 bit-identical, INT8 7e-7 (bitsandbytes scales its int8 rows in a
-different order). Without it (the repack left armed, the guard removed) every 4-bit case fails: the
+different order), NF4 through qtune's fused Triton linear (``train.kernels: triton``, interpreter) 4e-7. Without it (the repack left armed, the guard removed) every 4-bit case fails: the
 worst LoRA gradient is off by 2.2x its own size, the mean gap 1.2e-2.
 """
 
@@ -32,6 +32,7 @@ QUANT = {  # case id -> quant section
     "fp4": {"method": "fp4", "double_quant": False},
     "int8": {"method": "int8"},
 }
+KERNELS = {"nf4-dq": ["bitsandbytes", "triton"]}  # train.kernels per case (default: bitsandbytes); triton in its CPU interpreter
 RTOL = 1e-4
 
 
@@ -148,13 +149,14 @@ def _frozen_weights(model) -> dict:
             for n, m in model.named_modules() if isinstance(m, LoraLayer)}
 
 
-def _recipe(tmp_path, tiny_llama_dir, case):
+def _recipe(tmp_path, tiny_llama_dir, case, kernels="bitsandbytes"):
     path = write_recipe(
         tmp_path / "r.yaml", model={"path": str(tiny_llama_dir)},
         quant={**QUANT[case], "compute_dtype": "float32"},
         lora={"rank": 4, "alpha": 8, "dropout": 0.0},
         data={"max_examples": 8, "max_eval_examples": 8},
-        train={"max_steps": 1, "micro_batch_size": 8, "max_grad_norm": 1e9, "lr": 1e-3},  # one batch, no clipping
+        train={"max_steps": 1, "micro_batch_size": 8, "max_grad_norm": 1e9, "lr": 1e-3,  # one batch, no clipping
+               "kernels": kernels},
     )
     return load_recipe(path)
 
@@ -165,16 +167,16 @@ def _compare(grads: dict, ref: dict) -> dict:
     return {n: ((grads[n] - ref[n]).abs().max().item(), ref[n].abs().max().item()) for n in ref}
 
 
-@pytest.mark.parametrize("case", list(QUANT))
-def test_lora_gradients_match_the_dequantized_reference(tmp_path, tiny_llama_dir, avx512_bf16_cpu, case):
-    recipe = _recipe(tmp_path, tiny_llama_dir, case)
+@pytest.mark.parametrize("case,kernels", [(c, k) for c in QUANT for k in KERNELS.get(c, ["bitsandbytes"])])
+def test_lora_gradients_match_the_dequantized_reference(tmp_path, tiny_llama_dir, avx512_bf16_cpu, case, kernels):
+    recipe = _recipe(tmp_path, tiny_llama_dir, case, kernels)
     model, grads, start, batch = _grads_after_eval_then_step(recipe)
     ref = _reference_grads(recipe, _frozen_weights(model), start, recipe.lora.scaling, batch)  # frozen: unmoved by the step
     gaps = _compare(grads, ref)
     worst = max(gaps, key=lambda n: gaps[n][0] / max(gaps[n][1], 1e-12))
     for name, (diff, size) in gaps.items():
         assert diff <= RTOL * size, (
-            f"{case}: {name}: max |grad - ref| {diff:.3e} > {RTOL} x max |ref| {size:.3e} "
+            f"{case} ({kernels}): {name}: max |grad - ref| {diff:.3e} > {RTOL} x max |ref| {size:.3e} "
             f"(worst {worst}: {gaps[worst][0]:.3e} / {gaps[worst][1]:.3e}; "
             f"mean over tensors {sum(d for d, _ in gaps.values()) / len(gaps):.3e})"
         )

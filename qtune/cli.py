@@ -14,6 +14,13 @@ from qtune import __version__
 from qtune.errors import QtuneError
 
 
+def _process_count(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (given {n})")
+    return n
+
+
 def _overrides_help() -> str:
     return "overrides as section.key=value, validated like the recipe (e.g. train.lr=1e-4 train.max_steps=200)"
 
@@ -23,9 +30,12 @@ def cmd_validate(args) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     t = recipe.train
+    nproc = args.nproc or recipe.distributed.nproc
     print(
         f"{args.recipe}: ok — {recipe.model.path}, quant {recipe.quant.method}, LoRA r={recipe.lora.rank} "
-        f"(scaling {recipe.lora.scaling:g}), effective batch {t.effective_batch_size}, "
+        f"(scaling {recipe.lora.scaling:g}), global batch {t.global_batch_size(nproc)} "
+        f"(micro {t.micro_batch_size} x grad accumulation {t.grad_accumulation} x {nproc} process(es), "
+        f"{recipe.distributed.strategy if nproc > 1 or recipe.distributed.strategy == 'fsdp' else 'one process'}), "
         f"{'max_steps ' + str(t.max_steps) if t.max_steps else f'{t.epochs:g} epoch(s)'}"
     )
     return 0
@@ -35,12 +45,19 @@ def cmd_train(args) -> int:
     from qtune.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)  # validated before anything heavy is imported
+    from qtune.train import distributed
+
+    nproc = args.nproc or recipe.distributed.nproc
+    if not distributed.under_launcher() and (nproc > 1 or recipe.distributed.strategy == "fsdp"):
+        distributed.relaunch(nproc, args.argv)  # does not return
     from rich.console import Console
 
     from qtune.train.run import train
 
     console = Console(stderr=True)
     summary = train(recipe, overwrite=args.overwrite, resume=args.resume, console=console)
+    if not distributed.is_main():
+        return 0
     console.print(
         f"[bold green]done[/] in {summary['wall_s']:.0f}s: eval loss {summary['eval_loss_before']:.4f} → "
         f"{summary['eval_loss_after']:.4f}, {summary['tokens_per_s']:.0f} tok/s, "
@@ -268,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a recipe and report every error at once")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*", help=_overrides_help())
+    p.add_argument("--nproc", type=_process_count, metavar="N", help="processes the global batch is counted over (default distributed.nproc)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("train", help="fine-tune with LoRA as a recipe says")
@@ -276,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.output_dir")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run in train.output_dir")
+    p.add_argument("--nproc", type=_process_count, metavar="N", help="processes (GPUs) on this node, launched through torchrun "
+                   "(default distributed.nproc); under torchrun or accelerate launch it is the launcher's")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("data", help="look at a recipe's training data")
@@ -349,11 +369,14 @@ def main(argv: list[str] | None = None) -> int:
     from qtune.noise import quiet
 
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     quiet()
     try:
         return args.func(args)
     except QtuneError as e:
-        for line in e.lines:
+        from qtune.train.distributed import is_main
+
+        for line in e.lines if is_main() else ():  # every rank raises the same error; one prints it
             print(f"error: {line}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

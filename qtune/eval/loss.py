@@ -12,6 +12,12 @@ import math
 
 def mean_token_nll(model, rows: list[dict], collate, batch_size: int = 8) -> float:
     """Mean next-token NLL over every labelled token of ``rows`` (nats)."""
+    total, count = token_nll_sums(model, rows, collate, batch_size)
+    return total / count if count else math.nan
+
+
+def token_nll_sums(model, rows: list[dict], collate, batch_size: int = 8) -> tuple[float, int]:
+    """(sum of next-token NLLs, number of labelled tokens) over ``rows``: parts that add up across shards."""
     import torch
     import torch.nn.functional as F
 
@@ -35,4 +41,4 @@ def mean_token_nll(model, rows: list[dict], collate, batch_size: int = 8) -> flo
                 count += int((shift_labels != -100).sum())
     finally:
         model.train(was_training)
-    return total / count if count else math.nan
+    return total, count

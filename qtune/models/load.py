@@ -58,6 +58,7 @@ def _nf4_or_fp4(kind: str) -> Callable[["QuantSection"], object]:
             bnb_4bit_quant_type=kind,
             bnb_4bit_use_double_quant=q.double_quant,
             bnb_4bit_compute_dtype=torch_dtype(q.compute_dtype),
+            bnb_4bit_quant_storage=torch_dtype(q.quant_storage),  # a float storage lets FSDP shard them
         )
 
     return build
@@ -78,7 +79,10 @@ QUANT_METHODS: dict[str, Callable[["QuantSection"], object] | None] = {
 
 
 def load_base_model(model: "ModelSection", quant: "QuantSection", device: str):
-    """Load the (possibly quantized) base causal LM on ``device``, its 4-bit weights in the layout training needs."""
+    """Load the (possibly quantized) base causal LM on ``device``, its 4-bit weights in the layout training needs.
+
+    ``device`` is one device for the whole model: ``cpu``, ``cuda``, or a rank's own ``cuda:N``.
+    """
     from transformers import AutoModelForCausalLM
 
     builder = QUANT_METHODS[quant.method]
@@ -130,16 +134,20 @@ def lora_config(lora: "LoraSection"):
     )
 
 
-def attach_lora(base, lora: "LoraSection", quantized: bool, gradient_checkpointing: bool):
-    """Prepare a (k-bit) base for training and wrap it with fresh LoRA adapters."""
+def attach_lora(base, lora: "LoraSection", quantized: bool, gradient_checkpointing: bool, sharded: bool = False):
+    """Prepare a (k-bit) base for training and wrap it with fresh LoRA adapters.
+
+    ``sharded`` (FSDP) keeps every weight in one dtype, as FSDP needs: no float32 upcast of norms
+    and embeddings (prepare_model_for_kbit_training) and LoRA weights in the base's dtype.
+    """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    if quantized:
+    if quantized and not sharded:
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
-    return get_peft_model(base, lora_config(lora))
+    return get_peft_model(base, lora_config(lora), autocast_adapter_dtype=not sharded)
 
 
 def load_trained(run_adapter_dir: str, model: "ModelSection", quant: "QuantSection", device: str):

@@ -112,7 +112,8 @@ def dump_recipe(recipe: Recipe) -> str:
 
 
 def format_validation_error(error: ValidationError, raw: dict) -> list[str]:
-    return [_format_one(e, raw) for e in error.errors(include_url=False)]
+    # a model-level rule may report several problems, one per line
+    return [line for e in error.errors(include_url=False) for line in _format_one(e, raw).split("\n")]
 
 
 def _format_one(err: dict, raw: dict) -> str:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from qtune.data.sources import HUB_PREFIX
 from qtune.kernels.dispatch import KERNEL_MODES
+from qtune.recipe.distributed_rules import problems as distributed_problems
 from qtune.export.formats import DEFAULT_MERGE_BASE, EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
 
 DType = Literal["bfloat16", "float16", "float32", "auto"]
@@ -33,6 +34,11 @@ ExportFormat = Literal[EXPORT_FORMATS]
 MergeBase = Literal[MERGE_BASES]
 GGUFType = Literal[GGUF_TYPES]
 QuantBits = Literal[QUANT_BITS]
+# transformers' TrainingArguments names: fsdp="<sharding> auto_wrap [offload]", ddp_backend.
+Strategy = Literal["ddp", "fsdp"]
+Backend = Literal["auto", "nccl", "gloo"]
+Sharding = Literal["full_shard", "shard_grad_op", "hybrid_shard"]
+QuantStorage = Literal["uint8", "bfloat16", "float16", "float32"]
 
 
 class Section(BaseModel):
@@ -59,6 +65,9 @@ class QuantSection(Section):
     compute_dtype: ComputeDType = "bfloat16"
     int8_threshold: float = Field(6.0, gt=0, description="LLM.int8 outlier threshold")
     blocksize: Literal[64] = 64  # what bitsandbytes' 4-bit loading uses; named for the kernels
+    quant_storage: QuantStorage = Field(
+        "uint8", description="dtype the packed 4-bit weights are stored in (bnb_4bit_quant_storage); FSDP needs the compute dtype"
+    )
 
 
 class LoraSection(Section):
@@ -142,7 +151,22 @@ class TrainSection(Section):
 
     @property
     def effective_batch_size(self) -> int:
+        """Rows per optimizer step on one process."""
         return self.micro_batch_size * self.grad_accumulation
+
+    def global_batch_size(self, world_size: int) -> int:
+        """Rows per optimizer step over all processes: micro batch x grad accumulation x world size."""
+        return self.effective_batch_size * world_size
+
+
+class DistributedSection(Section):
+    """More than one process (GPU), through torchrun; the Trainer does the DDP/FSDP wrapping."""
+
+    strategy: Strategy = Field("ddp", description="ddp: each rank holds the whole (4-bit) base; fsdp: the base is sharded")
+    nproc: int = Field(1, ge=1, description="processes per node `qtune train` launches through torchrun (--nproc overrides)")
+    backend: Backend = Field("auto", description="auto: nccl on CUDA, gloo on CPU")
+    sharding: Sharding = Field("full_shard", description="fsdp only: what is sharded (hybrid_shard: within a node)")
+    cpu_offload: bool = Field(False, description="fsdp only: keep parameters and gradients in CPU memory between uses")
 
 
 class TrackingSection(Section):
@@ -186,6 +210,7 @@ class Recipe(Section):
     train: TrainSection = TrainSection()
     tracking: TrackingSection = TrackingSection()
     export: Optional[ExportSection] = None
+    distributed: DistributedSection = DistributedSection()
 
     @model_validator(mode="after")
     def _paged_optim_needs_cuda(self) -> "Recipe":
@@ -194,6 +219,13 @@ class Recipe(Section):
                 f"train.optimizer: '{self.train.optimizer}' pages optimizer state to GPU memory and "
                 "needs CUDA (given train.device: cpu); use adamw_torch on CPU"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _distributed_fits(self) -> "Recipe":
+        found = distributed_problems(self)
+        if found:
+            raise ValueError("\n".join(found))
         return self
 
     @property

@@ -31,6 +31,8 @@ class MetricsCallback(TrainerCallback):
         self.last_tokens = self.tokens_at_start = state.num_input_tokens_seen
 
     def on_log(self, args, state, control, logs=None, **kw):
+        if not state.is_world_process_zero:  # one metrics.jsonl, written by the main process
+            return
         logs = logs or {}
         record: dict = {"step": state.global_step}
         if "loss" in logs:
@@ -62,6 +64,8 @@ class RichProgressCallback(TrainerCallback):
         self.task = None
 
     def on_train_begin(self, args, state, control, **kw):
+        if not state.is_world_process_zero:
+            return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.progress = Progress(

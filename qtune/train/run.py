@@ -11,6 +11,7 @@ from pathlib import Path
 from qtune import rundir
 from qtune.errors import QtuneError
 from qtune.recipe import Recipe, dump_recipe
+from qtune.train import distributed
 
 
 def prepare_run_dir(recipe: Recipe, overwrite: bool, resume: bool) -> Path:
@@ -77,6 +78,7 @@ def training_arguments(recipe: Recipe, run: Path, device: str, report_to: list[s
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        **distributed.trainer_arguments(recipe.distributed, device),
     )
     # Gradient checkpointing is switched on while attaching LoRA (prepare_model_for_kbit_training),
     # so the Trainer's own switch stays at its default (off).
@@ -93,9 +95,10 @@ def build_model(recipe: Recipe, device: str):
     from qtune.kernels import apply as apply_kernels
     from qtune.models.load import attach_lora, load_base_model
 
-    base = load_base_model(recipe.model, recipe.quant, device)
+    base = load_base_model(recipe.model, recipe.quant, distributed.placement(device))
     model = attach_lora(base, recipe.lora, quantized=recipe.quant.method != "none",
-                        gradient_checkpointing=recipe.train.gradient_checkpointing)
+                        gradient_checkpointing=recipe.train.gradient_checkpointing,
+                        sharded=recipe.distributed.strategy == "fsdp")
     if recipe.data.packing:
         prepare_model(model)
     return model, apply_kernels(model, recipe.train.kernels, device)
@@ -111,17 +114,19 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     from qtune.models.load import load_tokenizer, resolve_device
     from qtune.train.plot import plot_loss
 
-    say = console.print if console is not None else print
     t0 = time.perf_counter()
     device = resolve_device(recipe.train.device)
     if recipe.optimizer_is_paged and device != "cuda":
         raise QtuneError(f"train.optimizer: '{recipe.train.optimizer}' needs a CUDA GPU (running on {device}); use adamw_torch")
-    run = prepare_run_dir(recipe, overwrite, resume)
-    resume_from = latest_checkpoint(run) if resume else None
+    world = distributed.init(recipe.distributed, device)
+    say = (console.print if console is not None else print) if world.is_main else (lambda *a, **k: None)
+    run = distributed.on_main(lambda: prepare_run_dir(recipe, overwrite, resume))  # the main process writes the run dir
+    resume_from = distributed.on_main(lambda: latest_checkpoint(run)) if resume else None  # one checkpoint for all ranks
     set_seed(recipe.train.seed)
 
-    tokenizer = load_tokenizer(recipe.model)
-    data = build_datasets(recipe.data, tokenizer, recipe.train.seed)
+    with distributed.main_first():  # the main process fills the data cache, the others read it
+        tokenizer = load_tokenizer(recipe.model)
+        data = build_datasets(recipe.data, tokenizer, recipe.train.seed)
     say(f"data: {data.stats['train']['rows']} train / {data.stats['eval']['rows']} eval rows, "
         f"{data.stats['train']['trained_tokens']} trained tokens per epoch (cache {data.stats['cache']}, {data.stats['load_s']:.1f}s)"
         + (f", packed into {data.stats['packing']['rows']} rows" if recipe.data.packing else ""))
@@ -131,7 +136,8 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
 
     model, kernels = build_model(recipe, device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    say(f"model: {recipe.model.path} ({recipe.quant.method}) on {device}, {trainable:,} trainable LoRA parameters, {kernels} kernels")
+    say(f"model: {recipe.model.path} ({recipe.quant.method}) on {device}, {trainable:,} trainable LoRA parameters, {kernels} kernels"
+        + (f", {recipe.distributed.strategy} over {world.size} processes" if world.size > 1 else ""))
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -147,9 +153,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
         eval_after = trainer.final_eval_loss()
     say(f"eval loss after training:  {eval_after:.4f} ({(eval_after - eval_before) / eval_before:+.1%})")
 
-    with rundir.atomic_path(run / rundir.ADAPTER, directory=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+    weights = distributed.adapter_state_dict(trainer)  # gathered from every rank under FSDP, else None
     tokens = int(trainer.state.num_input_tokens_seen)
     summary = {
         "eval_loss_before": eval_before,
@@ -163,7 +167,15 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
         "device": device,
         "data": data.stats,
         "trainable_parameters": trainable,
+        "world_size": world.size,
+        "global_batch_size": recipe.train.global_batch_size(world.size),
+        "distributed": recipe.distributed.strategy if world.size > 1 else None,
     }
+    if not world.is_main:
+        return summary
+    with rundir.atomic_path(run / rundir.ADAPTER, directory=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
+        tokenizer.save_pretrained(tmp)
     rundir.write_json(run / rundir.SUMMARY, summary)
     plot_loss(rundir.read_metrics(run), run / rundir.LOSS_PLOT, f"{recipe.model.path} · {recipe.quant.method} · LoRA r={recipe.lora.rank}")
     if recipe.export is not None:
@@ -192,4 +204,5 @@ def _build_trainer(recipe: Recipe, model, data, tokenizer, run: Path, device: st
     trainer.remove_callback(PrinterCallback)  # the rich bar and metrics.jsonl replace its raw dict prints
     metrics.eval_clock = lambda: trainer.eval_seconds
     trainer.metrics_log = metrics
+    distributed.prepare_trainer(trainer)
     return trainer

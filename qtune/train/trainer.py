@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -10,7 +11,8 @@ from pathlib import Path
 from transformers import Trainer
 
 from qtune.data.collate import PadCollator, real_tokens
-from qtune.eval.loss import mean_token_nll
+from qtune.eval.loss import token_nll_sums
+from qtune.train import distributed
 
 
 class QtuneTrainer(Trainer):
@@ -22,14 +24,19 @@ class QtuneTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
         """Token-weighted mean NLL over the eval rows (see :mod:`qtune.eval.loss`), logged as ``eval_loss``.
 
-        Rows are never packed here: they are right-padded whatever the training collator is.
+        Rows are never packed here: they are right-padded whatever the training collator is. With
+        several processes each rank scores its share of the rows and the sums and token counts are
+        added over ranks, so the figure is the one a single process would report.
         """
         start = time.perf_counter()
         rows = self.eval_dataset if eval_dataset is None else eval_dataset
-        loss = mean_token_nll(
-            self.model, rows, PadCollator(self.data_collator.pad_token_id),
+        share = distributed.shard_rows(list(rows), self.args.process_index, self.args.world_size)
+        total, count = token_nll_sums(
+            self.model, share, PadCollator(self.data_collator.pad_token_id),
             batch_size=self.args.per_device_eval_batch_size,
         )
+        total, count = distributed.all_sum([total, float(count)])
+        loss = total / count if count else math.nan
         self.eval_seconds += time.perf_counter() - start
         metrics = {f"{metric_key_prefix}_loss": loss}
         self.last_eval = (self.state.global_step, loss)
@@ -40,7 +47,8 @@ class QtuneTrainer(Trainer):
     def _track_num_input_tokens(self, inputs) -> None:
         """Count real tokens; a packed batch has no attention_mask, so Trainer alone would count its padding."""
         if self.args.include_num_input_tokens_seen == "non_padding":
-            self.state.num_input_tokens_seen += real_tokens(inputs)
+            mine = real_tokens(inputs)
+            self.state.num_input_tokens_seen += int(distributed.all_sum([float(mine)])[0]) if self.args.world_size > 1 else mine
             return
         super()._track_num_input_tokens(inputs)
 
@@ -55,12 +63,18 @@ class QtuneTrainer(Trainer):
         final_root = self.args.output_dir
         staging_root = os.path.join(final_root, ".staging")
         name = f"checkpoint-{self.state.global_step}"
-        shutil.rmtree(staging_root, ignore_errors=True)
+        main = self.is_world_process_zero()
+        if main:
+            shutil.rmtree(staging_root, ignore_errors=True)
+        distributed.barrier()
         self.args.output_dir = staging_root
         try:
-            super()._save_checkpoint(model, trial)
+            super()._save_checkpoint(model, trial)  # every rank writes its part (its RNG state, FSDP shards)
         finally:
             self.args.output_dir = final_root
+        distributed.barrier()
+        if not main:
+            return
         final = Path(final_root) / name
         if final.exists():
             shutil.rmtree(final)

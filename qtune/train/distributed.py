@@ -186,8 +186,13 @@ def adapter_state_dict(trainer) -> dict | None:
 
 
 def launch_command(nproc: int, argv: list[str]) -> list[str]:
-    """``python -m torch.distributed.run --nproc_per_node N -m qtune.cli ARGV``: this command again, N times."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "-m", "qtune.cli", *argv]
+    """``python -m torch.distributed.run --standalone --nproc_per_node N -m qtune.cli ARGV``: this command, N times.
+
+    ``--standalone`` is one node with a free local port (no clash with another job's default 29500);
+    several nodes are torchrun's own flags (README, "More than one GPU").
+    """
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "-m", "qtune.cli", *argv]
 
 
 def relaunch(nproc: int, argv: list[str]) -> None:

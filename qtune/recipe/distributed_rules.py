@@ -4,7 +4,8 @@ Each rule looks at one combination and returns a one-line error naming the field
 None. FSDP shards only floating-point tensors of one dtype per wrapped unit (bitsandbytes'
 FSDP-QLoRA guide: the packed 4-bit weights must be *stored* in the compute dtype,
 ``bnb_4bit_quant_storage``); bitsandbytes' optimizers keep their state on the GPU, so they cannot
-follow parameters FSDP offloads to CPU memory.
+follow parameters FSDP offloads to CPU memory. accelerate (1.15) turns FSDP on only for GPU-like
+devices: on CPU the same arguments would quietly give DDP.
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ def offload_leaves_bnb_optimizer_behind(r: "Recipe") -> Optional[str]:
     return None
 
 
+def fsdp_needs_cuda(r: "Recipe") -> Optional[str]:
+    if _fsdp(r) and r.train.device == "cpu":
+        return ("distributed.strategy: fsdp needs CUDA GPUs (given train.device: cpu; accelerate shards on "
+                "accelerators only and would quietly run DDP); use distributed.strategy=ddp on CPU")
+    return None
+
+
 def nccl_needs_cuda(r: "Recipe") -> Optional[str]:
     if r.distributed.backend == "nccl" and r.train.device == "cpu":
         return "distributed.backend: nccl needs CUDA GPUs (given train.device: cpu); use distributed.backend=gloo or auto"
@@ -84,6 +92,7 @@ RULES: list[Callable[["Recipe"], Optional[str]]] = [
     fsdp_needs_uniform_dtype,
     fsdp_has_no_triton_path,
     offload_leaves_bnb_optimizer_behind,
+    fsdp_needs_cuda,
     nccl_needs_cuda,
     fsdp_options_need_fsdp,
     storage_needs_four_bit,

@@ -37,7 +37,7 @@ QuantBits = Literal[QUANT_BITS]
 # transformers' TrainingArguments names: fsdp="<sharding> auto_wrap [offload]", ddp_backend.
 Strategy = Literal["ddp", "fsdp"]
 Backend = Literal["auto", "nccl", "gloo"]
-Sharding = Literal["full_shard", "shard_grad_op", "hybrid_shard"]
+Sharding = Literal["full_shard", "shard_grad_op"]
 QuantStorage = Literal["uint8", "bfloat16", "float16", "float32"]
 
 
@@ -165,7 +165,7 @@ class DistributedSection(Section):
     strategy: Strategy = Field("ddp", description="ddp: each rank holds the whole (4-bit) base; fsdp: the base is sharded")
     nproc: int = Field(1, ge=1, description="processes per node `qtune train` launches through torchrun (--nproc overrides)")
     backend: Backend = Field("auto", description="auto: nccl on CUDA, gloo on CPU")
-    sharding: Sharding = Field("full_shard", description="fsdp only: what is sharded (hybrid_shard: within a node)")
+    sharding: Sharding = Field("full_shard", description="fsdp only: full_shard re-shards each layer after its forward; shard_grad_op keeps it gathered until backward")
     cpu_offload: bool = Field(False, description="fsdp only: keep parameters and gradients in CPU memory between uses")
 
 

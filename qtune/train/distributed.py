@@ -61,6 +61,11 @@ def backend_for(section: "DistributedSection", device: str) -> str:
 def init(section: "DistributedSection", device: str) -> World:
     """Open the process group when launched with more than one process, and pin this rank's GPU."""
     w = world()
+    if section.strategy == "fsdp" and device != "cuda":
+        raise QtuneError(
+            f"distributed.strategy: fsdp needs CUDA GPUs (running on {device}; accelerate would quietly run DDP "
+            "instead); use distributed.strategy=ddp"
+        )
     if device == "cuda" and under_launcher():
         import torch
 
@@ -158,31 +163,24 @@ def trainer_arguments(section: "DistributedSection", device: str) -> dict:
     args: dict = {"ddp_find_unused_parameters": False}  # every LoRA weight is used each step
     if world().size > 1:
         args["ddp_backend"] = backend_for(section, device)
-    if section.strategy == "fsdp":
-        args["fsdp"] = " ".join([section.sharding, "auto_wrap"] + (["offload"] if section.cpu_offload else []))
+    if section.strategy == "fsdp":  # FSDP2 (fully_shard), transformers' default; each decoder layer is one unit
+        args["fsdp"] = True
         args["fsdp_config"] = {
-            "use_orig_params": True,  # frozen 4-bit base and trainable LoRA weights share FSDP units
-            "cpu_ram_efficient_loading": False,
-            "sync_module_states": True,
+            "version": 2,
+            "reshard_after_forward": section.sharding == "full_shard",  # shard_grad_op keeps layers gathered
+            "cpu_offload": section.cpu_offload,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "state_dict_type": "FULL_STATE_DICT",
             "activation_checkpointing": False,  # gradient checkpointing is the model's own (attach_lora)
         }
     return args
-
-
-def prepare_trainer(trainer) -> None:
-    """Under FSDP, wrap LoRA layers in their own units (peft's policy), apart from the frozen base."""
-    if trainer.is_fsdp_enabled:
-        from peft.utils.other import fsdp_auto_wrap_policy
-
-        trainer.accelerator.state.fsdp_plugin.auto_wrap_policy = fsdp_auto_wrap_policy(trainer.model)
 
 
 def adapter_state_dict(trainer) -> dict | None:
     """Under FSDP, the full state dict gathered from every rank (a collective: call it on all); else None."""
     if not trainer.is_fsdp_enabled:
         return None
-    trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    return trainer.accelerator.get_state_dict(trainer.model)
+    return trainer.accelerator.get_state_dict(trainer.model)  # state_dict_type FULL_STATE_DICT (trainer_arguments)
 
 
 def launch_command(nproc: int, argv: list[str]) -> list[str]:

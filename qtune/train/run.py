@@ -204,5 +204,4 @@ def _build_trainer(recipe: Recipe, model, data, tokenizer, run: Path, device: st
     trainer.remove_callback(PrinterCallback)  # the rich bar and metrics.jsonl replace its raw dict prints
     metrics.eval_clock = lambda: trainer.eval_seconds
     trainer.metrics_log = metrics
-    distributed.prepare_trainer(trainer)
     return trainer

@@ -1,0 +1,51 @@
+"""The ``distributed`` section: each combination FSDP (or a backend) cannot run is one line naming field and fix."""
+
+import pytest
+
+from qtune.errors import RecipeError
+from qtune.recipe import load_recipe
+from qtune.recipe.distributed_rules import RULES
+
+from tests.recipe.test_recipes import DEFAULT, errors_of
+
+FSDP = ("distributed.strategy=fsdp", "train.device=cuda", "quant.compute_dtype=bfloat16")
+FSDP_OK = FSDP + ("quant.quant_storage=bfloat16",)
+
+
+CASES = [
+    (FSDP, "quant.quant_storage", "set quant.quant_storage=bfloat16"),
+    (FSDP_OK + ("quant.method=int8", "quant.quant_storage=uint8"), "quant.method", "distributed.strategy=ddp"),
+    (FSDP_OK + ("model.dtype=float16",), "model.dtype", "set model.dtype=auto"),
+    (FSDP_OK + ("train.kernels=triton",), "train.kernels", "train.kernels=bitsandbytes"),
+    (FSDP_OK + ("distributed.cpu_offload=true", "train.optimizer=paged_adamw_8bit"), "train.optimizer", "adamw_torch"),
+    (FSDP_OK + ("train.device=cpu",), "distributed.strategy", "strategy=ddp"),
+    (("distributed.backend=nccl", "train.device=cpu"), "distributed.backend", "backend=gloo"),
+    (("distributed.sharding=shard_grad_op",), "distributed.sharding", "distributed.strategy=fsdp"),
+    (("quant.method=none", "quant.quant_storage=bfloat16"), "quant.quant_storage", "remove it"),
+]
+
+
+@pytest.mark.parametrize("overrides, field, fix", CASES, ids=[c[1] for c in CASES])
+def test_each_rule_names_the_field_and_the_fix(overrides, field, fix):
+    (line,) = errors_of(DEFAULT, *overrides)
+    assert line.startswith(f"{field}: ") and fix in line, line
+
+
+def test_every_rule_is_exercised_above():
+    assert len(RULES) == len(CASES)
+
+
+def test_all_problems_are_reported_at_once():
+    lines = errors_of(DEFAULT, *FSDP, "train.kernels=triton", "model.dtype=float16")
+    assert [line.split(":")[0] for line in lines] == ["quant.quant_storage", "model.dtype", "train.kernels"]
+
+
+def test_fsdp_qlora_recipe_validates():
+    recipe = load_recipe(DEFAULT, [*FSDP_OK, "distributed.nproc=8", "distributed.cpu_offload=true"])
+    assert recipe.train.global_batch_size(recipe.distributed.nproc) == 8 * recipe.train.effective_batch_size
+
+
+def test_distributed_keys_are_checked_like_any_other():
+    with pytest.raises(RecipeError) as info:
+        load_recipe(DEFAULT, ["distributed.stratgy=fsdp"])
+    assert "did you mean 'strategy'?" in info.value.lines[0]

@@ -3,8 +3,8 @@
 Each rule looks at one combination and returns a one-line error naming the field and the fix, or
 None. FSDP shards only floating-point tensors of one dtype per wrapped unit (bitsandbytes'
 FSDP-QLoRA guide: the packed 4-bit weights must be *stored* in the compute dtype,
-``bnb_4bit_quant_storage``); bitsandbytes' optimizers keep their state on the GPU, so they cannot
-follow parameters FSDP offloads to CPU memory. accelerate (1.15) turns FSDP on only for GPU-like
+``bnb_4bit_quant_storage``). bitsandbytes' 8-bit and paged optimizers do not take FSDP's sharded
+parameters (FSDP2 hands them DTensors; bitsandbytes issues #89 and #1633, both open for 0.50). accelerate (1.15) turns FSDP on only for GPU-like
 devices: on CPU the same arguments would quietly give DDP.
 """
 
@@ -52,10 +52,10 @@ def fsdp_has_no_triton_path(r: "Recipe") -> Optional[str]:
     return None
 
 
-def offload_leaves_bnb_optimizer_behind(r: "Recipe") -> Optional[str]:
-    if _fsdp(r) and r.distributed.cpu_offload and r.train.optimizer in BNB_OPTIMIZERS:
-        return (f"train.optimizer: '{r.train.optimizer}' keeps its state on the GPU, but distributed.cpu_offload "
-                "moves the parameters to CPU memory; use train.optimizer=adamw_torch or cpu_offload=false")
+def fsdp_has_no_bnb_optimizer(r: "Recipe") -> Optional[str]:
+    if _fsdp(r) and r.train.optimizer in BNB_OPTIMIZERS:
+        return (f"train.optimizer: '{r.train.optimizer}' (bitsandbytes) cannot step FSDP's sharded parameters; "
+                "use train.optimizer=adamw_torch with distributed.strategy=fsdp")
     return None
 
 
@@ -73,15 +73,17 @@ def nccl_needs_cuda(r: "Recipe") -> Optional[str]:
 
 
 def fsdp_options_need_fsdp(r: "Recipe") -> Optional[str]:
-    given = sorted({"sharding", "cpu_offload"} & r.distributed.model_fields_set)
+    # by value, not by "was it typed": a dumped recipe (recipe.yaml) spells out every default and must reload
+    d = r.distributed
+    given = [f for f, off in (("sharding", d.sharding == "full_shard"), ("cpu_offload", not d.cpu_offload)) if not off]
     if given and not _fsdp(r):
-        return (f"distributed.{given[0]}: applies to distributed.strategy=fsdp only (given {r.distributed.strategy}); "
+        return (f"distributed.{given[0]}: applies to distributed.strategy=fsdp only (given {d.strategy}); "
                 f"remove it or set distributed.strategy=fsdp")
     return None
 
 
 def storage_needs_four_bit(r: "Recipe") -> Optional[str]:
-    if "quant_storage" in r.quant.model_fields_set and r.quant.quant_storage != "uint8" and r.quant.method not in FOUR_BIT:
+    if r.quant.quant_storage != "uint8" and r.quant.method not in FOUR_BIT:
         return f"quant.quant_storage: only 4-bit weights (nf4, fp4) have a storage dtype (given quant.method={r.quant.method}); remove it"
     return None
 
@@ -91,7 +93,7 @@ RULES: list[Callable[["Recipe"], Optional[str]]] = [
     fsdp_cannot_shard_int8,
     fsdp_needs_uniform_dtype,
     fsdp_has_no_triton_path,
-    offload_leaves_bnb_optimizer_behind,
+    fsdp_has_no_bnb_optimizer,
     fsdp_needs_cuda,
     nccl_needs_cuda,
     fsdp_options_need_fsdp,

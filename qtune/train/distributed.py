@@ -69,10 +69,11 @@ def init(section: "DistributedSection", device: str) -> World:
     if device == "cuda" and under_launcher():
         import torch
 
-        if w.local_rank >= torch.cuda.device_count():
+        per_node, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", w.local_rank + 1)), torch.cuda.device_count()
+        if per_node > gpus:  # checked alike on every rank, so every rank stops with the one error
             raise QtuneError(
-                f"distributed.nproc: local rank {w.local_rank} has no GPU ({torch.cuda.device_count()} visible); "
-                "launch at most one process per GPU"
+                f"distributed.nproc: {per_node} processes on this node but {gpus} GPU(s) visible; launch at most "
+                "one process per GPU (NCCL puts no two ranks on one device)"
             )
         torch.cuda.set_device(w.local_rank)
     if w.size > 1:
@@ -174,6 +175,15 @@ def trainer_arguments(section: "DistributedSection", device: str) -> dict:
             "activation_checkpointing": False,  # gradient checkpointing is the model's own (attach_lora)
         }
     return args
+
+
+def wrapping(trainer) -> str | None:
+    """How the Trainer really wrapped the model: ``fsdp``, ``ddp``, or None (one process, unwrapped)."""
+    if trainer.is_fsdp_enabled:
+        return "fsdp"
+    from torch.nn.parallel import DistributedDataParallel
+
+    return "ddp" if isinstance(trainer.model_wrapped, DistributedDataParallel) else None
 
 
 def adapter_state_dict(trainer) -> dict | None:

@@ -169,7 +169,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
         "trainable_parameters": trainable,
         "world_size": world.size,
         "global_batch_size": recipe.train.global_batch_size(world.size),
-        "distributed": recipe.distributed.strategy if world.size > 1 else None,
+        "distributed": distributed.wrapping(trainer),
     }
     if not world.is_main:
         return summary

@@ -1,13 +1,14 @@
 """Data-parallel training on CPU: two gloo processes under torchrun against one process with the same global batch.
 
-The tiny NF4 Llama from config is trained 3 steps by ``torchrun --nproc_per_node 2`` running qtune's
-CLI (tests/train/ddp_rows.py, which then also dumps each rank's rows of one epoch) with micro
-batch 2 (global batch 4), and in this process with micro batch 4. LoRA dropout is 0, the sampler is
-seeded, and accelerate gives rank r every 2nd micro batch of the one shuffled order, so each step
-sees the same 4 rows either way. Measured (torch 2.13 CPU, gloo, 2 ranks, the same recipes run by
-``qtune train --nproc 2``): per-step losses differ by at most 9.5e-7, eval losses by 6.7e-7, adapter
-weights by 4.3e-7 with LoRA B up to 2.0e-2 after 3 steps; the tests allow atol 1e-4 on losses and
-1e-5 on weights.
+The tiny NF4 Llama from config is trained 4 steps in this process with micro batch 4, and by
+``torchrun --nproc_per_node 2`` running qtune's CLI with micro batch 2 (global batch 4): 2 steps, then
+``--resume`` to 4 on both ranks (tests/train/ddp_worker.py, which then also dumps each rank's rows of
+one epoch). LoRA dropout is 0, the LR is constant (so stopping at 2 does not change the schedule),
+the sampler is seeded, and accelerate gives rank r every 2nd micro batch of the one shuffled order,
+so each step sees the same 4 rows either way. Measured (torch 2.13 CPU, gloo, 2 ranks): per-step
+losses differ by at most 9.5e-7 (steps 3-4, after the resume, by 0), eval losses by 6.7e-7, adapter
+weights by 5.8e-7 with LoRA B up to 4.0e-2 after 4 steps; the tests allow atol 1e-4 on losses and
+1e-5 on weights. About 90 s on the shared 2-core machine (one launch, 40 s of CPU time).
 """
 
 import json
@@ -24,7 +25,7 @@ from qtune.train import distributed
 from qtune.train.run import train
 
 from tests.conftest import REPO, write_recipe
-from tests.train import ddp_rows
+from tests.train import ddp_worker
 
 LAUNCH_TIMEOUT_S = 300
 
@@ -37,7 +38,7 @@ def _env() -> dict:
     return env
 
 
-def _recipe(root: Path, name: str, model_dir: Path, micro: int, nproc: int) -> Path:
+def _recipe(root: Path, name: str, model_dir: Path, micro: int, nproc: int, steps: int) -> Path:
     (root / name).mkdir(parents=True)
     return write_recipe(
         root / name / "r.yaml",
@@ -45,7 +46,7 @@ def _recipe(root: Path, name: str, model_dir: Path, micro: int, nproc: int) -> P
         quant={"method": "nf4", "compute_dtype": "float32"},
         lora={"rank": 4, "alpha": 8, "dropout": 0.0},
         data={"max_examples": 16, "max_eval_examples": 7},  # 7 eval rows: the ranks' shares are uneven
-        train={"max_steps": 3, "micro_batch_size": micro, "lr": 1e-2, "eval_steps": 3, "save_steps": 2},
+        train={"max_steps": steps, "micro_batch_size": micro, "lr": 1e-2, "scheduler": "constant", "save_steps": 2},
         distributed={"nproc": nproc},
     )
 
@@ -59,12 +60,12 @@ def _rows_recipe(root: Path, name: str, micro: int, nproc: int) -> Path:
 def runs(tmp_path_factory, tiny_llama_dir):
     """(one-process run dir, two-process run dir, the launch's stderr, root): one torchrun launch for every check."""
     root = tmp_path_factory.mktemp("ddp")
-    one = load_recipe(_recipe(root, "one", tiny_llama_dir, micro=4, nproc=1))
+    one = load_recipe(_recipe(root, "one", tiny_llama_dir, micro=4, nproc=1, steps=4))
     train(one)
-    two = _recipe(root, "two", tiny_llama_dir, micro=2, nproc=2)
+    two = _recipe(root, "two", tiny_llama_dir, micro=2, nproc=2, steps=2)
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(Path(ddp_rows.__file__)), str(two), str(_rows_recipe(root, "two", micro=2, nproc=2)), str(root)],
+         str(Path(ddp_worker.__file__)), str(two), "4", str(_rows_recipe(root, "two", micro=2, nproc=2)), str(root)],
         env=_env(), cwd=root, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -74,14 +75,17 @@ def runs(tmp_path_factory, tiny_llama_dir):
 def test_two_processes_give_the_losses_of_one(runs):
     one, two, _, _ = runs
     m1, m2 = rundir.read_metrics(one), rundir.read_metrics(two)
-    for key in ("loss", "eval_loss"):
-        a = [(m["step"], m[key]) for m in m1 if key in m]
-        b = [(m["step"], m[key]) for m in m2 if key in m]
-        assert [s for s, _ in a] == [s for s, _ in b], key
-        diffs = [abs(x - y) for (_, x), (_, y) in zip(a, b)]
-        assert max(diffs) < 1e-4, f"{key}: max diff {max(diffs):.2e}, mean {sum(diffs) / len(diffs):.2e}"
-    losses = [m["loss"] for m in m1 if "loss" in m]
-    assert len(set(losses)) == len(losses), "steps must see different rows, or the order is not being checked"
+    a = [m["loss"] for m in m1 if "loss" in m]
+    b = [m["loss"] for m in m2 if "loss" in m]
+    assert len(a) == len(b) == 4
+    diffs = [abs(x - y) for x, y in zip(a, b)]
+    assert max(diffs) < 1e-4, f"loss: max diff {max(diffs):.2e}, mean {sum(diffs) / len(diffs):.2e} ({a} vs {b})"
+    assert len(set(a)) == len(a), "steps must see different rows, or the order is not being checked"
+    e1 = {m["step"]: m["eval_loss"] for m in m1 if "eval_loss" in m}  # before and after: steps 0 and 4
+    e2 = [(m["step"], m["eval_loss"]) for m in m2 if "eval_loss" in m]  # also step 2, ending the first session
+    assert {s for s, _ in e2} == {0, 2, 4}
+    diffs = [abs(e1[s] - x) for s, x in e2 if s in e1]
+    assert max(diffs) < 1e-4, f"eval loss: max diff {max(diffs):.2e} ({e1} vs {e2})"
     s1, s2 = rundir.read_json(one / rundir.SUMMARY), rundir.read_json(two / rundir.SUMMARY)
     assert s2["train_tokens"] == s1["train_tokens"], "tokens are counted over both ranks"
     assert (s1["world_size"], s1["global_batch_size"]) == (1, 4)
@@ -96,7 +100,7 @@ def test_two_processes_give_the_adapter_of_one(runs):
     b = load_file(two / rundir.ADAPTER / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     moved = max(float(t.abs().max()) for k, t in a.items() if "lora_B" in k)
-    assert moved > 1e-3, "LoRA B starts at zero; 3 steps at lr 1e-2 must move it, or the comparison is empty"
+    assert moved > 1e-3, "LoRA B starts at zero; 4 steps at lr 1e-2 must move it, or the comparison is empty"
     diffs = [float((a[k] - b[k]).abs().max()) for k in a]
     assert max(diffs) < 1e-5, f"max diff {max(diffs):.2e}, mean {sum(diffs) / len(diffs):.2e} (LoRA B up to {moved:.2e})"
 
@@ -107,23 +111,22 @@ def test_the_run_directory_is_written_once(runs):
         [rundir.ADAPTER, rundir.CHECKPOINTS, rundir.LOSS_PLOT, rundir.METRICS, rundir.RECIPE, rundir.SUMMARY]
     ), "no temporary files left by a second writer"
     metrics = rundir.read_metrics(two)
-    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3], "one metrics line per step"
-    assert [m["step"] for m in metrics if "eval_loss" in m] == [0, 3]
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4], "one metrics line per step, over both sessions"
     ckpt = two / rundir.CHECKPOINTS / "checkpoint-2"
     assert (ckpt / "rng_state_0.pth").is_file() and (ckpt / "rng_state_1.pth").is_file(), "each rank saves its RNG state"
     assert not (two / rundir.CHECKPOINTS / ".staging").exists()
-    assert stderr.count("done in") == 1 and stderr.count("eval loss before training") == 1, "only the main process reports"
+    assert stderr.count("done in") == 2 and stderr.count("eval loss before training") == 2, "only the main process reports"
 
 
 def test_each_row_once_per_epoch_and_in_the_one_process_order(runs):
     """Rank 0's micro batch k and rank 1's together are the one process's batch k (16 rows, global batch 4)."""
     root = runs[3]
-    single = ddp_rows.epoch_batches(str(_rows_recipe(root, "one", micro=4, nproc=1)), str(root / "one-rows"))
+    single = ddp_worker.epoch_batches(str(_rows_recipe(root, "one", micro=4, nproc=1)), str(root / "one-rows"))
     ranks = [json.loads((root / f"rows-{r}.json").read_text()) for r in (0, 1)]
     seen = sorted(i for batches in ranks for batch in batches for i in batch)
-    assert seen == list(range(ddp_rows.ROWS)), f"every row exactly once per epoch, got {seen}"
+    assert seen == list(range(ddp_worker.ROWS)), f"every row exactly once per epoch, got {seen}"
     assert [sorted(a + b) for a, b in zip(*ranks)] == [sorted(b) for b in single]
-    assert sum(single, []) != list(range(ddp_rows.ROWS)), "the seeded sampler shuffles, so the order is being checked"
+    assert sum(single, []) != list(range(ddp_worker.ROWS)), "the seeded sampler shuffles, so the order is being checked"
 
 
 def test_eval_shards_pad_to_the_same_length_with_untrained_rows():

@@ -29,7 +29,7 @@ step() {  # step NAME SECONDS EXPECT CMD...: run CMD under a time limit, log to 
     echo "== $name: $*"
     timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
     local rc=${PIPESTATUS[0]}
-    echo "== $name exit $rc (expected $expect)"
+    echo "== $name exit $rc (expected $expect)" | tee -a "$OUT/$name.log"
     if [ "$expect" = ok ]; then [ "$rc" -eq 0 ] || status=1; else [ "$rc" -ne 0 ] || status=1; fi
 }
 

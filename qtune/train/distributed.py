@@ -196,11 +196,22 @@ def adapter_state_dict(trainer) -> dict | None:
 def launch_command(nproc: int, argv: list[str]) -> list[str]:
     """``python -m torch.distributed.run --standalone --nproc_per_node N -m qtune.cli ARGV``: this command, N times.
 
-    ``--standalone`` is one node with a free local port (no clash with another job's default 29500);
-    several nodes are torchrun's own flags (README, "More than one GPU").
+    ``--nproc`` is dropped from ARGV: the launched processes take the launcher's count, and torchrun's
+    own parser would read it as an abbreviation of its ``--nproc-per-node``. ``--standalone`` is one
+    node with a free local port (no clash with another job's default 29500); several nodes are
+    torchrun's own flags (README, "More than one GPU").
     """
+    args, skip = [], False
+    for a in argv:
+        if skip or a.startswith("--nproc="):
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        args.append(a)
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            "-m", "qtune.cli", *argv]
+            "-m", "qtune.cli", *args]
 
 
 def relaunch(nproc: int, argv: list[str]) -> None:

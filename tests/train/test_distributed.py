@@ -139,9 +139,12 @@ def test_eval_shards_pad_to_the_same_length_with_untrained_rows():
 
 
 def test_nproc_launches_torchrun_standalone():
-    cmd = distributed.launch_command(4, ["train", "r.yaml", "train.lr=1e-4"])
-    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4",
-                       "-m", "qtune.cli", "train", "r.yaml", "train.lr=1e-4"]
+    expected = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4",
+                "-m", "qtune.cli", "train", "r.yaml", "train.lr=1e-4", "--resume"]
+    for argv in (["train", "r.yaml", "--nproc", "4", "train.lr=1e-4", "--resume"],
+                 ["train", "--nproc=4", "r.yaml", "train.lr=1e-4", "--resume"]):
+        # torchrun's parser would take --nproc for its --nproc-per-node (measured: "ambiguous option")
+        assert distributed.launch_command(4, argv)[1:] == expected
 
 
 def test_validate_shows_the_global_batch(tmp_path, capsys):

@@ -6,7 +6,7 @@ launch`` start one process per GPU and set ``RANK``, ``LOCAL_RANK`` and ``WORLD_
 wraps the model in DDP or FSDP, shards the training data with its seeded sampler (each rank takes
 every ``world_size``-th micro batch of one shuffled order, so a global step sees the rows one process
 with ``micro_batch × world_size`` would), averages the loss over the tokens of all ranks, and saves
-checkpoints from the main process only. What is left for qtune lives here: who writes the run
+checkpoints (weights and optimizer from the main process, each rank its RNG state). What is left for qtune lives here: who writes the run
 directory, which device a rank loads onto, the eval loss summed over ranks, and the Trainer options a
 ``distributed`` recipe section stands for.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from qtune.recipe.schema import DistributedSection
 
 T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class World:
@@ -66,6 +67,9 @@ def init(section: "DistributedSection", device: str) -> World:
             f"distributed.strategy: fsdp needs CUDA GPUs (running on {device}; accelerate would quietly run DDP "
             "instead); use distributed.strategy=ddp"
         )
+    if section.strategy == "fsdp" and not under_launcher():
+        raise QtuneError("distributed.strategy: fsdp runs under a launcher; start it with qtune train --nproc N, "
+                         "torchrun or accelerate launch")
     if device == "cuda" and under_launcher():
         import torch
 

@@ -19,6 +19,7 @@ import hashlib
 import importlib.metadata
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -145,6 +146,8 @@ def materialize(name: str) -> Path:
     target = cache_root() / "models" / f"{name}-{_key([source])}"
     if (target / "config.json").is_file():
         return target
+    print(f"qtune: converting packaged model '{name}' ({PACKAGED_MODELS[name].weights}) once into {target.parent}",
+          file=sys.stderr, flush=True)
     with _staged(target, directory=True) as staging:
         _convert_gguf(source, staging)
     return target

@@ -105,7 +105,7 @@ def build_model(recipe: Recipe, device: str):
 
 
 def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console=None) -> dict:
-    """Fine-tune ``recipe``'s base with LoRA and fill its run directory; return the summary."""
+    """Fine-tune ``recipe``'s base with LoRA and fill its run directory; return the summary (on other ranks: {})."""
     import torch
     from transformers import set_seed
 
@@ -130,6 +130,8 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     say(f"data: {data.stats['train']['rows']} train / {data.stats['eval']['rows']} eval rows, "
         f"{data.stats['train']['trained_tokens']} trained tokens per epoch (cache {data.stats['cache']}, {data.stats['load_s']:.1f}s)"
         + (f", packed into {data.stats['packing']['rows']} rows" if recipe.data.packing else ""))
+    if data.stats.get("template_note"):
+        say(data.stats["template_note"])
     refuse_training(data, recipe.data, tokenizer)
     if not data.eval:
         raise QtuneError("data.eval: the eval split is empty; set data.eval to a file or data.eval_fraction > 0")
@@ -154,6 +156,13 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     say(f"eval loss after training:  {eval_after:.4f} ({(eval_after - eval_before) / eval_before:+.1%})")
 
     weights = distributed.adapter_state_dict(trainer)  # gathered from every rank under FSDP, else None
+    if not world.is_main:  # the run directory is the main process's
+        return {}
+    if data.chat_template is not None:  # generate, chat, merge and every export format prompts as training did
+        tokenizer.chat_template = data.chat_template
+    with rundir.atomic_path(run / rundir.ADAPTER, directory=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
+        tokenizer.save_pretrained(tmp)
     tokens = int(trainer.state.num_input_tokens_seen)
     summary = {
         "eval_loss_before": eval_before,
@@ -171,11 +180,6 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
         "global_batch_size": recipe.train.global_batch_size(world.size),
         "distributed": distributed.wrapping(trainer),
     }
-    if not world.is_main:
-        return summary
-    with rundir.atomic_path(run / rundir.ADAPTER, directory=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
-        tokenizer.save_pretrained(tmp)
     rundir.write_json(run / rundir.SUMMARY, summary)
     plot_loss(rundir.read_metrics(run), run / rundir.LOSS_PLOT, f"{recipe.model.path} · {recipe.quant.method} · LoRA r={recipe.lora.rank}")
     if recipe.export is not None:

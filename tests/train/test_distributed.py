@@ -38,7 +38,7 @@ def _env() -> dict:
     return env
 
 
-def _recipe(root: Path, name: str, model_dir: Path, micro: int, nproc: int, steps: int) -> Path:
+def _recipe(root: Path, name: str, model_dir: Path, micro: int, nproc: int, steps: int, **sections) -> Path:
     (root / name).mkdir(parents=True)
     return write_recipe(
         root / name / "r.yaml",
@@ -48,6 +48,7 @@ def _recipe(root: Path, name: str, model_dir: Path, micro: int, nproc: int, step
         data={"max_examples": 16, "max_eval_examples": 7},  # 7 eval rows: the ranks' shares are uneven
         train={"max_steps": steps, "micro_batch_size": micro, "lr": 1e-2, "scheduler": "constant", "save_steps": 2},
         distributed={"nproc": nproc},
+        **sections,
     )
 
 
@@ -62,7 +63,7 @@ def runs(tmp_path_factory, tiny_llama_dir):
     root = tmp_path_factory.mktemp("ddp")
     one = load_recipe(_recipe(root, "one", tiny_llama_dir, micro=4, nproc=1, steps=4))
     train(one)
-    two = _recipe(root, "two", tiny_llama_dir, micro=2, nproc=2, steps=2)
+    two = _recipe(root, "two", tiny_llama_dir, micro=2, nproc=2, steps=2, tracking={"backend": "tensorboard"})
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(Path(ddp_worker.__file__)), str(two), "4", str(_rows_recipe(root, "two", micro=2, nproc=2)), str(root)],
@@ -108,8 +109,10 @@ def test_two_processes_give_the_adapter_of_one(runs):
 def test_the_run_directory_is_written_once(runs):
     _, two, stderr, _ = runs
     assert sorted(p.name for p in two.iterdir()) == sorted(
-        [rundir.ADAPTER, rundir.CHECKPOINTS, rundir.LOSS_PLOT, rundir.METRICS, rundir.RECIPE, rundir.SUMMARY]
+        [rundir.ADAPTER, rundir.CHECKPOINTS, rundir.LOSS_PLOT, rundir.METRICS, rundir.RECIPE, rundir.SUMMARY, "tensorboard"]
     ), "no temporary files left by a second writer"
+    events = sorted(p.name for p in (two / "tensorboard").rglob("events.out.tfevents.*"))  # ...<host>.<pid>.<n>
+    assert events and len({name.split(".")[-2] for name in events}) == 1, f"one process tracks: {events}"
     metrics = rundir.read_metrics(two)
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4], "one metrics line per step, over both sessions"
     ckpt = two / rundir.CHECKPOINTS / "checkpoint-2"

@@ -49,6 +49,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from qtune.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    from qtune.plan.cli import run_plan
+
+    return run_plan(recipe, args)
+
+
 def cmd_data_inspect(args) -> int:
     from qtune.recipe import load_recipe
 
@@ -256,6 +265,11 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _add_memory_arg(p) -> None:
+    p.add_argument("--memory", "--gpu-memory", dest="memory", metavar="SIZE",
+                   help="memory budget, e.g. 24GiB (default: the device's: CUDA total memory, or host RAM on CPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # registries only: nothing heavy is imported
     from qtune.export.formats import DEFAULT_MERGE_BASE, EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
@@ -277,6 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.output_dir")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run in train.output_dir")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("plan", help="peak memory, what fits and time per step, from the model's config alone")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help=_overrides_help())
+    _add_memory_arg(p)
+    p.add_argument("--measure", action="store_true", help="also run two real training steps and print plan and measurement side by side")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-time", action="store_true", help="skip the matmul/dequant/copy probe (no time estimate)")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("data", help="look at a recipe's training data")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")

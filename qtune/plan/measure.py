@@ -1,0 +1,119 @@
+"""``qtune plan --measure``: two real training steps of the recipe, measured beside the plan.
+
+The steps run the train code path itself: ``qtune.train.run.build_model`` (quantized base, k-bit
+preparation, LoRA, kernels), the recipe's collator and ``QtuneTrainer`` with the recipe's
+TrainingArguments — on the recipe's ``2 × micro_batch_size`` longest training rows, so the batches
+are as long as the data allows (the plan is evaluated at the measured shape too).
+
+What "peak" means:
+
+- CUDA: ``torch.cuda.max_memory_allocated`` over the two steps (reset after the model is built;
+  the weights are allocated, so they are in it), the same quantity the plan counts.
+- CPU: the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs`` after
+  the model is built) minus its resident set just before the model was loaded (python, torch,
+  transformers, the tokenizer and the tokenized data). It counts everything the model, the
+  optimizer and the steps added, including what the C allocator keeps after a free.
+"""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+import time
+from pathlib import Path
+
+from qtune.plan import memory
+from qtune.plan.budget import process_rss
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+class _ShapeRecorder:
+    """Wraps the recipe's collator and remembers the largest batch shape it produced."""
+
+    def __init__(self, collate):
+        self.collate, self.batch, self.seq = collate, 0, 0
+        self.pad_token_id = collate.pad_token_id
+
+    def __call__(self, rows):
+        out = self.collate(rows)
+        b, t = out["input_ids"].shape
+        self.batch, self.seq = max(self.batch, b), max(self.seq, t)
+        return out
+
+
+def measure(recipe, device: str, shape) -> dict:
+    import torch
+    from transformers import TrainerCallback, set_seed
+
+    from qtune.data.dataset import build_datasets, collator_for
+    from qtune.models.load import load_tokenizer
+    from qtune.train.callbacks import LayoutGuard
+    from qtune.train.run import build_model, training_arguments
+    from qtune.train.trainer import QtuneTrainer
+
+    set_seed(recipe.train.seed)
+    tokenizer = load_tokenizer(recipe.model)
+    data = build_datasets(recipe.data, tokenizer, recipe.train.seed)
+    b = recipe.train.micro_batch_size
+    rows = sorted(data.train, key=lambda r: len(r["input_ids"]), reverse=True)[: 2 * b]
+    rows = (rows * (2 * b // max(len(rows), 1) + 1))[: 2 * b]
+    steps = recipe.model_copy(update={"train": recipe.train.model_copy(update={
+        "max_steps": 2, "eval_steps": None, "save_steps": None, "grad_accumulation": 1, "logging_steps": 1})})
+
+    gc.collect()
+    before = process_rss()
+    model, kernels = build_model(steps, device)
+    gc.collect()
+    loaded = process_rss() - before
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[-1] = time.perf_counter() - times[-1]
+
+    collate = _ShapeRecorder(collator_for(recipe.data, tokenizer.pad_token_id))
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = QtuneTrainer(model=model, args=training_arguments(steps, Path(tmp), device, []), train_dataset=rows,
+                               data_collator=collate, callbacks=[LayoutGuard(), Clock()])
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            trainer.train()
+            peak, kind = torch.cuda.max_memory_allocated(), "cuda max_memory_allocated"
+        else:
+            reset = _reset_peak_rss()
+            trainer.train()
+            peak = _peak_rss() - before
+            kind = "peak RSS − RSS before loading" + ("" if reset else " (peak not resettable: includes loading)")
+    planned = memory.train_peak(recipe, shape, collate.batch, collate.seq)
+    static = memory.static(recipe, shape)
+    resident = sum(i.bytes for i in static.items if i.key in ("weights", "quant_state", "float_parts", "lora"))
+    return {
+        "batch": collate.batch, "seq": collate.seq, "peak_bytes": int(peak), "peak_kind": kind,
+        "planned_peak_bytes": planned.total, "ratio": planned.total / peak if peak else None,
+        "loaded_bytes": int(loaded) if device == "cpu" else None,
+        "planned_loaded_bytes": resident, "step_s": times[-1] if times else None, "steps_s": times,
+        "kernels": kernels, "baseline_rss_bytes": before if device == "cpu" else None,
+    }

@@ -298,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_memory_arg(p)
     p.add_argument("--measure", action="store_true", help="also run two real training steps and print plan and measurement side by side")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--measure-allocator", choices=("fixed", "default"), default="fixed",
+                   help="CPU --measure: fixed (default) sets glibc's mmap threshold to 64 KiB so freed tensors leave the "
+                        "resident set, like CUDA's allocated count; default keeps glibc's sliding threshold (higher RSS)")
     p.add_argument("--no-time", action="store_true", help="skip the matmul/dequant/copy probe (no time estimate)")
     p.set_defaults(func=cmd_plan)
 

@@ -25,7 +25,7 @@ def run_plan(recipe, args) -> int:
     if args.measure:
         from qtune.plan.measure import measure
 
-        measured = measure(recipe, device, plan.shape)
+        measured = measure(recipe, device, plan.shape, args.measure_allocator)
     if args.json:
         print(json.dumps({**plan.as_dict(), **({"measured": measured} if measured else {})}, indent=2))
         return 0
@@ -41,6 +41,9 @@ def side_by_side(recipe, plan, m: dict) -> str:
     lines.append(f"  {'':28s}{'plan':>12s}{'measured':>12s}")
     lines.append(f"  {'training peak':28s}{m['planned_peak_bytes'] / GiB:>10.3f}Gi{m['peak_bytes'] / GiB:>10.3f}Gi"
                  f"   plan/measured {ratio:.3f} ({ratio - 1:+.1%}); measured = {m['peak_kind']}")
+    if m.get("baseline_rss_bytes") is not None:
+        lines.append(f"  subtracted from peak RSS: {m['baseline_rss_bytes'] / GiB:.3f} GiB before loading, "
+                     f"{m['unused_checkpoint_pages_bytes'] / GiB:.3f} GiB of checkpoint pages no parameter uses")
     if m.get("loaded_bytes") is not None:
         lines.append(f"  {'model resident after load':28s}{m['planned_loaded_bytes'] / GiB:>10.3f}Gi{m['loaded_bytes'] / GiB:>10.3f}Gi")
     if plan.speed is not None and m.get("step_s"):

@@ -10,9 +10,14 @@ What "peak" means:
 - CUDA: ``torch.cuda.max_memory_allocated`` over the two steps (reset after the model is built;
   the weights are allocated, so they are in it), the same quantity the plan counts.
 - CPU: the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs`` after
-  the model is built) minus its resident set just before the model was loaded (python, torch,
-  transformers, the tokenizer and the tokenized data). It counts everything the model, the
-  optimizer and the steps added, including what the C allocator keeps after a free.
+  the model is built) minus (a) its resident set just before the model was loaded (python, torch,
+  transformers, the tokenizer and the tokenized data) and (b) the pages of the checkpoint file the
+  loader left mapped that no parameter uses (clean page cache of the float32 weights it quantized;
+  parameters that are views into the file stay counted). Two CPU-only effects are made to match
+  the CUDA counter: glibc's mmap threshold is fixed at 64 KiB for the measuring process
+  (``mallopt``), so a freed tensor leaves the resident set as it leaves CUDA's allocated count —
+  with glibc's default, sliding threshold the heap keeps freed activations and the RSS peak is
+  higher (printed as ``default allocator`` when measured without it, ``--measure-allocator default``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,43 @@ from pathlib import Path
 
 from qtune.plan import memory
 from qtune.plan.budget import process_rss
+
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+MMAP_THRESHOLD = 64 * 1024
+
+
+def fix_mmap_threshold() -> bool:
+    """Make glibc serve every allocation of 64 KiB or more with its own mapping, returned on free."""
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+
+
+def unused_checkpoint_pages(model) -> int:
+    """Resident bytes of mapped ``.safetensors`` files, less the parameters that are views into them."""
+    maps, current = [], None
+    try:
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split()
+                if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+                    lo, hi = (int(x, 16) for x in head[0].split("-"))
+                    current = (lo, hi) if head[-1].endswith(".safetensors") else None
+                elif current and head[0] == "Rss:":
+                    maps.append((*current, int(head[1]) * 1024))
+    except OSError:
+        return 0
+    seen, views = set(), 0
+    for p in model.parameters():
+        st = p.untyped_storage()
+        if st.data_ptr() not in seen and any(lo <= st.data_ptr() < hi for lo, hi, _ in maps):
+            seen.add(st.data_ptr())
+            views += st.nbytes()
+    return max(sum(r for _, _, r in maps) - views, 0)
 
 
 def _peak_rss() -> int:
@@ -57,7 +99,7 @@ class _ShapeRecorder:
         return out
 
 
-def measure(recipe, device: str, shape) -> dict:
+def measure(recipe, device: str, shape, allocator: str = "fixed") -> dict:
     import torch
     from transformers import TrainerCallback, set_seed
 
@@ -76,11 +118,13 @@ def measure(recipe, device: str, shape) -> dict:
     steps = recipe.model_copy(update={"train": recipe.train.model_copy(update={
         "max_steps": 2, "eval_steps": None, "save_steps": None, "grad_accumulation": 1, "logging_steps": 1})})
 
+    fixed = device == "cpu" and allocator == "fixed" and fix_mmap_threshold()
     gc.collect()
     before = process_rss()
     model, kernels = build_model(steps, device)
     gc.collect()
-    loaded = process_rss() - before
+    file_pages = unused_checkpoint_pages(model) if device == "cpu" else 0
+    loaded = process_rss() - before - file_pages
     times: list[float] = []
 
     class Clock(TrainerCallback):
@@ -105,8 +149,10 @@ def measure(recipe, device: str, shape) -> dict:
         else:
             reset = _reset_peak_rss()
             trainer.train()
-            peak = _peak_rss() - before
-            kind = "peak RSS − RSS before loading" + ("" if reset else " (peak not resettable: includes loading)")
+            peak = _peak_rss() - before - file_pages
+            kind = ("peak RSS − RSS before loading − unused checkpoint pages"
+                    + (", glibc mmap threshold 64 KiB" if fixed else ", default allocator")
+                    + ("" if reset else " (peak not resettable: includes loading)"))
     planned = memory.train_peak(recipe, shape, collate.batch, collate.seq)
     static = memory.static(recipe, shape)
     resident = sum(i.bytes for i in static.items if i.key in ("weights", "quant_state", "float_parts", "lora"))
@@ -116,4 +162,5 @@ def measure(recipe, device: str, shape) -> dict:
         "loaded_bytes": int(loaded) if device == "cpu" else None,
         "planned_loaded_bytes": resident, "step_s": times[-1] if times else None, "steps_s": times,
         "kernels": kernels, "baseline_rss_bytes": before if device == "cpu" else None,
+        "unused_checkpoint_pages_bytes": file_pages if device == "cpu" else None,
     }

@@ -40,6 +40,10 @@ def cmd_train(args) -> int:
     from qtune.train.run import train
 
     console = Console(stderr=True)
+    if not args.no_plan_check:  # the plan's verdict before any weight is loaded; refuses what cannot fit
+        from qtune.plan.cli import check_before_train
+
+        check_before_train(recipe, args.memory, console.print)
     summary = train(recipe, overwrite=args.overwrite, resume=args.resume, console=console)
     console.print(
         f"[bold green]done[/] in {summary['wall_s']:.0f}s: eval loss {summary['eval_loss_before']:.4f} → "
@@ -290,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.output_dir")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run in train.output_dir")
+    p.add_argument("--no-plan-check", action="store_true",
+                   help="train even when `qtune plan` says the recipe's peak memory does not fit")
+    _add_memory_arg(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("plan", help="peak memory, what fits and time per step, from the model's config alone")

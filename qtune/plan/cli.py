@@ -15,12 +15,26 @@ def _budget(args) -> int | None:
     return parse_size(args.memory) if getattr(args, "memory", None) else None
 
 
-def run_plan(recipe, args) -> int:
+def plan_device(recipe, budget: int | None, measure: bool) -> tuple[str, bool]:
+    """(device to plan for, whether it is here): a recipe for CUDA can be planned on a CPU machine with a budget."""
+    import torch
+
     from qtune.models.load import resolve_device
+
+    if recipe.train.device == "cuda" and not torch.cuda.is_available() and not measure:
+        if budget is None:
+            raise QtuneError("--memory: train.device is cuda and no CUDA GPU is here to read its memory; give the "
+                             "GPU's memory, e.g. --memory 24GiB")
+        return "cuda", False
+    return resolve_device(recipe.train.device), True
+
+
+def run_plan(recipe, args) -> int:
     from qtune.plan.report import make_plan, render
 
-    device = resolve_device(recipe.train.device)
-    plan = make_plan(recipe, device, _budget(args), timed=not args.no_time)
+    budget = _budget(args)
+    device, here = plan_device(recipe, budget, args.measure)
+    plan = make_plan(recipe, device, budget, timed=here and not args.no_time)
     measured = None
     if args.measure:
         from qtune.plan.measure import measure
@@ -43,7 +57,7 @@ def side_by_side(recipe, plan, m: dict) -> str:
                  f"   plan/measured {ratio:.3f} ({ratio - 1:+.1%}); measured = {m['peak_kind']}")
     if m.get("baseline_rss_bytes") is not None:
         lines.append(f"  subtracted from peak RSS: {m['baseline_rss_bytes'] / GiB:.3f} GiB before loading, "
-                     f"{m['unused_checkpoint_pages_bytes'] / GiB:.3f} GiB of checkpoint pages no parameter uses")
+                     f"{m['file_pages_bytes'] / GiB:.3f} GiB of file pages mapped since (checkpoint, library code; parameters in the file counted back)")
     if m.get("loaded_bytes") is not None:
         lines.append(f"  {'model resident after load':28s}{m['planned_loaded_bytes'] / GiB:>10.3f}Gi{m['loaded_bytes'] / GiB:>10.3f}Gi")
     if plan.speed is not None and m.get("step_s"):

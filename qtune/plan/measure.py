@@ -10,14 +10,15 @@ What "peak" means:
 - CUDA: ``torch.cuda.max_memory_allocated`` over the two steps (reset after the model is built;
   the weights are allocated, so they are in it), the same quantity the plan counts.
 - CPU: the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs`` after
-  the model is built) minus (a) its resident set just before the model was loaded (python, torch,
-  transformers, the tokenizer and the tokenized data) and (b) the pages of the checkpoint file the
-  loader left mapped that no parameter uses (clean page cache of the float32 weights it quantized;
-  parameters that are views into the file stay counted). Two CPU-only effects are made to match
-  the CUDA counter: glibc's mmap threshold is fixed at 64 KiB for the measuring process
-  (``mallopt``), so a freed tensor leaves the resident set as it leaves CUDA's allocated count —
-  with glibc's default, sliding threshold the heap keeps freed activations and the RSS peak is
-  higher (printed as ``default allocator`` when measured without it, ``--measure-allocator default``).
+  the model is built) minus its resident set just before the model was loaded (python, torch,
+  transformers, the tokenizer and the tokenized data) and minus the file-backed pages mapped
+  since (``RssFile``): the checkpoint file the loader leaves mapped after quantizing from it, and
+  shared-library code run for the first time by the steps — clean pages that are not the
+  model's memory. Parameters that are views into the mapped checkpoint are counted back in.
+  glibc's mmap threshold is fixed at 64 KiB for the measuring process (``mallopt``), so a freed
+  tensor leaves the resident set as it leaves CUDA's allocated count; with glibc's default,
+  sliding threshold the heap keeps freed activations and the RSS peak is higher
+  (``--measure-allocator default`` measures that).
 """
 
 from __future__ import annotations
@@ -45,35 +46,34 @@ def fix_mmap_threshold() -> bool:
         return False
 
 
-def unused_checkpoint_pages(model) -> int:
-    """Resident bytes of mapped ``.safetensors`` files, less the parameters that are views into them."""
-    maps, current = [], None
-    try:
-        with open("/proc/self/smaps") as f:
-            for line in f:
-                head = line.split()
-                if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
-                    lo, hi = (int(x, 16) for x in head[0].split("-"))
-                    current = (lo, hi) if head[-1].endswith(".safetensors") else None
-                elif current and head[0] == "Rss:":
-                    maps.append((*current, int(head[1]) * 1024))
-    except OSError:
-        return 0
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def checkpoint_views(model) -> int:
+    """Bytes of the parameters whose storage lies in a mapped ``.safetensors`` file (loaded without a copy)."""
+    maps = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            head = line.split()
+            if head[-1].endswith(".safetensors"):
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                maps.append((lo, hi))
     seen, views = set(), 0
     for p in model.parameters():
         st = p.untyped_storage()
-        if st.data_ptr() not in seen and any(lo <= st.data_ptr() < hi for lo, hi, _ in maps):
+        if st.data_ptr() not in seen and any(lo <= st.data_ptr() < hi for lo, hi in maps):
             seen.add(st.data_ptr())
             views += st.nbytes()
-    return max(sum(r for _, _, r in maps) - views, 0)
+    return views
 
 
 def _peak_rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return _status("VmHWM")
 
 
 def _reset_peak_rss() -> bool:
@@ -120,11 +120,11 @@ def measure(recipe, device: str, shape, allocator: str = "fixed") -> dict:
 
     fixed = device == "cpu" and allocator == "fixed" and fix_mmap_threshold()
     gc.collect()
-    before = process_rss()
+    before, file_before = process_rss(), _status("RssFile")
     model, kernels = build_model(steps, device)
     gc.collect()
-    file_pages = unused_checkpoint_pages(model) if device == "cpu" else 0
-    loaded = process_rss() - before - file_pages
+    views = checkpoint_views(model) if device == "cpu" else 0
+    loaded = process_rss() - before - (_status("RssFile") - file_before) + views
     times: list[float] = []
 
     class Clock(TrainerCallback):
@@ -138,6 +138,7 @@ def measure(recipe, device: str, shape, allocator: str = "fixed") -> dict:
                 torch.cuda.synchronize()
             times[-1] = time.perf_counter() - times[-1]
 
+    file_pages = 0
     collate = _ShapeRecorder(collator_for(recipe.data, tokenizer.pad_token_id))
     with tempfile.TemporaryDirectory() as tmp:
         trainer = QtuneTrainer(model=model, args=training_arguments(steps, Path(tmp), device, []), train_dataset=rows,
@@ -149,8 +150,9 @@ def measure(recipe, device: str, shape, allocator: str = "fixed") -> dict:
         else:
             reset = _reset_peak_rss()
             trainer.train()
+            file_pages = _status("RssFile") - file_before - views
             peak = _peak_rss() - before - file_pages
-            kind = ("peak RSS − RSS before loading − unused checkpoint pages"
+            kind = ("peak RSS − RSS before loading − file pages mapped since"
                     + (", glibc mmap threshold 64 KiB" if fixed else ", default allocator")
                     + ("" if reset else " (peak not resettable: includes loading)"))
     planned = memory.train_peak(recipe, shape, collate.batch, collate.seq)
@@ -162,5 +164,5 @@ def measure(recipe, device: str, shape, allocator: str = "fixed") -> dict:
         "loaded_bytes": int(loaded) if device == "cpu" else None,
         "planned_loaded_bytes": resident, "step_s": times[-1] if times else None, "steps_s": times,
         "kernels": kernels, "baseline_rss_bytes": before if device == "cpu" else None,
-        "unused_checkpoint_pages_bytes": file_pages if device == "cpu" else None,
+        "file_pages_bytes": file_pages if device == "cpu" else None,
     }

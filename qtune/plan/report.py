@@ -117,5 +117,7 @@ def render(plan: Plan) -> str:
             f"length; matmul {t['matmul_s']:.2f}s, 4-bit dequant {t['dequant_s']:.2f}s, element-wise {t['elementwise_s']:.2f}s "
             f"per micro step) — probe: {t['matmul_tflops']:.2f} TFLOP/s matmul, {t['bandwidth_gbs']:.1f} GB/s copy"
         )
+    else:
+        lines.append("time per optimizer step: not estimated (no probe: --no-time, or the device is not on this machine)")
     lines.append(plan.verdict())
     return "\n".join(lines)

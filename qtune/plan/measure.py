@@ -101,7 +101,7 @@ class _ShapeRecorder:
 
 def measure(recipe, device: str, shape, allocator: str = "fixed") -> dict:
     import torch
-    from transformers import TrainerCallback, set_seed
+    from transformers import PrinterCallback, TrainerCallback, set_seed
 
     from qtune.data.dataset import build_datasets, collator_for
     from qtune.models.load import load_tokenizer
@@ -143,6 +143,7 @@ def measure(recipe, device: str, shape, allocator: str = "fixed") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = QtuneTrainer(model=model, args=training_arguments(steps, Path(tmp), device, []), train_dataset=rows,
                                data_collator=collate, callbacks=[LayoutGuard(), Clock()])
+        trainer.remove_callback(PrinterCallback)  # the side-by-side table says what matters
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
             trainer.train()

@@ -76,8 +76,10 @@ def make_plan(recipe, device: str, budget: int | None = None, timed: bool = True
     if timed:
         from qtune.plan.throughput import optimizer_step, probe
 
-        speed = probe(device, memory.load_dtype(recipe, shape), recipe.quant.method)
+        speed = probe(device, memory.load_dtype(recipe, shape), recipe.quant.method, batch * seq, shape.hidden,
+                      shape.intermediate, recipe.lora.rank)
         time = {**optimizer_step(recipe, shape, batch, seq, speed), "matmul_tflops": speed.matmul_flops / 1e12,
+                "lora_matmul_tflops": speed.lora_flops / 1e12,
                 "dequant_ns_per_weight": speed.dequant_s_per_weight * 1e9, "bandwidth_gbs": speed.bandwidth / 1e9}
     return Plan(
         recipe_model=recipe.model.path, device=device, batch=batch, seq=seq, shape=shape,
@@ -114,8 +116,8 @@ def render(plan: Plan) -> str:
         t = plan.time
         lines.append(
             f"time per optimizer step: ~{t['step_s']:.2f}s for {t['tokens']} tokens (~{t['tokens_per_s']:.0f} tok/s at full "
-            f"length; matmul {t['matmul_s']:.2f}s, 4-bit dequant {t['dequant_s']:.2f}s, element-wise {t['elementwise_s']:.2f}s "
-            f"per micro step) — probe: {t['matmul_tflops']:.2f} TFLOP/s matmul, {t['bandwidth_gbs']:.1f} GB/s copy"
+            f"length; matmul {t['matmul_s']:.2f}s, LoRA matmul {t['lora_matmul_s']:.2f}s, 4-bit dequant {t['dequant_s']:.2f}s, element-wise {t['elementwise_s']:.2f}s "
+            f"per micro step) — probe: {t['matmul_tflops']:.3f} / {t['lora_matmul_tflops']:.3f} TFLOP/s base / LoRA matmul, {t['bandwidth_gbs']:.1f} GB/s copy"
         )
     else:
         lines.append("time per optimizer step: not estimated (no probe: --no-time, or the device is not on this machine)")

@@ -28,10 +28,10 @@ def largest(fits: Callable[[int], bool], limit: int = MAX_SEARCH) -> int:
     return lo
 
 
-def max_micro_batch(recipe, shape, seq: int, budget: int, overhead: int = 0) -> int:
-    return largest(lambda b: memory.train_peak(recipe, shape, b, seq).total + overhead <= budget)
+def max_micro_batch(recipe, shape, seq: int, budget: int, overhead: int = 0, device: str = "cpu") -> int:
+    return largest(lambda b: memory.train_peak(recipe, shape, b, seq, device).total + overhead <= budget)
 
 
-def max_seq_len(recipe, shape, batch: int, budget: int, overhead: int = 0) -> int:
+def max_seq_len(recipe, shape, batch: int, budget: int, overhead: int = 0, device: str = "cpu") -> int:
     limit = shape.max_positions or MAX_SEARCH
-    return largest(lambda t: memory.train_peak(recipe, shape, batch, t).total + overhead <= budget, limit)
+    return largest(lambda t: memory.train_peak(recipe, shape, batch, t, device).total + overhead <= budget, limit)

@@ -156,7 +156,7 @@ def measure(recipe, device: str, shape, allocator: str = "fixed") -> dict:
             kind = ("peak RSS − RSS before loading − file pages mapped since"
                     + (", glibc mmap threshold 64 KiB" if fixed else ", default allocator")
                     + ("" if reset else " (peak not resettable: includes loading)"))
-    planned = memory.train_peak(recipe, shape, collate.batch, collate.seq)
+    planned = memory.train_peak(recipe, shape, collate.batch, collate.seq, device)
     static = memory.static(recipe, shape)
     resident = sum(i.bytes for i in static.items if i.key in ("weights", "quant_state", "float_parts", "lora"))
     return {

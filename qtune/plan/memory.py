@@ -16,9 +16,10 @@ Static storage (bytes, exact for what bitsandbytes and peft allocate):
   float32 state); the paged variants allocate tensors of at least 1e5 elements in CUDA unified
   memory, outside torch's allocator (listed, not counted in the allocator's peak).
 
-Activations, per token of the micro batch (``N = B·T``), per decoder layer, with ``s`` the bytes
-of the activation dtype — these are the tensors autograd saves in a Llama block with sdpa
-attention (counted with ``torch.autograd.graph.saved_tensors_hooks``, tests/plan):
+Activations, per token of the micro batch (``N = B·T``), per decoder layer, in elements (their
+bytes: :class:`ActDtypes`) — the tensors autograd saves in a Llama block with sdpa attention,
+counted with ``torch.autograd.graph.saved_tensors_hooks`` on CPU (tests/plan); under CUDA autocast
+(unmeasured here) each LoRA call saves its own compute-dtype copy of its input:
 
     norm in      h + 1        the residual input and its float32 rsqrt (x and 1/rms)   ×2 norms
     LoRA input   h            the norm output, saved by lora_A (once per norm feeding a LoRA linear)
@@ -99,9 +100,27 @@ def load_dtype(recipe, shape: ModelShape) -> str:
     return shape.dtype if shape.dtype in DTYPE_BYTES else "float32"
 
 
-def activation_bytes(recipe, shape: ModelShape) -> int:
-    """Bytes per element of the saved activations: float32 on a float32 base, else the compute dtype."""
-    return DTYPE_BYTES[load_dtype(recipe, shape)]
+@dataclass(frozen=True)
+class ActDtypes:
+    """Bytes per element of what a step saves.
+
+    ``residual``: the residual stream, the norms and the MLP's element-wise tensors — float32 on a
+    k-bit base whatever the compute dtype (its embeddings and norms are float32 after k-bit
+    preparation and bitsandbytes returns its output in its input's dtype; checked on CPU).
+    ``matmul``: what LoRA's matmuls and sdpa save of their inputs — the compute dtype under the
+    Trainer's CUDA autocast (bf16/fp16), which casts every call's input separately (``copies``).
+    """
+
+    residual: int
+    matmul: int
+    copies: bool
+
+
+def act_dtypes(recipe, shape: ModelShape, device: str = "cpu") -> ActDtypes:
+    base = 4 if recipe.quant.method != "none" else DTYPE_BYTES[load_dtype(recipe, shape)]
+    autocast = device == "cuda" and recipe.quant.compute_dtype != "float32"  # TrainingArguments bf16 / fp16
+    matmul = DTYPE_BYTES[recipe.quant.compute_dtype] if autocast else base
+    return ActDtypes(base, matmul, autocast and matmul != base)
 
 
 def weights(recipe, shape: ModelShape, bd: Breakdown) -> None:
@@ -152,7 +171,7 @@ def optimizer_state(recipe, sizes: list[int], bd: Breakdown) -> None:
     resident = sum(state(n) for n in sizes if not (paged and n >= MIN_PAGED))
     bd.add("optimizer", f"optimizer state ({name})", resident)
     if paged:
-        bd.add("optimizer_paged", "paged optimizer state (CUDA unified memory, not in the allocator's peak)",
+        bd.add("optimizer_paged", "paged optimizer state (CUDA unified memory, outside torch's allocator)",
                sum(state(n) for n in sizes if n >= MIN_PAGED), counted=False)
 
 
@@ -164,67 +183,74 @@ def lora(recipe, shape: ModelShape, bd: Breakdown) -> None:
     optimizer_state(recipe, sizes, bd)
 
 
-def _stages(recipe, shape: ModelShape) -> list[tuple[bool, float]]:
+def _stages(recipe, shape: ModelShape, device: str) -> list[tuple[bool, float]]:
     """(wraps a LoRA linear, bytes saved per token) for the four stages of one decoder layer, in order."""
-    s = activation_bytes(recipe, shape)
+    d = act_dtypes(recipe, shape, device)
     h, I, r = shape.hidden, shape.intermediate, recipe.lora.rank
     wrapped = {l.name.split(".layers.0.", 1)[1]: l for l in lora_targets(shape, recipe.lora.target_modules)
                if ".layers.0." in l.name}
 
     def lora_part(names: tuple[str, ...]) -> float:
         ls = [wrapped[n] for n in names if n in wrapped]
-        dropout = sum(l.in_features for l in ls) * (s + 1) if recipe.lora.dropout > 0 else 0
-        return r * len(ls) * s + dropout
+        dropout = sum(l.in_features for l in ls) * (d.residual + 1) if recipe.lora.dropout > 0 else 0
+        return r * len(ls) * d.matmul + dropout
+
+    def lora_input(names: tuple[str, ...]) -> float:  # one shared norm output, or one autocast copy per call
+        n = sum(1 for x in names if x in wrapped)
+        return (n * d.matmul if d.copies else min(n, 1) * d.residual) * h
 
     qkv = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
     gate_up = ("mlp.gate_proj", "mlp.up_proj")
-    attn_in = h * s if any(n in wrapped for n in qkv) else 0
-    mlp_in = h * s if any(n in wrapped for n in gate_up) else 0
+    norm = h * d.residual + 4  # a norm's residual input and its float32 rsqrt
+    down_in = (I * d.matmul if "mlp.down_proj" in wrapped else 0)
     return [
-        (bool(attn_in), (h * s + 4) + attn_in + (2 * shape.q_dim + 2 * shape.kv_dim) * s + 4 * shape.heads + lora_part(qkv)),
+        (any(n in wrapped for n in qkv),
+         norm + lora_input(qkv) + (2 * shape.q_dim + 2 * shape.kv_dim) * d.matmul + 4 * shape.heads + lora_part(qkv)),
         ("self_attn.o_proj" in wrapped, lora_part(("self_attn.o_proj",))),  # its input is sdpa's output, counted
-        (bool(mlp_in), (h * s + 4) + mlp_in + 3 * I * s + lora_part(gate_up)),
-        ("mlp.down_proj" in wrapped, (I * s if "mlp.down_proj" in wrapped else 0) + lora_part(("mlp.down_proj",))),
+        (any(n in wrapped for n in gate_up), norm + lora_input(gate_up) + 3 * I * d.residual + lora_part(gate_up)),
+        ("mlp.down_proj" in wrapped, down_in + lora_part(("mlp.down_proj",))),
     ]
 
 
-def per_layer_token_bytes(recipe, shape: ModelShape) -> float:
+def per_layer_token_bytes(recipe, shape: ModelShape, device: str = "cpu") -> float:
     """Bytes autograd saves per token in one decoder layer (see the module docstring)."""
-    return sum(b for _, b in _stages(recipe, shape))
+    return sum(b for _, b in _stages(recipe, shape, device))
 
 
-def first_layer_token_bytes(recipe, shape: ModelShape) -> float:
+def first_layer_token_bytes(recipe, shape: ModelShape, device: str = "cpu") -> float:
     """Layer 0 without checkpointing: the embeddings are frozen, so nothing before its first LoRA linear
     needs a gradient and nothing there is saved (the o_proj input, sdpa's output otherwise, then is)."""
-    stages = _stages(recipe, shape)
+    stages = _stages(recipe, shape, device)
+    d = act_dtypes(recipe, shape, device)
     first = next((i for i, (w, _) in enumerate(stages) if w), len(stages))
-    residual = shape.hidden * activation_bytes(recipe, shape) + 4  # a norm's input and rsqrt: no gradient yet
-    extra = {0: -residual, 1: shape.q_dim * activation_bytes(recipe, shape), 2: -residual}.get(first, 0)
+    residual = shape.hidden * d.residual + 4  # a norm's input and rsqrt: no gradient yet
+    extra = {0: -residual, 1: shape.q_dim * d.matmul, 2: -residual}.get(first, 0)
     return extra + sum(b for _, b in stages[first:])
 
 
-def activations(recipe, shape: ModelShape, batch: int, seq: int, bd: Breakdown) -> None:
-    s = activation_bytes(recipe, shape)
+def activations(recipe, shape: ModelShape, batch: int, seq: int, bd: Breakdown, device: str = "cpu") -> None:
+    d = act_dtypes(recipe, shape, device)
     n = batch * seq
-    per_token = per_layer_token_bytes(recipe, shape)
-    rope = 2 * seq * shape.head_dim * s  # cos and sin, shared by the layers
+    per_token = per_layer_token_bytes(recipe, shape, device)
+    rope = 2 * seq * shape.head_dim * d.residual  # cos and sin, shared by the layers
     labels = 8 * n
-    final_norm = (shape.hidden * s + 4) * n
+    final_norm = (shape.hidden * d.residual + 4) * n
     if recipe.train.gradient_checkpointing:
-        kept = shape.layers * shape.hidden * s * n  # each checkpointed layer's input
+        kept = shape.layers * shape.hidden * d.residual * n  # each checkpointed layer's input
         bd.add("activations", f"activations, checkpointed ({shape.layers} layer inputs + 1 layer recomputed)",
                kept + per_token * n + final_norm + rope + labels)
     else:
-        total = ((shape.layers - 1) * per_token + first_layer_token_bytes(recipe, shape)) * n
+        total = ((shape.layers - 1) * per_token + first_layer_token_bytes(recipe, shape, device)) * n
         bd.add("activations", f"activations ({shape.layers} layers × {per_token / 1024:.1f} KiB/token)",
                total + final_norm + rope + labels)
 
 
-def logits(recipe, shape: ModelShape, batch: int, seq: int, bd: Breakdown) -> None:
+def logits(recipe, shape: ModelShape, batch: int, seq: int, bd: Breakdown, device: str = "cpu") -> None:
+    """Three float32 B·T·V blocks, plus the 16-bit logits the float32 copy is made from (autocast, 16-bit base)."""
     n = batch * seq * shape.vocab
-    s = activation_bytes(recipe, shape)
-    bd.add("logits", f"logits + loss (3 × B·T·V float32{' + compute-dtype logits' if s != 4 else ''})",
-           3 * 4 * n + (s * n if s != 4 else 0))
+    d = act_dtypes(recipe, shape, device)
+    extra = 2 * n if (d.matmul != 4 or d.residual != 4) else 0
+    bd.add("logits", f"logits + loss (3 × B·T·V float32{' + 16-bit logits' if extra else ''})", 12 * n + extra)
 
 
 def static(recipe, shape: ModelShape) -> Breakdown:
@@ -234,11 +260,11 @@ def static(recipe, shape: ModelShape) -> Breakdown:
     return bd
 
 
-def train_peak(recipe, shape: ModelShape, batch: int, seq: int) -> Breakdown:
+def train_peak(recipe, shape: ModelShape, batch: int, seq: int, device: str = "cpu") -> Breakdown:
     """The allocator's peak in a training step: static storage + saved activations + the logits block."""
     bd = static(recipe, shape)
-    activations(recipe, shape, batch, seq, bd)
-    logits(recipe, shape, batch, seq, bd)
+    activations(recipe, shape, batch, seq, bd, device)
+    logits(recipe, shape, batch, seq, bd, device)
     return bd
 
 
@@ -250,7 +276,7 @@ def base_bytes(recipe, shape: ModelShape) -> int:
 
 def eval_peak(recipe, shape: ModelShape, batch: int, seq: int) -> int:
     """No-grad forward (qtune.eval.loss): the weights, LoRA, one layer's intermediates and three B·T·V copies."""
-    s = activation_bytes(recipe, shape)
+    s = act_dtypes(recipe, shape).residual  # eval runs outside the Trainer's autocast
     n = batch * seq
     working = n * (3 * shape.intermediate + 2 * shape.hidden) * s
     return base_bytes(recipe, shape) + 4 * sum(lora_params(recipe, shape)) + working + 3 * 4 * n * shape.vocab + (

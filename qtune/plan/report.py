@@ -83,11 +83,11 @@ def make_plan(recipe, device: str, budget: int | None = None, timed: bool = True
                 "dequant_ns_per_weight": speed.dequant_s_per_weight * 1e9, "bandwidth_gbs": speed.bandwidth / 1e9}
     return Plan(
         recipe_model=recipe.model.path, device=device, batch=batch, seq=seq, shape=shape,
-        breakdown=memory.train_peak(recipe, shape, batch, seq), budget=budget, budget_what=what, overhead=overhead,
+        breakdown=memory.train_peak(recipe, shape, batch, seq, device), budget=budget, budget_what=what, overhead=overhead,
         eval_peak=memory.eval_peak(recipe, shape, batch, seq), merge_peak=memory.merge_peak(shape),
         calibration_peak=memory.calibration_peak(recipe, shape),
-        max_micro_batch=fit.max_micro_batch(recipe, shape, seq, budget, overhead),
-        max_seq_len=fit.max_seq_len(recipe, shape, batch, budget, overhead),
+        max_micro_batch=fit.max_micro_batch(recipe, shape, seq, budget, overhead, device),
+        max_seq_len=fit.max_seq_len(recipe, shape, batch, budget, overhead, device),
         time=time, speed=speed,
     )
 

@@ -104,8 +104,8 @@ def micro_step_seconds(recipe, shape: ModelShape, batch: int, seq: int, speed: S
     passes = 3 if recipe.train.gradient_checkpointing else 2  # forward, backward (+ recompute)
     dequant = passes * sum(l.numel for l in shape.linears) * speed.dequant_s_per_weight if recipe.quant.method in ("nf4", "fp4") else 0.0
     bd = memory.Breakdown()
-    memory.activations(recipe, shape, batch, seq, bd)
-    memory.logits(recipe, shape, batch, seq, bd)
+    memory.activations(recipe, shape, batch, seq, bd, speed.device)
+    memory.logits(recipe, shape, batch, seq, bd, speed.device)
     traffic = 3 * bd.total
     return {"matmul_s": base / speed.matmul_flops, "lora_matmul_s": lora / speed.lora_flops, "dequant_s": dequant, "elementwise_s": traffic / speed.bandwidth}
 

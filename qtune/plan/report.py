@@ -77,7 +77,7 @@ def make_plan(recipe, device: str, budget: int | None = None, timed: bool = True
         from qtune.plan.throughput import optimizer_step, probe
 
         speed = probe(device, memory.load_dtype(recipe, shape), recipe.quant.method, batch * seq, shape.hidden,
-                      shape.intermediate, recipe.lora.rank)
+                      shape.intermediate, recipe.lora.rank, recipe.quant.blocksize)
         time = {**optimizer_step(recipe, shape, batch, seq, speed), "matmul_tflops": speed.matmul_flops / 1e12,
                 "lora_matmul_tflops": speed.lora_flops / 1e12,
                 "dequant_ns_per_weight": speed.dequant_s_per_weight * 1e9, "bandwidth_gbs": speed.bandwidth / 1e9}

@@ -56,7 +56,7 @@ def _timed(fn, min_s: float) -> float:
 
 
 def probe(device: str, dtype: str, method: str, tokens: int, hidden: int, intermediate: int, rank: int,
-          min_s: float = 0.2) -> Speed:
+          blocksize: int, min_s: float = 0.2) -> Speed:
     """Time the step's matmuls, a 4-bit dequantization and a copy on ``device`` (about a second in all)."""
     import torch
 
@@ -71,7 +71,7 @@ def probe(device: str, dtype: str, method: str, tokens: int, hidden: int, interm
         import bitsandbytes.functional as bnbf
 
         big = torch.randn(2048, 2048, device=device, dtype=dt)
-        packed, state = bnbf.quantize_4bit(big, blocksize=memory.BLOCK_4BIT, compress_statistics=True, quant_type=method)
+        packed, state = bnbf.quantize_4bit(big, blocksize=blocksize, compress_statistics=True, quant_type=method)
         dequant = _timed(lambda: bnbf.dequantize_4bit(packed, state), min_s) / big.numel()
     src = torch.empty(32 * 2**20 // 4, device=device, dtype=torch.float32)
     dst = torch.empty_like(src)

@@ -43,7 +43,7 @@ def cmd_train(args) -> int:
     if not args.no_plan_check:  # the plan's verdict before any weight is loaded; refuses what cannot fit
         from qtune.plan.cli import check_before_train
 
-        check_before_train(recipe, args.memory, console.print)
+        check_before_train(recipe, args.memory, console)
     summary = train(recipe, overwrite=args.overwrite, resume=args.resume, console=console)
     console.print(
         f"[bold green]done[/] in {summary['wall_s']:.0f}s: eval loss {summary['eval_loss_before']:.4f} → "

@@ -68,14 +68,14 @@ def side_by_side(recipe, plan, m: dict) -> str:
     return "\n".join(lines)
 
 
-def check_before_train(recipe, memory: str | None, say) -> None:
-    """Print the plan's verdict; refuse (exit 2) a recipe whose planned peak does not fit."""
+def check_before_train(recipe, memory: str | None, console) -> None:
+    """Print the plan's verdict on ``console`` (rich); refuse (exit 2) a recipe whose planned peak does not fit."""
     from qtune.models.load import resolve_device
     from qtune.plan.budget import parse_size
     from qtune.plan.report import make_plan
 
     plan = make_plan(recipe, resolve_device(recipe.train.device), parse_size(memory) if memory else None, timed=False)
-    say(plan.verdict())
+    console.print(plan.verdict(), soft_wrap=True, markup=False, highlight=False)
     if not plan.fits:
         raise QtuneError(
             f"train.micro_batch_size: the plan's peak ~{(max(plan.peak, plan.eval_peak) + plan.overhead) / GiB:.2f} GiB does not fit "

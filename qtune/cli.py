@@ -55,6 +55,10 @@ def cmd_train(args) -> int:
     from qtune.train.run import train
 
     console = Console(stderr=True)
+    if not args.no_plan_check:  # the plan's verdict before any weight is loaded; refuses what cannot fit
+        from qtune.plan.cli import check_before_train
+
+        check_before_train(recipe, args.memory, console if distributed.is_main() else Console(quiet=True))
     summary = train(recipe, overwrite=args.overwrite, resume=args.resume, console=console)
     if not distributed.is_main():
         return 0
@@ -64,6 +68,15 @@ def cmd_train(args) -> int:
         f"peak memory {summary['peak_memory_bytes'] / 2**30:.2f} GiB → {recipe.train.output_dir}"
     )
     return 0
+
+
+def cmd_plan(args) -> int:
+    from qtune.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    from qtune.plan.cli import run_plan
+
+    return run_plan(recipe, args)
 
 
 def cmd_data_inspect(args) -> int:
@@ -273,6 +286,11 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _add_memory_arg(p) -> None:
+    p.add_argument("--memory", "--gpu-memory", dest="memory", metavar="SIZE",
+                   help="memory budget, e.g. 24GiB (default: the device's: CUDA total memory, or host RAM on CPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # registries only: nothing heavy is imported
     from qtune.export.formats import DEFAULT_MERGE_BASE, EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
@@ -296,7 +314,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="replace an existing run in train.output_dir")
     p.add_argument("--nproc", type=_process_count, metavar="N", help="processes (GPUs) on this node, launched through torchrun "
                    "(default distributed.nproc); under torchrun or accelerate launch it is the launcher's")
+    p.add_argument("--no-plan-check", action="store_true",
+                   help="train even when `qtune plan` says the recipe's peak memory does not fit")
+    _add_memory_arg(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("plan", help="peak memory, what fits and time per step, from the model's config alone")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help=_overrides_help())
+    _add_memory_arg(p)
+    p.add_argument("--measure", action="store_true", help="also run two real training steps and print plan and measurement side by side")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--measure-allocator", choices=("fixed", "default"), default="fixed",
+                   help="CPU --measure: fixed (default) sets glibc's mmap threshold to 64 KiB so freed tensors leave the "
+                        "resident set, like CUDA's allocated count; default keeps glibc's sliding threshold (higher RSS)")
+    p.add_argument("--no-time", action="store_true", help="skip the matmul/dequant/copy probe (no time estimate)")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("data", help="look at a recipe's training data")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")

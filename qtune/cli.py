@@ -39,8 +39,16 @@ def cmd_train(args) -> int:
 
     from qtune.train.run import train
 
+    from qtune.errors import Interrupted
+
     console = Console(stderr=True)
-    summary = train(recipe, overwrite=args.overwrite, resume=args.resume, console=console)
+    try:
+        summary = train(recipe, overwrite=args.overwrite, resume=args.resume, console=console)
+    except Interrupted as e:
+        import shlex
+
+        print(f"{e}; resume with: {shlex.join(['qtune', 'train', args.recipe, *args.overrides, '--resume'])}", file=sys.stderr)
+        return e.exit_code
     console.print(
         f"[bold green]done[/] in {summary['wall_s']:.0f}s: eval loss {summary['eval_loss_before']:.4f} → "
         f"{summary['eval_loss_after']:.4f}, {summary['tokens_per_s']:.0f} tok/s, "

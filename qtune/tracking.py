@@ -23,13 +23,19 @@ def wandb_key_configured() -> bool:
         return False
 
 
-def configure(tracking, run_dir: Path) -> tuple[list[str], dict[str, str]]:
-    """The Trainer's ``report_to`` for ``tracking.backend`` and the environment it reads."""
+def configure(tracking, run_dir: Path, run_id: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """The Trainer's ``report_to`` for ``tracking.backend`` and the environment it reads.
+
+    ``run_id`` (kept in the run directory) makes a resumed run continue the same wandb run;
+    tensorboard continues by writing to the same folder.
+    """
     if tracking.backend == "none":
         return [], {}
     if tracking.backend == "tensorboard":
         return ["tensorboard"], {"TENSORBOARD_LOGGING_DIR": str(run_dir / "tensorboard")}
     env = {"WANDB_DIR": str(run_dir), "WANDB_PROJECT": tracking.project, "WANDB_SILENT": os.environ.get("WANDB_SILENT", "true")}
+    if run_id:
+        env.update(WANDB_RUN_ID=run_id, WANDB_RESUME="allow")
     if not wandb_key_configured():
         env["WANDB_MODE"] = os.environ.get("WANDB_MODE", "offline")
     return ["wandb"], env

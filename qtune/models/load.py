@@ -79,6 +79,7 @@ QUANT_METHODS: dict[str, Callable[["QuantSection"], object] | None] = {
 
 def load_base_model(model: "ModelSection", quant: "QuantSection", device: str):
     """Load the (possibly quantized) base causal LM on ``device``, its 4-bit weights in the layout training needs."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     builder = QUANT_METHODS[quant.method]
@@ -93,13 +94,18 @@ def load_base_model(model: "ModelSection", quant: "QuantSection", device: str):
     path = resolve_model_path(model.path)
     try:
         loaded = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as e:
+    except (OSError, ValueError, SafetensorError) as e:  # missing or corrupt weights, a config transformers rejects
         raise QtuneError(
-            f"model.path: could not load '{model.path}' ({str(e).splitlines()[0]}); without Hub access give a "
+            f"model.path: could not load '{model.path}' ({_first_line(e)}); without Hub access give a "
             f"local checkpoint directory or a packaged model ({', '.join(PACKAGED_MODELS)})"
         ) from None
     keep_training_layout(loaded)  # bitsandbytes' CPU inference repack drops gradients: see bnb_layout
     return loaded
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def load_tokenizer(model: "ModelSection"):
@@ -108,8 +114,8 @@ def load_tokenizer(model: "ModelSection"):
     path = resolve_model_path(model.path)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=model.trust_remote_code, revision=model.revision)
-    except OSError as e:
-        raise QtuneError(f"model.path: could not load a tokenizer from '{model.path}' ({str(e).splitlines()[0]})") from None
+    except (OSError, ValueError) as e:  # no tokenizer files, or ones transformers cannot build a tokenizer from
+        raise QtuneError(f"model.path: could not load a tokenizer from '{model.path}' ({_first_line(e)})") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

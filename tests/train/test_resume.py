@@ -230,3 +230,20 @@ def test_nan_skip_drops_the_bad_steps_and_finishes(tmp_path, poisoned, capsys):
         assert f"step {step}: loss or gradients are NaN/inf; skipped its update" in err
     assert _adapter_finite(run / rundir.ADAPTER)
     assert summary["eval_loss_after"] == summary["eval_loss_after"] and summary["eval_loss_after"] < summary["eval_loss_before"]
+
+
+def test_resumed_run_continues_the_same_wandb_run(tmp_path, recipe_20, monkeypatch, capsys):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: offline
+    run = tmp_path / "run"
+    _signal_self_after(run, 2, signal.SIGTERM)
+    args = ["train", str(recipe_20), "train.max_steps=4", "train.eval_steps=null", "tracking.backend=wandb", "tracking.project=qtune-test"]
+    assert main(args) == 143
+    resume = subprocess.run([sys.executable, "-m", "qtune.cli", *args, "--resume"],  # a fresh process: a new wandb session
+                            env={**ENV, "HOME": str(tmp_path)}, capture_output=True, text=True)
+    assert resume.returncode == 0, resume.stderr[-2000:]
+    run_id = json.loads((run / rundir.RUN_STATE).read_text())["run_id"]
+    offline = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(p.name.endswith(f"-{run_id}") for p in offline), offline
+    assert sorted(_train_losses(run)) == list(range(1, 5))

@@ -163,6 +163,8 @@ CASES = [
                                           ["train", c.recipe(), "--resume"])[2], "checkpoint-4/adapter_model.safetensors: corrupted"),
     ("resume-checkpoint-missing-file", lambda c: (c.fake_run(c.recipe(), STATE), (c.checkpoint(4) / "scheduler.pt").unlink(),
                                                   ["train", c.recipe(), "--resume"])[2], "checkpoint-4/scheduler.pt: missing"),
+    ("resume-data-changed", lambda c: (c.fake_run(c.recipe(), {**STATE, "train_rows_sha256": "0" * 64}), c.checkpoint(4),
+                                       ["train", c.recipe(), "--resume"])[2], "data.train: the training rows differ"),
     ("export-not-a-run", lambda c: ["export", str(_mkdir(c.run)), "--format", "merged"], "is not a finished qtune run"),
     ("merge-not-a-run", lambda c: ["merge", str(c.tmp / "nothing")], "RUN_DIR: "),
     ("export-run-of-another-version", lambda c: (_mkdir(c.run / rundir.ADAPTER), _write(c.run / rundir.RECIPE, yaml.safe_dump(

@@ -9,7 +9,11 @@ Both work through the Trainer's public callback hooks: they set ``control.should
   :meth:`QtuneTrainer.training_step`) and the clipped gradients. A bad step never reaches the
   weights: its gradients are dropped, so the optimizer leaves every weight and its state as they
   were. ``train.on_nan: stop`` then stops without checkpointing that step (the last good
-  checkpoint stays the newest); ``skip`` goes on with the next step.
+  checkpoint stays the newest); ``skip`` goes on with the next step (the learning-rate schedule
+  still advances, so later steps keep the rates they would have had).
+
+Under several processes (DDP) each rank decides alone: gradients are all-reduced, so the
+gradient check agrees across ranks, but a signal may reach the ranks between different steps.
 """
 
 from __future__ import annotations
@@ -67,8 +71,8 @@ class NonFiniteGuard(TrainerCallback):
         flags = [torch.isfinite(g).all() for g in grads]
         loss_ok = self.trainer.loss_finite if self.trainer is not None else None
         if loss_ok is not None:
-            flags.append(loss_ok.to(flags[0].device) if flags else loss_ok)
-        self._bad = bool(flags) and not bool(torch.stack(flags).all())
+            flags.append(loss_ok)
+        self._bad = bool(flags) and not bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
         if self._bad:
             for p in model.parameters():
                 p.grad = None  # the optimizer skips parameters without a gradient: weights and state stay put

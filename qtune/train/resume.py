@@ -163,9 +163,19 @@ class RunSession:
                         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
             raise
 
-    def begin(self, recipe) -> None:
-        """Training starts: clear an overwritten run, write recipe.yaml and run_state.json, cut metrics.jsonl."""
+    def begin(self, recipe, train_rows: list[dict]) -> None:
+        """Training starts: clear an overwritten run, write recipe.yaml and run_state.json, cut metrics.jsonl.
+
+        A resumed run must see the same training rows (a data file edited since would change them
+        without changing the recipe): their fingerprint is stored and compared.
+        """
         from qtune.recipe import dump_recipe
+
+        fingerprint = rows_fingerprint(train_rows)
+        if self.resuming and self.state.get("train_rows_sha256") not in (None, fingerprint):
+            raise QtuneError(f"data.train: the training rows differ from those {self.run} was trained on (a data file "
+                             f"changed since); restore the data, or set train.output_dir=<new dir>")
+        self.state["train_rows_sha256"] = fingerprint
 
         if self.overwrite and self.run.exists():
             for path in self.run.iterdir():
@@ -190,6 +200,20 @@ class RunSession:
 
     def save_state(self) -> None:
         rundir.write_json(self.run / rundir.RUN_STATE, self.state)
+
+
+def rows_fingerprint(rows: list[dict]) -> str:
+    """sha256 over every row's token ids and labels, in order."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for row in rows:
+        for key in ("input_ids", "labels"):
+            h.update(np.asarray(row[key], dtype=np.int64).tobytes())
+        h.update(b"|")
+    return h.hexdigest()
 
 
 def new_state() -> dict:

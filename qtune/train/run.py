@@ -120,7 +120,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
             torch.cuda.reset_peak_memory_stats()
         probe = memory_probe(device)
         trainer = _build_trainer(recipe, model, data, tokenizer, run, device, report_to, probe, say)
-        session.begin(recipe)
+        session.begin(recipe, data.train)
         eval_before = session.eval_before
         if eval_before is None:
             eval_before = trainer.evaluate()["eval_loss"]
@@ -173,7 +173,7 @@ def _refuse_stopped(trainer, run: Path) -> None:
         raise QtuneError(f"step {trainer.nonfinite.bad_steps[-1]}: loss or gradients are NaN/inf; stopped without saving "
                          f"that step (train.on_nan: stop); newest good checkpoint: {newest}; resume with train.on_nan=skip "
                          f"to skip such steps, or lower train.lr in a new run")
-    if trainer.signal_stop.received is not None:
+    if trainer.signal_stop.received is not None and trainer.state.global_step < trainer.state.max_steps:
         from qtune.train.guards import SIGNAL_EXIT
 
         signum = trainer.signal_stop.received

@@ -141,6 +141,8 @@ CASES = [
      "model.path: could not load"),
     ("model-no-tokenizer", lambda c: ["train", c.recipe(model={"path": str(c.model_copy(drop=("tokenizer*", "special_tokens*")))})],
      "model.path"),
+    ("packaged-model-cache-corrupt", lambda c: ["train", c.recipe(model={"path": "smollm2-135m-instruct"}, quant={"method": "none"})
+                                                 if _fake_converted_cache(c) else ""], "delete "),
     # --- run directories
     ("run-exists", lambda c: (c.fake_run(c.recipe(), STATE), ["train", c.recipe()])[1], "already holds a run; pass --resume"),
     ("resume-not-a-run", lambda c: (_write(_mkdir(c.run) / "notes.txt", "x"), ["train", c.recipe(), "--resume"])[1],
@@ -200,6 +202,16 @@ def _truncate(model: Path, name: str) -> Path:
     return model
 
 
+def _fake_converted_cache(c: Ctx) -> bool:
+    """The packaged model's converted checkpoint in the (per-test) cache, its weights truncated by an interrupted copy."""
+    from qtune.models.packaged import converted_path
+
+    target = converted_path("smollm2-135m-instruct")
+    shutil.copytree(c.tiny, target)
+    _truncate(target, "model.safetensors")
+    return True
+
+
 def _listing(path: Path) -> dict[str, bytes] | None:
     if not path.exists():
         return None
@@ -207,7 +219,8 @@ def _listing(path: Path) -> dict[str, bytes] | None:
 
 
 @pytest.mark.parametrize("build, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_exit_2(tmp_path, tiny_llama_dir, capsys, build, expected):
+def test_bad_input_is_one_line_exit_2(tmp_path, tiny_llama_dir, capsys, monkeypatch, build, expected):
+    monkeypatch.setenv("QTUNE_CACHE", str(tmp_path / "cache"))  # corrupted caches stay in this test
     ctx = Ctx(tmp_path, tiny_llama_dir)
     argv = build(ctx)
     before = _listing(ctx.run)

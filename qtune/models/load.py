@@ -95,6 +95,9 @@ def load_base_model(model: "ModelSection", quant: "QuantSection", device: str):
     try:
         loaded = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError, SafetensorError) as e:  # missing or corrupt weights, a config transformers rejects
+        if model.path in PACKAGED_MODELS:
+            raise QtuneError(f"model.path: the converted cache of '{model.path}' does not load ({_first_line(e)}); "
+                             f"delete {path} and it is rebuilt") from None
         raise QtuneError(
             f"model.path: could not load '{model.path}' ({_first_line(e)}); without Hub access give a "
             f"local checkpoint directory or a packaged model ({', '.join(PACKAGED_MODELS)})"

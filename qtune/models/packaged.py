@@ -62,12 +62,18 @@ def gguf_path(name: str) -> Path:
     return path
 
 
-def materialize(name: str) -> Path:
-    """Return a local transformers checkpoint for packaged model ``name``, converting it once."""
+def converted_path(name: str) -> Path:
+    """Where packaged model ``name``'s converted checkpoint lies in the cache (keyed by its GGUF file)."""
     source = gguf_path(name)
     stat = source.stat()
     key = hashlib.sha256(f"{source.name}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
-    target = cache_root() / "models" / f"{name}-{key}"
+    return cache_root() / "models" / f"{name}-{key}"
+
+
+def materialize(name: str) -> Path:
+    """Return a local transformers checkpoint for packaged model ``name``, converting it once."""
+    source = gguf_path(name)
+    target = converted_path(name)
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

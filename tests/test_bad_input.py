@@ -168,6 +168,10 @@ CASES = [
     ("resume-data-changed", lambda c: (c.fake_run(c.recipe(), {**STATE, "train_rows_sha256": "0" * 64}), c.checkpoint(4),
                                        ["train", c.recipe(), "--resume"])[2], "data.train: the training rows differ"),
     ("export-not-a-run", lambda c: ["export", str(_mkdir(c.run)), "--format", "merged"], "is not a finished qtune run"),
+    ("eval-model-missing", lambda c: ["eval", str(c.tmp / "nothing")], "MODEL: no such file or directory"),
+    ("eval-model-is-a-recipe", lambda c: ["eval", c.recipe()], "is a file but not a .gguf model"),
+    ("generate-not-a-model-dir", lambda c: ["generate", str(_mkdir(c.tmp / "d")), "--prompt", "hi"], "MODEL: directory"),
+    ("report-not-a-run", lambda c: ["report", str(c.tmp / "nothing")], "RUN_DIR: "),
     ("merge-not-a-run", lambda c: ["merge", str(c.tmp / "nothing")], "RUN_DIR: "),
     ("export-run-of-another-version", lambda c: (_mkdir(c.run / rundir.ADAPTER), _write(c.run / rundir.RECIPE, yaml.safe_dump(
         {**yaml.safe_load(Path(c.recipe()).read_text()), "train": {"max_steps": 2, "old_field": 1}})),

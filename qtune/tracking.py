@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -43,12 +44,16 @@ def configure(tracking, run_dir: Path, run_id: str | None = None) -> tuple[list[
 
 @contextmanager
 def environment(values: dict[str, str]) -> Iterator[None]:
-    """Set ``values`` in ``os.environ`` for the block and restore what was there before."""
+    """Set ``values`` in ``os.environ`` for the block and restore what was there before; a wandb run begun in it ends with it."""
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
         yield
     finally:
+        wandb = sys.modules.get("wandb")
+        if "WANDB_PROJECT" in values and wandb is not None and getattr(wandb, "run", None) is not None:
+            wandb.finish()  # else the next train in this process would log into this run,
+            wandb.teardown()  # and wandb's settings singleton would keep this run's WANDB_DIR
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -240,9 +240,7 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path, recipe_20, monkeypat
     _signal_self_after(run, 2, signal.SIGTERM)
     args = ["train", str(recipe_20), "train.max_steps=4", "train.eval_steps=null", "tracking.backend=wandb", "tracking.project=qtune-test"]
     assert main(args) == 143
-    resume = subprocess.run([sys.executable, "-m", "qtune.cli", *args, "--resume"],  # a fresh process: a new wandb session
-                            env={**ENV, "HOME": str(tmp_path)}, capture_output=True, text=True)
-    assert resume.returncode == 0, resume.stderr[-2000:]
+    assert main([*args, "--resume"]) == 0, capsys.readouterr().err[-2000:]
     run_id = json.loads((run / rundir.RUN_STATE).read_text())["run_id"]
     offline = sorted((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 2 and all(p.name.endswith(f"-{run_id}") for p in offline), offline

@@ -115,15 +115,19 @@ def test_sigint_checkpoints_the_step_and_prints_the_resume_command(tmp_path, rec
 
 
 def _signal_self_after(run: Path, steps: int, *signums: int) -> threading.Thread:
-    """From a thread: once ``run`` has logged ``steps`` steps, send this process each signal, 50 ms apart
-    (two signals sent at once reach Python's handler as one)."""
+    """From a thread: right after ``run`` logs step ``steps`` (so a step has just begun), send this process
+    each signal, each once train's handler has seen the one before (two signals sent at once reach
+    Python's handler as one)."""
 
     def fire():
         while len(_train_losses(run)) < steps:
-            time.sleep(0.01)
+            time.sleep(0.002)
         for s in signums:
+            handler = signal.getsignal(s)
             os.kill(os.getpid(), s)
-            time.sleep(0.05)
+            stop = getattr(handler, "__self__", None)  # train's SignalStop, whose handler is installed now
+            while stop is not None and stop.received is None:
+                time.sleep(0.001)
 
     thread = threading.Thread(target=fire, daemon=True)
     thread.start()

@@ -100,7 +100,8 @@ def changed_fields(stored: dict, given: dict) -> list[str]:
     a, b = _flatten(stored), _flatten(given)
     out = []
     for key in sorted(set(a) | set(b)):
-        if a.get(key, "<unset>") != b.get(key, "<unset>") and not key.startswith(TRAINING_NEUTRAL):
+        neutral = any(key == n.rstrip(".") or key.startswith(n) for n in TRAINING_NEUTRAL)  # "export": None
+        if a.get(key, "<unset>") != b.get(key, "<unset>") and not neutral:
             out.append(f"{key} ({a.get(key, '<unset>')!r} → {b.get(key, '<unset>')!r})")
     return out
 

@@ -249,3 +249,16 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path, recipe_20, monkeypat
     offline = sorted((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 2 and all(p.name.endswith(f"-{run_id}") for p in offline), offline
     assert sorted(_train_losses(run)) == list(range(1, 5))
+
+
+def test_only_fields_that_leave_training_alone_may_change_on_resume():
+    from qtune.train.resume import changed_fields
+
+    stored = {"train": {"lr": 2e-4, "eval_steps": 5, "save_steps": 4, "keep_checkpoints": 3, "on_nan": "stop"},
+              "tracking": {"backend": "none"}, "data": {"cache": True, "max_length": 64}, "export": None}
+    neutral = {"train": {"lr": 2e-4, "eval_steps": 10, "save_steps": 8, "keep_checkpoints": 1, "on_nan": "skip"},
+               "tracking": {"backend": "wandb", "project": "p"}, "data": {"cache": False, "max_length": 64},
+               "export": {"formats": ["gguf"]}}
+    assert changed_fields(stored, neutral) == []
+    changed = {**neutral, "train": {**neutral["train"], "lr": 1e-3}, "data": {"cache": True, "max_length": 128}}
+    assert changed_fields(stored, changed) == ["data.max_length (64 → 128)", "train.lr (0.0002 → 0.001)"]

@@ -54,9 +54,9 @@ def _train_losses(run: Path) -> dict[int, float]:
 
 @pytest.fixture
 def recipe_20(tmp_path, tiny_llama_dir) -> Path:
-    """20 steps, checkpoint every 4, dropout on (so the RNG state matters), an eval every 5 steps."""
+    """20 steps, checkpoint every 4, dropout on (so the RNG state matters), an eval (of 4 rows) every 5 steps."""
     return write_recipe(tmp_path / "r.yaml", model={"path": str(tiny_llama_dir)}, quant={"method": "none"},
-                        lora={"rank": 4, "dropout": 0.1},
+                        lora={"rank": 4, "dropout": 0.1}, data={"max_eval_examples": 4},
                         train={"max_steps": 20, "save_steps": 4, "eval_steps": 5, "micro_batch_size": 2, "lr": 1e-3,
                                "output_dir": str(tmp_path / "run")})
 

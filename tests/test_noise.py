@@ -50,3 +50,18 @@ def test_generate_says_once_which_path_runs(tiny_llama_dir, tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert lines == [f"{out}: {path} in {'bfloat16' if path == PATH_CPU_BF16 else 'float32'}"], proc.stderr[-2000:]
+
+
+def test_train_logs_no_library_noise(tiny_llama_dir, tmp_path):
+    """``train`` into a log: no FutureWarning from peft's probe of transformers, no tqdm redraws, no traceback."""
+    from tests.conftest import write_recipe
+
+    recipe = write_recipe(tmp_path / "r.yaml", model={"path": str(tiny_llama_dir)},
+                          quant={"method": "nf4", "compute_dtype": "float32"}, train={"max_steps": 1})
+    env = {k: v for k, v in os.environ.items() if not k.endswith("DISABLE_PROGRESS_BARS") and k != "TQDM_DISABLE"}
+    proc = subprocess.run([sys.executable, "-m", "qtune.cli", "train", str(recipe)], capture_output=True, text=True,
+                          cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for noise in ("FutureWarning", "Warning:", "it/s]", "Loading weights", "gemm_4bit_forward", "Traceback"):
+        assert noise not in proc.stderr, f"{noise!r} in stderr:\n{proc.stderr[-3000:]}"
+    assert "eval loss after training" in proc.stderr

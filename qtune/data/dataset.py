@@ -37,6 +37,7 @@ class Encoded:
     train: list[dict]
     eval: list[dict]
     stats: dict = field(default_factory=dict)
+    chat_template: str | None = None  # the Jinja source rows were rendered with (None: no chat rows); saved with the adapter
 
 
 def split_eval(items: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -139,13 +140,16 @@ def _tokenize(data, tokenizer, template_name: str, template: str, seed: int) -> 
     return splits, stats
 
 
-def build_datasets(data, tokenizer, seed: int) -> Encoded:
+def build_datasets(data, tokenizer, seed: int, family_template: str | None = None) -> Encoded:
     """Read, split, weight, render, mask (and pack) the recipe's data; reuse the cache when nothing changed.
 
-    ``stats["cache"]`` is ``"hit"``, ``"miss"`` or ``"off"``; ``stats["load_s"]`` the seconds it took.
+    ``stats["cache"]`` is ``"hit"``, ``"miss"`` or ``"off"``; ``stats["load_s"]`` the seconds it took;
+    ``stats["template_note"]`` the line to show when the template is not the model's own.
+    ``family_template`` is the model family's known template, used when the model has none.
     """
     t0 = time.perf_counter()
-    template_name, template = resolve_template(tokenizer, data.chat_template)
+    chosen = resolve_template(tokenizer, data.chat_template, family_template)
+    template_name, template = chosen.name, chosen.source
     path = cache.cache_path(cache.cache_key(_cache_parts(data, tokenizer, template, seed))) if data.cache else None
     found = cache.load(path) if path is not None else None
     if found is not None:
@@ -163,7 +167,9 @@ def build_datasets(data, tokenizer, seed: int) -> Encoded:
         stats["packing"] = {"rows": len(packed), "efficiency": efficiency(train, packed, data.max_length)}
         train = packed
     stats["load_s"] = time.perf_counter() - t0
-    return Encoded(train=train, eval=splits["eval"], stats=stats)
+    chat = stats["template"] != "none"
+    stats["template_note"] = chosen.note if chat else None
+    return Encoded(train=train, eval=splits["eval"], stats=stats, chat_template=template if chat else None)
 
 
 def collator_for(data, pad_token_id: int):

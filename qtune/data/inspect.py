@@ -76,6 +76,8 @@ def inspect(recipe, n: int, console) -> int:
     console.print(f"formats: {', '.join(s['formats'])}; template: {s['template']}; "
                   f"train_on: {recipe.data.train_on}; max_length: {recipe.data.max_length}; truncation: {recipe.data.truncation}",
                   markup=False, highlight=False)
+    if s.get("template_note"):
+        console.print(s["template_note"], style="yellow", markup=False, highlight=False)
     if "packing" in s:
         console.print(f"packing: {s['train']['rows']:,} rows → {s['packing']['rows']:,} packed rows, "
                       f"{s['packing']['efficiency']:.1%} of slots hold tokens", markup=False, highlight=False)

@@ -51,13 +51,25 @@ class EncodedExample:
     untrained: bool = False
 
 
+def leading_bos(tokenizer) -> str | None:
+    """The BOS text a row must start with: the tokenizer's, when encoding plain text puts it first."""
+    bos_id = tokenizer.bos_token_id
+    if bos_id is None or not tokenizer.bos_token:
+        return None
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return tokenizer.bos_token if ids and ids[0] == bos_id else None
+
+
 def render_example(tokenizer, template: str | None, example: Example, *, train_on: str = "assistant",
-                   system_prompt: str | None = None) -> Rendered:
+                   system_prompt: str | None = None, bos: str | None = None) -> Rendered:
+    """``example`` as text with its trained spans; a chat render starts with ``bos`` when given and missing."""
     if example.is_chat:
         messages = example.messages
         if system_prompt is not None and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": system_prompt}, *messages]
         text, spans = assistant_spans(tokenizer, template, messages)
+        if bos and not text.startswith(bos):  # a template written for another family (e.g. ChatML on Gemma)
+            text, spans = bos + text, [(a + len(bos), b + len(bos)) for a, b in spans]
         return Rendered(text, spans[-1:] if train_on == "last_assistant" else spans, spans[-1] if spans else None,
                         raw=False, all_tokens=train_on == "all")
     text = "".join(s for s, _ in example.segments)
@@ -133,9 +145,9 @@ def encode_rendered(tokenizer, items: list[Rendered], max_length: int, truncatio
 def encode_examples(tokenizer, template: str | None, examples: list[Example], max_length: int, *, train_on: str = "assistant",
                     truncation: str = "left", system_prompt: str | None = None, batch_size: int = 512) -> list[EncodedExample]:
     """Every example's rows, rendered and tokenized ``batch_size`` at a time."""
-    out = []
+    out, bos = [], leading_bos(tokenizer)
     for start in range(0, len(examples), batch_size):
-        items = [render_example(tokenizer, template, ex, train_on=train_on, system_prompt=system_prompt)
+        items = [render_example(tokenizer, template, ex, train_on=train_on, system_prompt=system_prompt, bos=bos)
                  for ex in examples[start : start + batch_size]]
         out.extend(encode_rendered(tokenizer, items, max_length, truncation))
     return out

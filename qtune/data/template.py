@@ -14,32 +14,41 @@ Tokenizing, masking and truncation on top of these spans live in :mod:`qtune.dat
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from qtune.data.formats import Messages
 from qtune.errors import QtuneError
-
-# Named fallbacks for tokenizers that ship without a template. ChatML's turns end with the
-# tokenizer's own EOS (``<|im_end|>`` where that is the EOS, ``</s>`` for Llama-2), so a base model
-# learns to stop without new special tokens.
-NAMED_TEMPLATES = {
-    "chatml": (
-        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-        "eos_token + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-    ),
-}
-FALLBACK_TEMPLATE = "chatml"
+from qtune.registry.templates import FALLBACK_TEMPLATE, NAMED_TEMPLATES
 
 
-def resolve_template(tokenizer, choice: str) -> tuple[str, str]:
-    """``(name, jinja source)`` of the template ``data.chat_template`` picks (``auto``: the tokenizer's, else chatml)."""
-    if choice in ("auto", "tokenizer"):
-        if tokenizer.chat_template:
-            return "tokenizer", tokenizer.chat_template
-        if choice == "tokenizer":
-            raise QtuneError(
-                f"data.chat_template: the tokenizer has no chat template; name one of {', '.join(NAMED_TEMPLATES)} or use auto"
-            )
-        return FALLBACK_TEMPLATE, NAMED_TEMPLATES[FALLBACK_TEMPLATE]
-    return choice, NAMED_TEMPLATES[choice]
+@dataclass(frozen=True)
+class ChosenTemplate:
+    """The template a run renders with: its name, Jinja source, and a line for the user when it is not the model's own."""
+
+    name: str  # "tokenizer" for the model's own, else a key of NAMED_TEMPLATES
+    source: str
+    note: str | None = None
+
+
+def resolve_template(tokenizer, choice: str, family_template: str | None = None) -> ChosenTemplate:
+    """The template ``data.chat_template`` picks.
+
+    ``auto``: the model's own (``tokenizer.chat_template``), else ``family_template`` (the family's
+    known one, from the registry), else ChatML — never silently: the fallback comes with a note.
+    """
+    if choice not in ("auto", "tokenizer"):
+        return ChosenTemplate(choice, NAMED_TEMPLATES[choice])
+    if tokenizer.chat_template:
+        return ChosenTemplate("tokenizer", tokenizer.chat_template)
+    others = ", ".join(NAMED_TEMPLATES)
+    if choice == "tokenizer":
+        raise QtuneError(f"data.chat_template: the model has no chat template of its own; name one of {others} or use auto")
+    name = family_template if family_template in NAMED_TEMPLATES else FALLBACK_TEMPLATE
+    why = "its family's" if name == family_template else "the fallback"
+    return ChosenTemplate(name, NAMED_TEMPLATES[name], (
+        f"template: the model has no chat template of its own; using {name} ({why}); "
+        f"set data.chat_template to one of {others} to choose"
+    ))
 
 
 def render(tokenizer, template: str, conversations: list[Messages], add_generation_prompt: bool = False) -> list[str]:

@@ -201,7 +201,7 @@ def build_report(run: Path, settings: EvalSettings, device: str, console=print) 
     if recipe.model.path in PACKAGED_MODELS and rows and rows[0]["stage"].startswith("reference"):
         spec = PACKAGED_MODELS[recipe.model.path]
         rows[0]["notes"] = rows[0]["notes"] + [
-            f"the packaged base ships as {Path(spec.file).name}; its reference is that GGUF dequantized to float32, "
+            f"the packaged base ships as {spec.weights} ({spec.gguf_name}); its reference is that GGUF dequantized to float32, "
             "so every row here re-quantizes weights that were already 4-bit, not the original 16-bit release"
         ]
     return {

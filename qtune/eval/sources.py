@@ -158,8 +158,10 @@ def _load_run(src: ModelSource, device: str) -> Loaded:
     from qtune.models.load import load_tokenizer, load_trained
 
     recipe = rundir.load_run_recipe(src.path)
-    model = load_trained(str(src.path / rundir.ADAPTER), recipe.model, recipe.quant, device)
-    tok = load_tokenizer(recipe.model)
+    adapter = src.path / rundir.ADAPTER
+    model = load_trained(str(adapter), recipe.model, recipe.quant, device)
+    # The adapter's tokenizer carries the chat template the run trained with (the base may have none).
+    tok = _tokenizer(adapter, src.spec) if (adapter / "tokenizer_config.json").is_file() else load_tokenizer(recipe.model)
     note = f"base {recipe.model.path} loaded as the recipe says (quant {recipe.quant.method}) + adapter"
     return Loaded(model, tok, src, recipe.quant.compute_dtype if recipe.quant.method != "none" else "", [note])
 

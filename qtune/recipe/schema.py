@@ -12,15 +12,16 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from qtune.data.sources import HUB_PREFIX
+from qtune.registry.templates import TEMPLATE_CHOICES
 from qtune.kernels.dispatch import KERNEL_MODES
 from qtune.export.formats import DEFAULT_MERGE_BASE, EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
 
 DType = Literal["bfloat16", "float16", "float32", "auto"]
 ComputeDType = Literal["bfloat16", "float16", "float32"]
 QuantMethod = Literal["nf4", "fp4", "int8", "none"]
-# Keep in step with qtune.data.formats.FORMATS and qtune.data.template.NAMED_TEMPLATES (a test checks it).
+# Keep in step with qtune.data.formats.FORMATS (a test checks it).
 DataFormat = Literal["auto", "chat", "sharegpt", "instruction", "prompt_completion", "text"]
-ChatTemplate = Literal["auto", "tokenizer", "chatml"]
+ChatTemplate = Literal[TEMPLATE_CHOICES]  # auto | tokenizer | a template qtune knows by name
 TrainOn = Literal["assistant", "last_assistant", "all"]
 Truncation = Literal["left", "drop"]
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
@@ -94,7 +95,7 @@ class DataSection(Section):
     eval: Optional[DataSource] = Field(None, description="held-out file; else data.eval_fraction of train")
     eval_fraction: float = Field(0.05, ge=0, lt=1)
     format: DataFormat = "auto"
-    chat_template: ChatTemplate = Field("auto", description="auto: the tokenizer's own, else chatml")
+    chat_template: ChatTemplate = Field("auto", description="auto: the model's own, else its family's, else chatml (said in one line)")
     system_prompt: Optional[str] = None
     train_on: TrainOn = Field("assistant", description="tokens with a loss: every assistant turn, the last one, or all")
     max_length: int = Field(512, ge=8)

@@ -107,6 +107,8 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
         say(f"data: {data.stats['train']['rows']} train / {data.stats['eval']['rows']} eval rows, "
             f"{data.stats['train']['trained_tokens']} trained tokens per epoch (cache {data.stats['cache']}, {data.stats['load_s']:.1f}s)"
             + (f", packed into {data.stats['packing']['rows']} rows" if recipe.data.packing else ""))
+        if data.stats.get("template_note"):
+            say(data.stats["template_note"])
         refuse_training(data, recipe.data, tokenizer)
         if not data.eval:
             raise QtuneError("data.eval: the eval split is empty; set data.eval to a file or data.eval_fraction > 0")
@@ -134,6 +136,8 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
         eval_after = trainer.final_eval_loss()
     say(f"eval loss after training:  {eval_after:.4f} ({(eval_after - eval_before) / eval_before:+.1%})")
 
+    if data.chat_template is not None:  # generate, chat, merge and every export format prompts as training did
+        tokenizer.chat_template = data.chat_template
     with rundir.atomic_path(run / rundir.ADAPTER, directory=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -9,7 +9,7 @@ import pytest
 
 from qtune.data.formats import FORMATS, detect_format, to_example
 from qtune.data.sources import read_rows
-from qtune.data.template import NAMED_TEMPLATES
+from qtune.registry.templates import NAMED_TEMPLATES
 from qtune.errors import QtuneError
 from qtune.recipe.schema import ChatTemplate, DataFormat
 

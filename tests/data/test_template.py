@@ -7,7 +7,8 @@ import pytest
 from qtune.data.formats import to_example
 from qtune.data.inspect import spans
 from qtune.data.masking import IGNORE_INDEX, encode_example, turn_ends_with_eos
-from qtune.data.template import NAMED_TEMPLATES, resolve_template, spans_by_placeholder, spans_by_prefix
+from qtune.data.template import resolve_template, spans_by_placeholder, spans_by_prefix
+from qtune.registry.templates import NAMED_TEMPLATES
 
 CHAT = [
     {"role": "system", "content": "You answer briefly."},
@@ -27,7 +28,7 @@ def trained_runs(row: dict) -> list[list[int]]:
 
 
 def encode(tok, example, **kw):
-    _, template = resolve_template(tok, "auto")
+    template = resolve_template(tok, "auto").source
     return encode_example(tok, template, example, kw.pop("max_length", 512), **kw)
 
 
@@ -44,7 +45,7 @@ def test_chat_formats_train_exactly_each_assistant_turn_and_its_eos(smol_tokeniz
     (row,) = out.rows
     assert trained_runs(row) == [ids(tok, "Four.") + [tok.eos_token_id], ids(tok, "Six, of course.") + [tok.eos_token_id]]
     # everything else (system, user turns, role headers, the newline after EOS) is masked, and ids match the full render
-    _, template = resolve_template(tok, "auto")
+    template = resolve_template(tok, "auto").source
     assert row["input_ids"] == ids(tok, tok.apply_chat_template(CHAT, chat_template=template, tokenize=False))
     assert all(l in (IGNORE_INDEX, t) for t, l in zip(row["input_ids"], row["labels"]))
 
@@ -114,8 +115,10 @@ def test_chatml_fallback_when_the_tokenizer_has_none(smol_tokenizer):
     saved = tok.chat_template
     try:
         tok.chat_template = None
-        name, template = resolve_template(tok, "auto")
+        chosen = resolve_template(tok, "auto")
+        name, template = chosen.name, chosen.source
         assert name == "chatml"
+        assert chosen.note.startswith("template: the model has no chat template of its own; using chatml (the fallback)")
         (row,) = encode_example(tok, template, to_example({"messages": CHAT}, "w", "chat"), 512).rows
         assert trained_runs(row) == [ids(tok, "Four.") + [tok.eos_token_id], ids(tok, "Six, of course.") + [tok.eos_token_id]]
         assert turn_ends_with_eos(tok, template)
@@ -125,7 +128,7 @@ def test_chatml_fallback_when_the_tokenizer_has_none(smol_tokenizer):
 
 def test_template_whose_turn_does_not_end_with_eos_is_detected(smol_tokenizer):
     tok = smol_tokenizer
-    _, template = resolve_template(tok, "auto")
+    template = resolve_template(tok, "auto").source
     saved = tok.eos_token
     try:
         tok.eos_token = "<|endoftext|>"  # the template still closes turns with <|im_end|>
@@ -137,7 +140,7 @@ def test_template_whose_turn_does_not_end_with_eos_is_detected(smol_tokenizer):
 
 def test_placeholder_spans_agree_with_prefix_spans(smol_tokenizer):
     tok = smol_tokenizer
-    _, template = resolve_template(tok, "auto")
+    template = resolve_template(tok, "auto").source
     (text,) = tok.apply_chat_template([CHAT], chat_template=template, tokenize=False)
     fast = spans_by_placeholder(tok, template, CHAT, text)
     slow = spans_by_prefix(tok, template, CHAT, text)
@@ -154,3 +157,66 @@ def test_a_template_that_edits_content_falls_back_to_prefix_spans(smol_tokenizer
     assert spans_by_placeholder(tok, trimming, messages, text) is None
     (row,) = encode_example(tok, trimming, to_example({"messages": messages}, "w", "chat"), 512).rows
     assert trained_runs(row) == [ids(tok, "Four.") + [tok.eos_token_id]]
+
+
+# Each named template's end of turn: what its family stops generating on.
+TURN_ENDS = {"chatml": None, "llama3": "<|eot_id|>", "gemma": "<end_of_turn>", "phi3": "<|end|>", "mistral": None}  # None: EOS
+
+
+def test_every_named_template_has_a_stated_turn_end():
+    assert set(TURN_ENDS) == set(NAMED_TEMPLATES)
+
+
+@pytest.mark.parametrize("name", list(NAMED_TEMPLATES))
+def test_named_templates_mask_exactly_the_assistant_turns(smol_tokenizer, name):
+    """Every turn is found (by placeholder or prefix), the system message survives, each reply is followed
+    by the template's end of turn, and a span runs through it when it is the tokenizer's EOS (SmolLM2's
+    is <|im_end|>: the other families' ends stay outside, and train's EOS check refuses them)."""
+    tok = smol_tokenizer
+    template = resolve_template(tok, name).source
+    text = tok.apply_chat_template(CHAT, chat_template=template, tokenize=False)
+    assert "You answer briefly." in text and text.count("Four.") == 1
+    spans_ = spans_by_placeholder(tok, template, CHAT, text) or spans_by_prefix(tok, template, CHAT, text)
+    replies = [text[a:b] for a, b in spans_]
+    end = TURN_ENDS[name] or tok.eos_token
+    assert [r.removesuffix(tok.eos_token).strip() for r in replies] == ["Four.", "Six, of course."], replies
+    for a, b in spans_:
+        assert text[a:b].endswith(end) if end == tok.eos_token else text[b:].startswith(end), (name, text[a : b + 20])
+    assert turn_ends_with_eos(tok, template) == (end == tok.eos_token)
+
+
+def test_a_family_template_is_used_before_the_fallback_and_said(smol_tokenizer):
+    tok = smol_tokenizer
+    saved = tok.chat_template
+    try:
+        tok.chat_template = None
+        chosen = resolve_template(tok, "auto", family_template="gemma")
+        assert (chosen.name, chosen.source) == ("gemma", NAMED_TEMPLATES["gemma"])
+        assert "using gemma (its family's)" in chosen.note
+        assert resolve_template(tok, "auto", family_template="unknown").name == "chatml"
+        with pytest.raises(Exception, match="data.chat_template: the model has no chat template of its own"):
+            resolve_template(tok, "tokenizer")
+    finally:
+        tok.chat_template = saved
+    assert resolve_template(tok, "auto", family_template="gemma").note is None  # the model's own wins, silently
+
+
+def test_rows_start_with_bos_when_the_tokenizer_adds_one(smol_tokenizer):
+    """A model that expects BOS (Gemma, Llama) gets it even under a template that does not print it (Phi-3's)."""
+    from tokenizers.processors import TemplateProcessing
+
+    tok = smol_tokenizer
+    template = NAMED_TEMPLATES["phi3"]
+    example = to_example({"messages": CHAT}, "w", "chat")
+    plain = encode_example(tok, template, example, 512).rows[0]
+    bos = tok.bos_token  # SmolLM2 names one but adds none itself
+    assert plain["input_ids"][0] != tok.bos_token_id
+    saved = tok.backend_tokenizer.post_processor
+    try:
+        tok.backend_tokenizer.post_processor = TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tok.bos_token_id)])
+        assert tok("a")["input_ids"][0] == tok.bos_token_id
+        (row,) = encode_example(tok, template, example, 512).rows
+    finally:
+        tok.backend_tokenizer.post_processor = saved
+    assert row["input_ids"] == [tok.bos_token_id] + plain["input_ids"]
+    assert row["labels"] == [IGNORE_INDEX] + plain["labels"]

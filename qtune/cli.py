@@ -52,6 +52,7 @@ def cmd_train(args) -> int:
         distributed.relaunch(nproc, args.argv)  # does not return
     from rich.console import Console
 
+    from qtune.errors import Interrupted
     from qtune.train.run import train
 
     console = Console(stderr=True)
@@ -59,7 +60,14 @@ def cmd_train(args) -> int:
         from qtune.plan.cli import check_before_train
 
         check_before_train(recipe, args.memory, console if distributed.is_main() else Console(quiet=True))
-    summary = train(recipe, overwrite=args.overwrite, resume=args.resume, console=console)
+    try:
+        summary = train(recipe, overwrite=args.overwrite, resume=args.resume, console=console)
+    except Interrupted as e:
+        import shlex
+
+        if distributed.is_main():
+            print(f"{e}; resume with: {shlex.join(['qtune', 'train', args.recipe, *args.overrides, '--resume'])}", file=sys.stderr)
+        return e.exit_code
     if not distributed.is_main():
         return 0
     console.print(

@@ -16,6 +16,14 @@ class QtuneError(Exception):
         self.lines = lines or [message]
 
 
+class Interrupted(QtuneError):
+    """Training stopped on SIGINT/SIGTERM after checkpointing; the CLI adds how to resume."""
+
+    def __init__(self, message: str, *, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class RecipeError(QtuneError):
     """A recipe that does not validate; ``lines`` holds one ``field.path: problem`` per error."""
 

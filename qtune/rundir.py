@@ -3,12 +3,14 @@
 Other commands and users rely on this layout::
 
     <output_dir>/
-      recipe.yaml      the resolved recipe
+      recipe.yaml      the resolved recipe (written when training starts; a failed start leaves nothing)
+      run_state.json   what --resume needs: layout version, tracking run id, eval loss before training
       adapter/         peft adapter (loads with PeftModel.from_pretrained)
       metrics.jsonl    one JSON object per logged step: step, loss, lr, tokens_per_s[, eval_loss]
       summary.json     eval_loss_before/after, steps, train_tokens, tokens_per_s, peak_memory_bytes, wall_s
       loss.png         train and eval loss curves
-      checkpoints/     Trainer checkpoints (checkpoint-N), each renamed into place when complete
+      checkpoints/     Trainer checkpoints (checkpoint-N), each renamed into place when complete; the newest
+                       train.keep_checkpoints are kept (see qtune.train.resume)
       exports/<name>/  merged / GPTQ / AWQ / GGUF exports, each with qtune_export.json, fidelity.json, README.md
       report.{md,json,png}  the fidelity table written by ``qtune report``
 
@@ -32,7 +34,7 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 LOSS_PLOT = "loss.png"
 CHECKPOINTS = "checkpoints"
-
+RUN_STATE = "run_state.json"
 
 
 def is_finished_run(path: Path) -> bool:

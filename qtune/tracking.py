@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -23,13 +24,19 @@ def wandb_key_configured() -> bool:
         return False
 
 
-def configure(tracking, run_dir: Path) -> tuple[list[str], dict[str, str]]:
-    """The Trainer's ``report_to`` for ``tracking.backend`` and the environment it reads."""
+def configure(tracking, run_dir: Path, run_id: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """The Trainer's ``report_to`` for ``tracking.backend`` and the environment it reads.
+
+    ``run_id`` (kept in the run directory) makes a resumed run continue the same wandb run;
+    tensorboard continues by writing to the same folder.
+    """
     if tracking.backend == "none":
         return [], {}
     if tracking.backend == "tensorboard":
         return ["tensorboard"], {"TENSORBOARD_LOGGING_DIR": str(run_dir / "tensorboard")}
     env = {"WANDB_DIR": str(run_dir), "WANDB_PROJECT": tracking.project, "WANDB_SILENT": os.environ.get("WANDB_SILENT", "true")}
+    if run_id:
+        env.update(WANDB_RUN_ID=run_id, WANDB_RESUME="allow")
     if not wandb_key_configured():
         env["WANDB_MODE"] = os.environ.get("WANDB_MODE", "offline")
     return ["wandb"], env
@@ -37,12 +44,16 @@ def configure(tracking, run_dir: Path) -> tuple[list[str], dict[str, str]]:
 
 @contextmanager
 def environment(values: dict[str, str]) -> Iterator[None]:
-    """Set ``values`` in ``os.environ`` for the block and restore what was there before."""
+    """Set ``values`` in ``os.environ`` for the block and restore what was there before; a wandb run begun in it ends with it."""
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
         yield
     finally:
+        wandb = sys.modules.get("wandb")
+        if "WANDB_PROJECT" in values and wandb is not None and getattr(wandb, "run", None) is not None:
+            wandb.finish()  # else the next train in this process would log into this run,
+            wandb.teardown()  # and wandb's settings singleton would keep this run's WANDB_DIR
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 from qtune import __version__
@@ -76,6 +77,6 @@ def load(path: Path) -> tuple[dict[str, list[dict]], dict] | None:
                 ids, labels = z[f"{name}_input_ids"].tolist(), z[f"{name}_labels"].tolist()
                 starts = [0, *ends[:-1]]
                 splits[name] = [{"input_ids": ids[a:b], "labels": labels[a:b]} for a, b in zip(starts, ends)]
-    except (OSError, ValueError, KeyError):  # a corrupt or foreign file is a miss, rewritten below
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # a corrupt or foreign file is a miss, rewritten below
         return None
     return splits, stats

@@ -82,6 +82,9 @@ def resolve_source(spec: str) -> ModelSource:
         return ModelSource("gguf", spec, path)
     if spec in PACKAGED_MODELS:
         return ModelSource("packaged", spec)
+    if path.is_file():
+        raise QtuneError(f"MODEL: '{spec}' is a file but not a .gguf model; give a run, export or checkpoint directory, "
+                         f"a .gguf file, a packaged name or a Hub id")
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise QtuneError(f"MODEL: no such file or directory '{spec}' (packaged models: {', '.join(PACKAGED_MODELS)})")
     return ModelSource("hub", spec)

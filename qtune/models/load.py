@@ -83,6 +83,7 @@ def load_base_model(model: "ModelSection", quant: "QuantSection", device: str):
 
     ``device`` is one device for the whole model: ``cpu``, ``cuda``, or a rank's own ``cuda:N``.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     builder = QUANT_METHODS[quant.method]
@@ -97,13 +98,21 @@ def load_base_model(model: "ModelSection", quant: "QuantSection", device: str):
     path = resolve_model_path(model.path)
     try:
         loaded = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as e:
+    except (OSError, ValueError, SafetensorError) as e:  # missing or corrupt weights, a config transformers rejects
+        if model.path in PACKAGED_MODELS:
+            raise QtuneError(f"model.path: the converted cache of '{model.path}' does not load ({_first_line(e)}); "
+                             f"delete {path} and it is rebuilt") from None
         raise QtuneError(
-            f"model.path: could not load '{model.path}' ({str(e).splitlines()[0]}); without Hub access give a "
+            f"model.path: could not load '{model.path}' ({_first_line(e)}); without Hub access give a "
             f"local checkpoint directory or a packaged model ({', '.join(PACKAGED_MODELS)})"
         ) from None
     keep_training_layout(loaded)  # bitsandbytes' CPU inference repack drops gradients: see bnb_layout
     return loaded
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def load_tokenizer(model: "ModelSection"):
@@ -112,8 +121,8 @@ def load_tokenizer(model: "ModelSection"):
     path = resolve_model_path(model.path)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=model.trust_remote_code, revision=model.revision)
-    except OSError as e:
-        raise QtuneError(f"model.path: could not load a tokenizer from '{model.path}' ({str(e).splitlines()[0]})") from None
+    except (OSError, ValueError) as e:  # no tokenizer files, or ones transformers cannot build a tokenizer from
+        raise QtuneError(f"model.path: could not load a tokenizer from '{model.path}' ({_first_line(e)})") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -140,10 +140,16 @@ def gguf_path(name: str) -> Path:
     return target
 
 
+def converted_path(name: str) -> Path:
+    """Where packaged model ``name``'s converted checkpoint lies in the cache (keyed by its GGUF file)."""
+    source = gguf_path(name)
+    return cache_root() / "models" / f"{name}-{_key([source])}"
+
+
 def materialize(name: str) -> Path:
     """Return a local transformers checkpoint for packaged model ``name``, converting it once."""
     source = gguf_path(name)
-    target = cache_root() / "models" / f"{name}-{_key([source])}"
+    target = converted_path(name)
     if (target / "config.json").is_file():
         return target
     print(f"qtune: converting packaged model '{name}' ({PACKAGED_MODELS[name].weights}) once into {target.parent}",

@@ -30,6 +30,7 @@ Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"]
 Device = Literal["auto", "cpu", "cuda"]
 TrackingBackend = Literal["wandb", "tensorboard", "none"]
+OnNonFinite = Literal["stop", "skip"]
 Kernels = Literal[tuple(KERNEL_MODES)]  # auto | triton | bitsandbytes, from qtune.kernels.dispatch
 ExportFormat = Literal[EXPORT_FORMATS]
 MergeBase = Literal[MERGE_BASES]
@@ -146,6 +147,10 @@ class TrainSection(Section):
     logging_steps: int = Field(1, ge=1)
     eval_steps: Optional[int] = Field(None, ge=1, description="also evaluates before and after")
     save_steps: Optional[int] = Field(None, ge=1)
+    keep_checkpoints: int = Field(3, ge=1, description="the newest N complete checkpoints are kept, older ones deleted")
+    on_nan: OnNonFinite = Field(
+        "stop", description="a step whose loss or gradients are NaN/inf: stop (keep the last good checkpoint) or skip its update"
+    )
     output_dir: str = "runs/qtune"
     device: Device = "auto"
     kernels: Kernels = Field("auto", description="4-bit LoRA layers: Triton kernels, bitsandbytes, or auto (the path measured fastest: bitsandbytes today)")

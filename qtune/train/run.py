@@ -4,30 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import resource
-import shutil
 import time
 from pathlib import Path
 
 from qtune import rundir
-from qtune.errors import QtuneError
-from qtune.recipe import Recipe, dump_recipe
+from qtune.errors import Interrupted, QtuneError
+from qtune.recipe import Recipe
 from qtune.train import distributed
-
-
-def prepare_run_dir(recipe: Recipe, overwrite: bool, resume: bool) -> Path:
-    run = Path(recipe.train.output_dir)
-    if run.exists() and any(run.iterdir()) and not (overwrite or resume):
-        raise QtuneError(
-            f"train.output_dir: '{run}' already holds a run; pass --resume to continue it, --overwrite to replace it, "
-            f"or set train.output_dir=<new dir>"
-        )
-    if overwrite and run.exists():
-        shutil.rmtree(run)
-    run.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        (run / rundir.METRICS).unlink(missing_ok=True)
-    rundir.write_text(run / rundir.RECIPE, dump_recipe(recipe))
-    return run
 
 
 def memory_probe(device: str):
@@ -36,11 +19,6 @@ def memory_probe(device: str):
     if device == "cuda":
         return torch.cuda.max_memory_allocated
     return lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak RSS, Linux reports KiB
-
-
-def latest_checkpoint(run: Path) -> str | None:
-    ckpts = sorted((run / rundir.CHECKPOINTS).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return str(ckpts[-1]) if ckpts else None
 
 
 def training_arguments(recipe: Recipe, run: Path, device: str, report_to: list[str]):
@@ -69,6 +47,7 @@ def training_arguments(recipe: Recipe, run: Path, device: str, report_to: list[s
         eval_steps=t.eval_steps,
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps,
+        save_total_limit=t.keep_checkpoints,
         report_to=report_to,
         run_name=recipe.tracking.run_name or run.name,
         use_cpu=device == "cpu",
@@ -112,7 +91,9 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     from qtune import tracking
     from qtune.data.dataset import build_datasets, refuse_training
     from qtune.models.load import load_tokenizer, resolve_device
+    from qtune.train.disk import base_parameters, check_free_disk, needed_bytes
     from qtune.train.plot import plot_loss
+    from qtune.train.resume import open_run
 
     t0 = time.perf_counter()
     device = resolve_device(recipe.train.device)
@@ -120,37 +101,46 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
         raise QtuneError(f"train.optimizer: '{recipe.train.optimizer}' needs a CUDA GPU (running on {device}); use adamw_torch")
     world = distributed.init(recipe.distributed, device)
     say = (console.print if console is not None else print) if world.is_main else (lambda *a, **k: None)
-    run = distributed.on_main(lambda: prepare_run_dir(recipe, overwrite, resume))  # the main process writes the run dir
-    resume_from = distributed.on_main(lambda: latest_checkpoint(run)) if resume else None  # one checkpoint for all ranks
+    # Checks only, nothing written before session.begin; the main process decides (one checkpoint for all ranks).
+    session = distributed.on_main(lambda: open_run(recipe, overwrite, resume, world.size))
+    session.writes = world.is_main  # the run directory is the main process's
+    run = session.run
     set_seed(recipe.train.seed)
+    report_to, tracking_env = tracking.configure(recipe.tracking, run, session.state["run_id"])
+    with session.attempt(), tracking.environment(tracking_env):
+        with distributed.main_first():  # the main process fills the data cache, the others read it
+            tokenizer = load_tokenizer(recipe.model)
+            data = build_datasets(recipe.data, tokenizer, recipe.train.seed)
+        say(f"data: {data.stats['train']['rows']} train / {data.stats['eval']['rows']} eval rows, "
+            f"{data.stats['train']['trained_tokens']} trained tokens per epoch (cache {data.stats['cache']}, {data.stats['load_s']:.1f}s)"
+            + (f", packed into {data.stats['packing']['rows']} rows" if recipe.data.packing else ""))
+        if data.stats.get("template_note"):
+            say(data.stats["template_note"])
+        refuse_training(data, recipe.data, tokenizer)
+        if not data.eval:
+            raise QtuneError("data.eval: the eval split is empty; set data.eval to a file or data.eval_fraction > 0")
 
-    with distributed.main_first():  # the main process fills the data cache, the others read it
-        tokenizer = load_tokenizer(recipe.model)
-        data = build_datasets(recipe.data, tokenizer, recipe.train.seed)
-    say(f"data: {data.stats['train']['rows']} train / {data.stats['eval']['rows']} eval rows, "
-        f"{data.stats['train']['trained_tokens']} trained tokens per epoch (cache {data.stats['cache']}, {data.stats['load_s']:.1f}s)"
-        + (f", packed into {data.stats['packing']['rows']} rows" if recipe.data.packing else ""))
-    if data.stats.get("template_note"):
-        say(data.stats["template_note"])
-    refuse_training(data, recipe.data, tokenizer)
-    if not data.eval:
-        raise QtuneError("data.eval: the eval split is empty; set data.eval to a file or data.eval_fraction > 0")
+        model, kernels = build_model(recipe, device)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        say(f"model: {recipe.model.path} ({recipe.quant.method}) on {device}, {trainable:,} trainable LoRA parameters, {kernels} kernels"
+            + (f", {recipe.distributed.strategy} over {world.size} processes" if world.size > 1 else ""))
+        distributed.on_main(lambda: check_free_disk(run, needed_bytes(recipe, trainable, base_parameters(model))))
 
-    model, kernels = build_model(recipe, device)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    say(f"model: {recipe.model.path} ({recipe.quant.method}) on {device}, {trainable:,} trainable LoRA parameters, {kernels} kernels"
-        + (f", {recipe.distributed.strategy} over {world.size} processes" if world.size > 1 else ""))
-
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    probe = memory_probe(device)
-    report_to, tracking_env = tracking.configure(recipe.tracking, run)
-    with tracking.environment(tracking_env):
-        trainer = _build_trainer(recipe, model, data, tokenizer, run, device, report_to, probe)
-        eval_before = trainer.evaluate()["eval_loss"]
-        say(f"eval loss before training: {eval_before:.4f}")
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        probe = memory_probe(device)
+        trainer = _build_trainer(recipe, model, data, tokenizer, run, device, report_to, probe, say)
+        session.begin(recipe, data.train)
+        distributed.barrier()  # the run directory is laid out before any rank trains
+        eval_before = session.eval_before
+        if eval_before is None:
+            eval_before = trainer.evaluate()["eval_loss"]
+            session.record_eval_before(eval_before)
+        say(f"eval loss before training: {eval_before:.4f}" + (f" (stored; resuming from step {session.resume_step})" if session.resuming else ""))
         t_train, eval_s = time.perf_counter(), trainer.eval_seconds
-        result = trainer.train(resume_from_checkpoint=resume_from)
+        with trainer.signal_stop.installed():
+            result = trainer.train(resume_from_checkpoint=str(session.checkpoint) if session.resuming else None)
+        _refuse_stopped(trainer, run)
         train_s = time.perf_counter() - t_train - (trainer.eval_seconds - eval_s)  # periodic evals excluded
         eval_after = trainer.final_eval_loss()
     say(f"eval loss after training:  {eval_after:.4f} ({(eval_after - eval_before) / eval_before:+.1%})")
@@ -179,6 +169,9 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
         "world_size": world.size,
         "global_batch_size": recipe.train.global_batch_size(world.size),
         "distributed": distributed.wrapping(trainer),
+        "resumed_from_step": session.resume_step,
+        "sessions": session.state["sessions"],
+        "nonfinite_steps_skipped": trainer.nonfinite.bad_steps,  # this session's
     }
     rundir.write_json(run / rundir.SUMMARY, summary)
     plot_loss(rundir.read_metrics(run), run / rundir.LOSS_PLOT, f"{recipe.model.path} · {recipe.quant.method} · LoRA r={recipe.lora.rank}")
@@ -189,23 +182,44 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     return summary
 
 
-def _build_trainer(recipe: Recipe, model, data, tokenizer, run: Path, device: str, report_to: list[str], probe):
+def _refuse_stopped(trainer, run: Path) -> None:
+    """After ``trainer.train`` returns early: the one line saying why, and how to go on."""
+    from qtune.train.resume import complete_checkpoints
+
+    ckpts = complete_checkpoints(run)
+    newest = str(ckpts[-1]) if ckpts else "none (set train.save_steps)"
+    if trainer.nonfinite.policy == "stop" and trainer.nonfinite.bad_steps:
+        raise QtuneError(f"step {trainer.nonfinite.bad_steps[-1]}: loss or gradients are NaN/inf; stopped without saving "
+                         f"that step (train.on_nan: stop); newest good checkpoint: {newest}; resume with train.on_nan=skip "
+                         f"to skip such steps, or lower train.lr in a new run")
+    if trainer.signal_stop.received is not None and trainer.state.global_step < trainer.state.max_steps:
+        from qtune.train.guards import SIGNAL_EXIT
+
+        signum = trainer.signal_stop.received
+        raise Interrupted(f"interrupted at step {trainer.state.global_step}; wrote {newest}",
+                          exit_code=SIGNAL_EXIT.get(signum, 130))
+
+
+def _build_trainer(recipe: Recipe, model, data, tokenizer, run: Path, device: str, report_to: list[str], probe, say=print):
     from transformers import PrinterCallback
 
     from qtune.data.dataset import collator_for
     from qtune.train.callbacks import LayoutGuard, MetricsCallback, RichProgressCallback
+    from qtune.train.guards import NonFiniteGuard, SignalStop
     from qtune.train.trainer import QtuneTrainer
 
     metrics = MetricsCallback(run / rundir.METRICS)
+    signal_stop, nonfinite = SignalStop(), NonFiniteGuard(recipe.train.on_nan, say)
     trainer = QtuneTrainer(
         model=model,
         args=training_arguments(recipe, run, device, report_to),
         train_dataset=data.train,
         eval_dataset=data.eval,
         data_collator=collator_for(recipe.data, tokenizer.pad_token_id),
-        callbacks=[LayoutGuard(), metrics, RichProgressCallback(metrics, probe)],
+        callbacks=[LayoutGuard(), metrics, RichProgressCallback(metrics, probe), signal_stop, nonfinite],
     )
     trainer.remove_callback(PrinterCallback)  # the rich bar and metrics.jsonl replace its raw dict prints
     metrics.eval_clock = lambda: trainer.eval_seconds
     trainer.metrics_log = metrics
+    trainer.signal_stop, trainer.nonfinite, nonfinite.trainer = signal_stop, nonfinite, trainer
     return trainer

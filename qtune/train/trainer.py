@@ -1,4 +1,4 @@
-"""``QtuneTrainer``: transformers' Trainer with atomic checkpoints and token-weighted eval loss."""
+"""``QtuneTrainer``: transformers' Trainer with atomic, rotated checkpoints and token-weighted eval loss."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from transformers import Trainer
 from qtune.data.collate import PadCollator, real_tokens
 from qtune.eval.loss import token_nll_sums
 from qtune.train import distributed
+from qtune.train.resume import prune_checkpoints
 
 
 class QtuneTrainer(Trainer):
@@ -20,6 +21,16 @@ class QtuneTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.eval_seconds = 0.0  # time spent in evaluate(), so throughput can leave it out
         self.last_eval: tuple[int, float] | None = None  # (step, loss) of the latest evaluation
+        self.loss_finite = None  # a bool tensor: every micro batch's loss of the current step was finite
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The Trainer's step; also notes whether its loss was finite (read by :class:`~qtune.train.guards.NonFiniteGuard`)."""
+        import torch
+
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        finite = torch.isfinite(loss.detach()).all()  # stays a tensor: no device sync per micro batch
+        self.loss_finite = finite if self.loss_finite is None else self.loss_finite & finite
+        return loss
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
         """Token-weighted mean NLL over the eval rows (see :mod:`qtune.eval.loss`), logged as ``eval_loss``.
@@ -59,7 +70,8 @@ class QtuneTrainer(Trainer):
         return self.evaluate()["eval_loss"]
 
     def _save_checkpoint(self, model, trial) -> None:
-        """Write ``checkpoint-N`` under a staging folder, then rename it into place when complete."""
+        """Write ``checkpoint-N`` under a staging folder, rename it into place when complete, keep the newest
+        ``args.save_total_limit`` (``train.keep_checkpoints``)."""
         final_root = self.args.output_dir
         staging_root = os.path.join(final_root, ".staging")
         name = f"checkpoint-{self.state.global_step}"
@@ -82,3 +94,5 @@ class QtuneTrainer(Trainer):
         # A pickled copy of TrainingArguments: resuming does not read it, and recipe.yaml says the same.
         (final / "training_args.bin").unlink(missing_ok=True)
         shutil.rmtree(staging_root, ignore_errors=True)
+        if self.args.save_total_limit:
+            prune_checkpoints(Path(final_root), self.args.save_total_limit)

@@ -87,17 +87,3 @@ def test_tracking_backends_write_offline(tmp_path, tiny_llama_dir, backend, monk
     else:
         offline = list((run / "wandb").glob("offline-run-*"))
         assert offline and list(offline[0].glob("*.wandb")), "wandb should leave a syncable offline run"
-
-
-def test_resume_continues_from_the_newest_checkpoint(tmp_path, tiny_llama_dir):
-    path = write_recipe(tmp_path / "r.yaml", model={"path": str(tiny_llama_dir)}, quant={"method": "none"},
-                        train={"max_steps": 2, "save_steps": 2})
-    first = load_recipe(path)
-    train(first)
-    run = Path(first.train.output_dir)
-    assert (run / rundir.CHECKPOINTS / "checkpoint-2").is_dir()
-    longer = load_recipe(path, ["train.max_steps=3"])
-    summary = train(longer, resume=True)
-    assert summary["steps"] == 3
-    steps = [m["step"] for m in rundir.read_metrics(run) if "loss" in m]
-    assert steps == [1, 2, 3], "metrics.jsonl keeps the first session's steps and appends the resumed one"

@@ -1,0 +1,265 @@
+"""Bad input of every kind a user can produce ends in one line naming the field or file, exit code 2.
+
+Each case builds its bad input under ``tmp_path`` and runs the real CLI entry
+(:func:`qtune.cli.main`) in-process. Asserted for every case: exit code 2, exactly one line with
+``error:`` on stderr and it names the field or file, no traceback, and the run directory left as
+it was (a run that failed never leaves something behind that blocks the retry). Most cases fail
+before a model loads; the model-path cases load a tokenizer from a copy of the tiny test model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qtune import rundir
+from qtune.cli import main
+
+from tests.conftest import DEMO_DATA, write_recipe
+
+
+class Ctx:
+    """What a case may build on: a temp folder, a good recipe there, and the tiny model's files."""
+
+    def __init__(self, tmp: Path, tiny: Path):
+        self.tmp, self.tiny = tmp, tiny
+        self.run = tmp / "run"
+
+    def recipe(self, name: str = "r.yaml", **sections) -> str:
+        sections.setdefault("model", {"path": str(self.tiny)})
+        sections.setdefault("quant", {"method": "none"})
+        return str(write_recipe(self.tmp / name, **sections))
+
+    def data(self, name: str, text: str, **data) -> str:
+        (self.tmp / name).write_text(text)
+        return self.recipe(data={"train": [str(self.tmp / name)], **data})
+
+    def model_copy(self, drop: tuple[str, ...] = ()) -> Path:
+        out = self.tmp / "model"
+        shutil.copytree(self.tiny, out, ignore=shutil.ignore_patterns(*drop) if drop else None)
+        return out
+
+    def fake_run(self, recipe: str, state: dict | None = None, **files: str) -> None:
+        """A run directory as ``train`` leaves it after begin: recipe.yaml, run_state.json (unless None), more files."""
+        from qtune.recipe import dump_recipe, load_recipe
+
+        self.run.mkdir(parents=True, exist_ok=True)
+        (self.run / rundir.RECIPE).write_text(dump_recipe(load_recipe(recipe)))
+        if state is not None:
+            (self.run / rundir.RUN_STATE).write_text(json.dumps(state))
+        for name, text in files.items():
+            (self.run / name).write_text(text)
+
+    def checkpoint(self, step: int, corrupt: str | None = None) -> Path:
+        """A checkpoint folder with readable files, or with ``corrupt`` truncated."""
+        import torch
+        from safetensors.torch import save_file
+
+        ck = self.run / rundir.CHECKPOINTS / f"checkpoint-{step}"
+        ck.mkdir(parents=True)
+        (ck / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        save_file({"w": torch.zeros(2)}, str(ck / "adapter_model.safetensors"))
+        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+            torch.save({"x": torch.zeros(64)}, ck / name)
+        if corrupt:
+            data = (ck / corrupt).read_bytes()
+            (ck / corrupt).write_bytes(data[: len(data) // 2])
+        return ck
+
+
+STATE = {"layout": 1, "run_id": "abc", "eval_loss_before": 1.0, "sessions": 1}
+CHAT = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+
+# (id, build(ctx) -> argv, text the error line must hold)
+CASES = [
+    # --- the recipe file and its YAML
+    ("recipe-missing", lambda c: ["train", str(c.tmp / "nope.yaml")], "nope.yaml: no such recipe file"),
+    ("yaml-syntax", lambda c: ["train", _write(c.tmp / "r.yaml", "model: {path: x\ndata: [")], "r.yaml:"),
+    ("yaml-tab-indent", lambda c: ["validate", _write(c.tmp / "r.yaml", "model:\n\tpath: x\n")], "not valid YAML"),
+    ("recipe-is-a-list", lambda c: ["train", _write(c.tmp / "r.yaml", "- a\n- b\n")], "a recipe is a mapping"),
+    ("recipe-is-a-number", lambda c: ["validate", _write(c.tmp / "r.yaml", "42\n")], "a recipe is a mapping of sections"),
+    ("recipe-not-utf8", lambda c: ["train", _write_bytes(c.tmp / "r.yaml", b"model:\n  path: \xff\xfe\n")], "r.yaml: not UTF-8 text"),
+    # --- recipe fields
+    ("unknown-section", lambda c: ["train", c.recipe(lorra={"rank": 4})], "lorra: 'lorra' is not a field"),
+    ("misspelled-key", lambda c: ["train", c.recipe(lora={"rnak": 4})], "did you mean 'rank'"),
+    ("rank-zero", lambda c: ["train", c.recipe(), "lora.rank=0"], "lora.rank:"),
+    ("lr-too-big", lambda c: ["train", c.recipe(), "train.lr=2"], "train.lr:"),
+    ("quant-method", lambda c: ["train", c.recipe(), "quant.method=nf5"], "quant.method: 'nf5'"),
+    ("scheduler-typo", lambda c: ["train", c.recipe(), "train.scheduler=cosin"], "did you mean 'cosine'"),
+    ("max-steps-text", lambda c: ["train", c.recipe(), "train.max_steps=abc"], "train.max_steps:"),
+    ("micro-batch-negative", lambda c: ["train", c.recipe(), "train.micro_batch_size=-1"], "train.micro_batch_size:"),
+    ("keep-checkpoints-zero", lambda c: ["train", c.recipe(), "train.keep_checkpoints=0"], "train.keep_checkpoints:"),
+    ("on-nan-choice", lambda c: ["train", c.recipe(), "train.on_nan=ignore"], "train.on_nan: 'ignore'"),
+    ("eval-fraction", lambda c: ["train", c.recipe(), "data.eval_fraction=1.5"], "data.eval_fraction:"),
+    ("model-missing", lambda c: ["train", _write(c.tmp / "r.yaml", yaml.safe_dump({"data": {"train": [str(DEMO_DATA / "train.jsonl")]}}))],
+     "model: required field is missing"),
+    ("model-path-empty", lambda c: ["train", c.recipe(model={"path": " "})], "model.path:"),
+    ("data-train-missing", lambda c: ["train", _write(c.tmp / "r.yaml", yaml.safe_dump({"model": {"path": "x"}}))],
+     "data: required field is missing"),
+    ("paged-optimizer-on-cpu", lambda c: ["train", c.recipe(), "train.optimizer=paged_adamw_8bit"], "train.optimizer:"),
+    ("export-format", lambda c: ["train", c.recipe(export={"formats": ["gguff"]})], "export.formats.0: 'gguff'"),
+    ("export-group-size", lambda c: ["train", c.recipe(export={"group_size": 4})], "export.group_size:"),
+    ("output-dir-is-a-file", lambda c: ["train", c.recipe(), f"train.output_dir={_write(c.tmp / 'afile', 'x')}"],
+     "train.output_dir: "),
+    # --- CLI overrides and flags
+    ("override-without-value", lambda c: ["train", c.recipe(), "train.lr"], "an override is written section.key=value"),
+    ("override-under-a-scalar", lambda c: ["train", c.recipe(), "train.max_steps.x=1"], "train.max_steps.x: cannot set a sub-key"),
+    ("resume-and-overwrite", lambda c: ["train", c.recipe(), "--resume", "--overwrite"], "not allowed with argument"),
+    ("unknown-flag", lambda c: ["train", c.recipe(), "--bogus"], "unrecognized arguments: --bogus"),
+    ("unknown-command", lambda c: ["trian", "r.yaml"], "invalid choice: 'trian'"),
+    ("export-format-flag", lambda c: ["export", str(c.run), "--format", "gguff"], "argument --format: invalid choice"),
+    ("eval-window-not-int", lambda c: ["eval", "x", "--window", "ten"], "argument --window: invalid int value"),
+    # --- data files and rows (fail after the tokenizer, before the model loads)
+    ("data-file-missing", lambda c: ["train", c.recipe(data={"train": [str(c.tmp / "none.jsonl")]})],
+     "data.train[0].path: no such file or folder"),
+    ("eval-file-missing", lambda c: ["train", c.recipe(data={"eval": str(c.tmp / "none.jsonl")})], "data.eval.path: no such file"),
+    ("jsonl-malformed", lambda c: ["train", c.data("d.jsonl", CHAT + '{"messages": [\n')], "d.jsonl:2: malformed JSON"),
+    ("jsonl-row-not-object", lambda c: ["train", c.data("d.jsonl", CHAT + "[1, 2]\n")], "d.jsonl:2: each line must be a JSON object"),
+    ("data-empty-file", lambda c: ["train", c.data("d.jsonl", "")], "holds no examples"),
+    ("data-unknown-columns", lambda c: ["train", c.data("d.jsonl", '{"foo": "a", "bar": "b"}\n', format="auto")],
+     "cannot tell the data format from columns bar, foo"),
+    ("chat-unknown-role", lambda c: ["train", c.data("d.jsonl", CHAT + '{"messages": [{"role": "wizard", "content": "x"}]}\n')],
+     "'wizard' is not a known role"),
+    ("chat-missing-content", lambda c: ["train", c.data("d.jsonl", '{"messages": [{"role": "user"}]}\n')], "needs 'role' and 'content'"),
+    ("data-suffix", lambda c: ["train", c.data("d.txt", "hello\n")], "cannot read 'd.txt'"),
+    ("json-not-a-list", lambda c: ["train", c.data("d.json", '"just a string"')], "d.json: a .json data file holds a list"),
+    ("parquet-garbage", lambda c: ["train", c.data("d.parquet", "not parquet at all")], "d.parquet: cannot read as parquet"),
+    ("data-folder-empty", lambda c: ["train", _mkdir(c.tmp / "empty") and c.recipe(data={"train": [str(c.tmp / "empty")]})],
+     "holds no"),
+    # --- model paths
+    ("model-dir-missing", lambda c: ["train", c.recipe(model={"path": str(c.tmp / "no-model")})], "model.path: no such directory"),
+    ("model-dir-no-config", lambda c: ["train", c.recipe(model={"path": str(_mkdir(c.tmp / "m"))})], "has no config.json"),
+    ("model-gguf-file", lambda c: ["train", c.recipe(model={"path": _write(c.tmp / "m.gguf", "GGUF")})], "model.path"),
+    ("model-config-corrupt", lambda c: ["train", c.recipe(model={"path": str(_corrupt(c.model_copy(), "config.json", "{not json"))})],
+     "config.json"),
+    ("model-no-weights", lambda c: ["train", c.recipe(model={"path": str(c.model_copy(drop=("*.safetensors",)))})], "model.path"),
+    ("model-weights-corrupt", lambda c: ["train", c.recipe(model={"path": str(_truncate(c.model_copy(), "model.safetensors"))})],
+     "model.path: could not load"),
+    ("model-no-tokenizer", lambda c: ["train", c.recipe(model={"path": str(c.model_copy(drop=("tokenizer*", "special_tokens*")))})],
+     "model.path"),
+    ("packaged-model-cache-corrupt", lambda c: ["train", c.recipe(model={"path": "smollm2-135m-instruct"}, quant={"method": "none"})
+                                                 if _fake_converted_cache(c) else ""], "delete "),
+    # --- run directories
+    ("run-exists", lambda c: (c.fake_run(c.recipe(), STATE), ["train", c.recipe()])[1], "already holds a run; pass --resume"),
+    ("resume-not-a-run", lambda c: (_write(_mkdir(c.run) / "notes.txt", "x"), ["train", c.recipe(), "--resume"])[1],
+     "holds no qtune run (recipe.yaml missing)"),
+    ("resume-finished-run", lambda c: (c.fake_run(c.recipe(), STATE, **{rundir.SUMMARY: "{}"}), ["train", c.recipe(), "--resume"])[1],
+     "holds a finished run (summary.json)"),
+    ("resume-other-version", lambda c: (c.fake_run(c.recipe()), ["train", c.recipe(), "--resume"])[1],
+     "run_state.json: missing; this run was written by another qtune version"),
+    ("resume-other-layout", lambda c: (c.fake_run(c.recipe(), {**STATE, "layout": 99}), ["train", c.recipe(), "--resume"])[1],
+     "run_state.json: run layout 99"),
+    ("resume-state-corrupt", lambda c: (c.fake_run(c.recipe(), STATE, **{rundir.RUN_STATE: "{trunc"}), ["train", c.recipe(), "--resume"])[1],
+     "run_state.json: cannot be read"),
+    ("resume-recipe-corrupt", lambda c: (c.fake_run(c.recipe(), STATE, **{rundir.RECIPE: "a: [\n"}), ["train", c.recipe(), "--resume"])[1],
+     "recipe.yaml: cannot be read"),
+    ("resume-changed-lr", lambda c: (c.fake_run(c.recipe(), STATE), ["train", c.recipe(), "train.lr=1e-3", "lora.rank=8", "--resume"])[1],
+     "lora.rank (16 → 8), train.lr (0.0002 → 0.001)"),
+    ("resume-corrupt-optimizer", lambda c: (c.fake_run(c.recipe(), STATE), c.checkpoint(4, corrupt="optimizer.pt"),
+                                            ["train", c.recipe(), "--resume"])[2], "checkpoint-4/optimizer.pt: corrupted checkpoint file"),
+    ("resume-corrupt-adapter", lambda c: (c.fake_run(c.recipe(), STATE), c.checkpoint(4, corrupt="adapter_model.safetensors"),
+                                          ["train", c.recipe(), "--resume"])[2], "checkpoint-4/adapter_model.safetensors: corrupted"),
+    ("resume-checkpoint-missing-file", lambda c: (c.fake_run(c.recipe(), STATE), (c.checkpoint(4) / "scheduler.pt").unlink(),
+                                                  ["train", c.recipe(), "--resume"])[2], "checkpoint-4/scheduler.pt: missing"),
+    ("resume-data-changed", lambda c: (c.fake_run(c.recipe(), {**STATE, "train_rows_sha256": "0" * 64}), c.checkpoint(4),
+                                       ["train", c.recipe(), "--resume"])[2], "data.train: the training rows differ"),
+    ("export-not-a-run", lambda c: ["export", str(_mkdir(c.run)), "--format", "merged"], "is not a finished qtune run"),
+    ("eval-model-missing", lambda c: ["eval", str(c.tmp / "nothing")], "MODEL: no such file or directory"),
+    ("eval-model-is-a-recipe", lambda c: ["eval", c.recipe()], "is a file but not a .gguf model"),
+    ("generate-not-a-model-dir", lambda c: ["generate", str(_mkdir(c.tmp / "d")), "--prompt", "hi"], "MODEL: directory"),
+    ("report-not-a-run", lambda c: ["report", str(c.tmp / "nothing")], "RUN_DIR: "),
+    ("merge-not-a-run", lambda c: ["merge", str(c.tmp / "nothing")], "RUN_DIR: "),
+    ("export-run-of-another-version", lambda c: (_mkdir(c.run / rundir.ADAPTER), _write(c.run / rundir.RECIPE, yaml.safe_dump(
+        {**yaml.safe_load(Path(c.recipe()).read_text()), "train": {"max_steps": 2, "old_field": 1}})),
+        ["export", str(c.run), "--format", "merged"])[2], "train.old_field: 'old_field' is not a field of train"),
+]
+
+
+def _write(path: Path, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def _write_bytes(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _corrupt(model: Path, name: str, text: str) -> Path:
+    (model / name).write_text(text)
+    return model
+
+
+def _truncate(model: Path, name: str) -> Path:
+    data = (model / name).read_bytes()
+    (model / name).write_bytes(data[: len(data) // 3])
+    return model
+
+
+def _fake_converted_cache(c: Ctx) -> bool:
+    """The packaged model's converted checkpoint in the (per-test) cache, its weights truncated by an interrupted copy."""
+    from qtune.models.packaged import converted_path
+
+    target = converted_path("smollm2-135m-instruct")
+    shutil.copytree(c.tiny, target)
+    _truncate(target, "model.safetensors")
+    return True
+
+
+def _listing(path: Path) -> dict[str, bytes] | None:
+    if not path.exists():
+        return None
+    return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() else b"<dir>") for p in sorted(path.rglob("*"))}
+
+
+@pytest.mark.parametrize("build, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2(tmp_path, tiny_llama_dir, capsys, monkeypatch, build, expected):
+    monkeypatch.setenv("QTUNE_CACHE", str(tmp_path / "cache"))  # corrupted caches stay in this test
+    ctx = Ctx(tmp_path, tiny_llama_dir)
+    argv = build(ctx)
+    before = _listing(ctx.run)
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert len(errors) == 1, err[-3000:]
+    assert expected in errors[0], errors[0]
+    assert _listing(ctx.run) == before, "the failed attempt changed the run directory"
+
+
+def test_a_failed_start_does_not_block_the_retry(tmp_path, tiny_llama_dir, capsys):
+    ctx = Ctx(tmp_path, tiny_llama_dir)
+    assert main(["train", ctx.recipe(model={"path": str(tmp_path / "no-model")})]) == 2
+    assert not ctx.run.exists()
+    assert main(["train", ctx.recipe(), "train.max_steps=1"]) == 0, capsys.readouterr().err[-2000:]
+    assert rundir.is_finished_run(ctx.run)
+
+
+def test_a_corrupted_data_cache_is_rebuilt(tmp_path, tiny_llama_dir, monkeypatch, capsys):
+    """A cache entry that does not read back is a miss, rebuilt in place; not an error."""
+    monkeypatch.setenv("QTUNE_CACHE", str(tmp_path / "cache"))
+    ctx = Ctx(tmp_path, tiny_llama_dir)
+    recipe = ctx.recipe()
+    assert main(["data", "inspect", recipe, "-n", "1"]) == 0
+    (entry,) = (tmp_path / "cache" / "data").glob("*.npz")
+    entry.write_bytes(entry.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(["data", "inspect", recipe, "-n", "1"]) == 0
+    assert "miss" in capsys.readouterr().out
+    assert main(["data", "inspect", recipe, "-n", "1"]) == 0
+    assert "hit" in capsys.readouterr().out

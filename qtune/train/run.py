@@ -108,11 +108,12 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
 
     from qtune import tracking
     from qtune.data.dataset import build_datasets, refuse_training
-    from qtune.models.load import load_tokenizer, resolve_device
+    from qtune.models.load import load_tokenizer, model_family, resolve_device
     from qtune.train.plot import plot_loss
 
     say = console.print if console is not None else print
     t0 = time.perf_counter()
+    model_family(recipe.model)  # an unsupported family is refused before anything runs
     device = resolve_device(recipe.train.device)
     if recipe.optimizer_is_paged and device != "cuda":
         raise QtuneError(f"train.optimizer: '{recipe.train.optimizer}' needs a CUDA GPU (running on {device}); use adamw_torch")

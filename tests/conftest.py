@@ -57,18 +57,18 @@ def tiny_llama_dir(tmp_path_factory, smollm2_dir) -> Path:
     return out
 
 
-# Per family: transformers' config class and the sizes that differ from the common tiny ones
-# (2 layers, hidden 64, MLP 128, 4 heads of 16, 2 KV heads).
+# Per family: transformers' config class and the settings beyond the common tiny ones (2 layers,
+# hidden 64, MLP 128, 4 heads of 16, 2 KV heads; embeddings tied as the family registry says).
 TINY_FAMILIES = {
-    "llama": ("LlamaConfig", {"tie_word_embeddings": True}),
-    "mistral": ("MistralConfig", {"tie_word_embeddings": False, "sliding_window": None}),
-    "qwen2": ("Qwen2Config", {"tie_word_embeddings": True}),
-    "qwen3": ("Qwen3Config", {"tie_word_embeddings": True, "head_dim": 16}),
-    "gemma2": ("Gemma2Config", {"tie_word_embeddings": True, "head_dim": 16, "query_pre_attn_scalar": 16,
-                                "sliding_window": 32, "hidden_activation": "gelu_pytorch_tanh"}),
-    "gemma3_text": ("Gemma3TextConfig", {"tie_word_embeddings": True, "head_dim": 16, "query_pre_attn_scalar": 16,
-                                         "sliding_window": 32, "layer_types": ["sliding_attention", "full_attention"]}),
-    "phi3": ("Phi3Config", {"tie_word_embeddings": False}),
+    "llama": ("LlamaConfig", {}),
+    "mistral": ("MistralConfig", {"sliding_window": None}),
+    "qwen2": ("Qwen2Config", {}),
+    "qwen3": ("Qwen3Config", {"head_dim": 16}),
+    "gemma2": ("Gemma2Config", {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 32,
+                                "hidden_activation": "gelu_pytorch_tanh"}),
+    "gemma3_text": ("Gemma3TextConfig", {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 32,
+                                         "layer_types": ["sliding_attention", "full_attention"]}),
+    "phi3": ("Phi3Config", {}),
 }
 
 
@@ -102,12 +102,15 @@ def tiny_family_dir(model_type: str, out: Path, seed: int = 0) -> Path:
     import transformers
     from transformers import AutoModelForCausalLM
 
+    from qtune.models.families import family
+
     config_class, extra = TINY_FAMILIES[model_type]
     tok = tiny_spm_tokenizer(out, "GemmaTokenizer" if model_type.startswith("gemma") else "LlamaTokenizer")
     config = getattr(transformers, config_class)(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **extra)
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=family(model_type).tied_embeddings, **extra)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():

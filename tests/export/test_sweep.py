@@ -65,16 +65,20 @@ def test_sweep_beats_rtn_and_checkpoint_reloads_exactly(method, kv_heads, calib,
 @pytest.mark.parametrize("model_type", list(TINY_FAMILIES))
 def test_awq_scales_fold_exactly_into_each_familys_ops(model_type, tmp_path):
     """Folding AWQ scales (no rounding) into the ops the family registry names leaves a layer's output
-    unchanged: the right ``prev`` per group, and Gemma's ``1 + w`` norms folded as ``(1 + w) / s - 1``."""
+    unchanged: the right ``prev`` per group, and Gemma's ``1 + w`` norms folded as ``(1 + w) / s - 1``. The
+    registry's q/k/v bias flag matches the layer transformers builds."""
     from transformers import AutoModelForCausalLM
 
     from qtune.export.awq import _fold
     from qtune.export.sequential import capture_layer_inputs, decoder_layers, layer_groups, run_layer
+    from qtune.models.families import family
 
     model = AutoModelForCausalLM.from_pretrained(tiny_family_dir(model_type, tmp_path), dtype=torch.float32).eval()
     g = torch.Generator().manual_seed(0)
     inputs = capture_layer_inputs(model, torch.randint(0, model.config.vocab_size, (2, 16), generator=g), 2)
     layer = decoder_layers(model)[1][0]
+    first = dict(layer.named_modules())[layer_groups(model)[0].linears[0]]
+    assert (first.bias is not None) == family(model_type).qkv_bias, "the registry's qkv_bias disagrees with transformers"
     before = run_layer(layer, inputs)[0][0]
     modules, folded = dict(layer.named_modules()), []
     for grp in layer_groups(model):

@@ -72,6 +72,7 @@ def _gap(theirs: torch.Tensor, ours: torch.Tensor) -> tuple[float, float]:
     return d.max().item(), d.mean().item()
 
 
+@pytest.mark.slow  # 15-45 s per family on a loaded 2-core machine, ~3 min for all seven
 @pytest.mark.parametrize("model_type", list(TINY_FAMILIES))
 def test_family_trains_merges_and_exports(model_type, tmp_path):
     from transformers import AutoModelForCausalLM

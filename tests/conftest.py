@@ -67,7 +67,7 @@ TINY_FAMILIES = {
     "gemma2": ("Gemma2Config", {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 32,
                                 "hidden_activation": "gelu_pytorch_tanh"}),
     "gemma3_text": ("Gemma3TextConfig", {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 32,
-                                         "layer_types": ["sliding_attention", "full_attention"]}),
+                                         "layer_types": ["sliding_attention", "sliding_attention"]}),
     "phi3": ("Phi3Config", {}),
 }
 

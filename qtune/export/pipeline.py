@@ -33,7 +33,12 @@ def export_run(run_dir: str | Path, settings, formats: list[str] | None = None, 
     run_dir = Path(run_dir)
     out_root = Path(out_root) if out_root else run_dir / "exports"
     formats = formats or list(settings.formats)
-    check_formats(model_family(rundir.load_run_recipe(run_dir).model), formats)  # before any merging
+    base = rundir.load_run_recipe(run_dir).model
+    check_formats(model_family(base), formats)  # before any merging or measuring
+    if "gguf" in formats:
+        from qtune.export.gguf_export import check_convertible
+
+        check_convertible(base, settings.gguf_types)
     t0 = time.perf_counter()
     model, recipe, tokenizer = merged_model(run_dir, settings.base)
     reference = measure(model, tokenizer, recipe)

@@ -19,14 +19,14 @@ from tests.conftest import TINY_FAMILIES, tiny_family_dir, write_recipe
 
 # Bounds on (max, mean) |Δlogit| against the merged float16 checkpoint, on 24 random tokens; logits
 # have mean magnitude ~0.13 in every family (the table printed with -s). Measured maxima over the 7
-# families: GPTQ 4-bit g32 0.29 / 0.041 (Gemma 3), AWQ 0.22 / 0.033, GGUF Q8_0 read back by qtune
-# 0.018 / 0.0029, llama.cpp on that file 0.025 / 0.0038 (it rounds activations to 8 bits in its dot
+# families: GPTQ 4-bit g32 0.28 / 0.048 (Gemma 2), AWQ 0.22 / 0.038, GGUF Q8_0 read back by qtune
+# 0.022 / 0.0033, llama.cpp on that file 0.026 / 0.0039 (it rounds activations to 8 bits in its dot
 # products). A lost Gemma norm offset, an un-permuted q/k or an AWQ scale folded into the wrong op
 # gives mean errors of the logits' own size. The tiny Gemma 3's two layers are both sliding-window,
 # as the first two of a real Gemma 3: llama.cpp assumes Gemma 3's 5:1 sliding:global pattern (the
 # converter writes none), so a model with another pattern differs there (measured 0.19 / 0.016 with
 # layer 1 global).
-BOUNDS = {"gptq": (0.5, 0.08), "awq": (0.5, 0.08), "gguf": (0.03, 6e-3), "llama.cpp": (0.05, 8e-3)}
+BOUNDS = {"gptq": (0.5, 0.08), "awq": (0.5, 0.08), "gguf": (0.04, 6e-3), "llama.cpp": (0.05, 8e-3)}
 
 
 def test_every_registered_family_has_a_tiny_model():
@@ -69,6 +69,30 @@ def test_export_refuses_a_format_the_family_lacks_before_merging(tmp_path, monke
     monkeypatch.setitem(families.FAMILIES, "llama", replace(family("llama"), formats=frozenset({"merged", "gptq"})))
     with pytest.raises(QtuneError, match="gguf export is not supported for Llama"):
         export_run(run, ExportSection(formats=["gptq", "gguf"]))
+
+
+def test_export_refuses_a_tokenizer_the_gguf_converter_does_not_know_before_merging(tmp_path, smollm2_dir):
+    """A Qwen2 model with SmolLM2's tokenizer: llama.cpp's converter does not recognise its BPE
+    pre-tokenizer for that architecture; a vocabulary-only conversion says so before any merging."""
+    import json
+    import shutil
+
+    from qtune.export.pipeline import export_run
+    from qtune.recipe.schema import ExportSection
+
+    base = tiny_family_dir("qwen2", tmp_path / "base")
+    for f in base.glob("tokenizer*"):
+        f.unlink()
+    for f in smollm2_dir.glob("tokenizer*"):
+        shutil.copy(f, base / f.name)
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "vocab_size": 49152}))  # the tokenizer's size
+    path = write_recipe(tmp_path / "recipe.yaml", model={"path": str(base)})
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)  # an empty adapter: merging would fail, the check comes first
+    (run / "recipe.yaml").write_text(path.read_text())
+    with pytest.raises(QtuneError, match="converter could not write.*pre-tokenizer was not recognized"):
+        export_run(run, ExportSection(formats=["gguf"]))
 
 
 def _gap(theirs: torch.Tensor, ours: torch.Tensor) -> tuple[float, float]:

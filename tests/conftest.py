@@ -1,7 +1,11 @@
-"""Shared fixtures: the packaged SmolLM2 checkpoint and a tiny Llama built from a config.
+"""Shared fixtures: the packaged SmolLM2 checkpoint and tiny models of every family built from a config.
 
-The tiny model reuses SmolLM2's tokenizer (and chat template) so data code runs unchanged; its
-weights are random, seeded, and saved as a local checkpoint directory.
+The tiny Llama of ``tiny_llama_dir`` reuses SmolLM2's tokenizer (and chat template) so data code runs
+unchanged. The tiny models of every family (``tiny_family_dir``) get a 512-piece SentencePiece
+``tokenizer.model`` trained here on the demo data: what llama.cpp's Gemma 2 and Phi-3 conversions
+require, and a vocabulary 100x smaller than SmolLM2's, which took the Llama end-to-end test from
+100 s to 20 s (the BPE conversion path is tested on SmolLM2's tokenizer in tests/export/). Weights are random, seeded, and saved as a
+local checkpoint directory.
 """
 
 from __future__ import annotations
@@ -50,6 +54,77 @@ def tiny_llama_dir(tmp_path_factory, smollm2_dir) -> Path:
     for f in smollm2_dir.iterdir():
         if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
             shutil.copy(f, out / f.name)
+    return out
+
+
+# Per family: transformers' config class and the settings beyond the common tiny ones (2 layers,
+# hidden 64, MLP 128, 4 heads of 16, 2 KV heads; embeddings tied as the family registry says).
+TINY_FAMILIES = {
+    "llama": ("LlamaConfig", {}),
+    "mistral": ("MistralConfig", {"sliding_window": None}),
+    "qwen2": ("Qwen2Config", {}),
+    "qwen3": ("Qwen3Config", {"head_dim": 16}),
+    "gemma2": ("Gemma2Config", {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 32,
+                                "hidden_activation": "gelu_pytorch_tanh"}),
+    "gemma3_text": ("Gemma3TextConfig", {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 32,
+                                         "layer_types": ["sliding_attention", "sliding_attention"]}),
+    "phi3": ("Phi3Config", {}),
+}
+
+
+def tiny_spm_tokenizer(out: Path, tokenizer_class: str):
+    """A 512-piece SentencePiece BPE trained on the demo data, saved in ``out`` as ``tokenizer.model``."""
+    import json as _json
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    texts = [m["content"] for line in (DEMO_DATA / "train.jsonl").read_text().splitlines()
+             for m in _json.loads(line)["messages"]]
+    out.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_prefix=str(out / "tokenizer"), vocab_size=512, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=3, minloglevel=2)
+    (out / "tokenizer.vocab").unlink()
+    (out / "tokenizer_config.json").write_text(_json.dumps({
+        "tokenizer_class": tokenizer_class, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "pad_token": "<pad>"}))
+    return AutoTokenizer.from_pretrained(out)
+
+
+def tiny_family_dir(model_type: str, out: Path, seed: int = 0) -> Path:
+    """A checkpoint folder of a random 2-layer ``model_type`` model with its tokenizer.
+
+    Norm weights are randomised too (their init is constant), so a lost norm offset or a scale folded
+    into the wrong norm shows in the logits; q and k are scaled up 8x so attention is far from uniform
+    (at the init scale a q/k row order lost in GGUF moved the logits by 3e-4 of their size, now by
+    as much as they are).
+    """
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    from qtune.models.families import family
+
+    config_class, extra = TINY_FAMILIES[model_type]
+    tok = tiny_spm_tokenizer(out, "GemmaTokenizer" if model_type.startswith("gemma") else "LlamaTokenizer")
+    config = getattr(transformers, config_class)(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=family(model_type).tied_embeddings, **extra)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and "norm" in name:
+                p.add_(torch.randn_like(p) * 0.2)
+            elif name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(8)
+            elif name.endswith("qkv_proj.weight"):  # Phi-3: the q and k rows
+                p[: p.shape[0] - config.num_key_value_heads * p.shape[0] // (
+                    config.num_attention_heads + 2 * config.num_key_value_heads)].mul_(8)
+    model.save_pretrained(out, safe_serialization=True)
     return out
 
 

@@ -60,11 +60,11 @@ def stats_table(stats: dict):
 
 def inspect(recipe, n: int, console) -> int:
     """Print ``n`` train rows and the statistics; return the number of problems found."""
-    from qtune.data.dataset import build_datasets, problems
+    from qtune.data.dataset import problems, recipe_datasets
     from qtune.models.load import load_tokenizer
 
     tokenizer = load_tokenizer(recipe.model)
-    data = build_datasets(recipe.data, tokenizer, recipe.train.seed)
+    data = recipe_datasets(recipe, tokenizer)
     s = data.stats
     rows = data.train[:n]
     for i, row in enumerate(rows):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from qtune.data.formats import Messages
 from qtune.errors import QtuneError
-from qtune.registry.templates import FALLBACK_TEMPLATE, NAMED_TEMPLATES
+from qtune.registry.templates import FALLBACK_TEMPLATE, NAMED_TEMPLATES, TEMPLATE_TOKENS
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,11 @@ def resolve_template(tokenizer, choice: str, family_template: str | None = None)
     others = ", ".join(NAMED_TEMPLATES)
     if choice == "tokenizer":
         raise QtuneError(f"data.chat_template: the model has no chat template of its own; name one of {others} or use auto")
-    name = family_template if family_template in NAMED_TEMPLATES else FALLBACK_TEMPLATE
-    why = "its family's" if name == family_template else "the fallback"
+    vocab = tokenizer.get_vocab()
+    spells = family_template in NAMED_TEMPLATES and all(t in vocab for t in TEMPLATE_TOKENS[family_template])
+    name = family_template if spells else FALLBACK_TEMPLATE
+    why = ("its family's" if spells else
+           f"the fallback: its tokenizer lacks the {family_template} tokens" if family_template in NAMED_TEMPLATES else "the fallback")
     return ChosenTemplate(name, NAMED_TEMPLATES[name], (
         f"template: the model has no chat template of its own; using {name} ({why}); "
         f"set data.chat_template to one of {others} to choose"

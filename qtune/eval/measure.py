@@ -62,10 +62,10 @@ def text_perplexity(model, tokenizer, settings: EvalSettings) -> dict:
 
 def recipe_eval_loss(model, tokenizer, recipe, settings: EvalSettings) -> dict:
     """Token-weighted NLL on ``recipe``'s eval split, tokenized with ``tokenizer``."""
-    from qtune.data.dataset import PadCollator, build_datasets
+    from qtune.data.dataset import PadCollator, recipe_datasets
     from qtune.eval.loss import mean_token_nll
 
-    data = build_datasets(recipe.data, tokenizer, recipe.train.seed)
+    data = recipe_datasets(recipe, tokenizer)
     loss = mean_token_nll(model, data.eval, PadCollator(tokenizer.pad_token_id), settings.eval_batch_size)
     return {"eval_loss": loss, "eval_examples": len(data.eval), "eval_trained_tokens": data.stats["eval"]["trained_tokens"], "eval_data": recipe.data.eval.path if recipe.data.eval else None}
 

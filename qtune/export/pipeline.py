@@ -23,13 +23,22 @@ def _say(console):
 def export_run(run_dir: str | Path, settings, formats: list[str] | None = None, out_root: str | Path | None = None,
                console=None) -> dict[str, Path]:
     """Write every format in ``formats`` (default ``settings.formats``); return their directories."""
+    from qtune import rundir
     from qtune.export.fidelity import measure
     from qtune.export.merge import merged_model
+    from qtune.models.families import check_formats
+    from qtune.models.load import model_family
 
     say = _say(console)
     run_dir = Path(run_dir)
     out_root = Path(out_root) if out_root else run_dir / "exports"
     formats = formats or list(settings.formats)
+    base = rundir.load_run_recipe(run_dir).model
+    check_formats(model_family(base), formats)  # before any merging or measuring
+    if "gguf" in formats:
+        from qtune.export.gguf_export import check_convertible
+
+        check_convertible(base, settings.gguf_types)
     t0 = time.perf_counter()
     model, recipe, tokenizer = merged_model(run_dir, settings.base)
     reference = measure(model, tokenizer, recipe)

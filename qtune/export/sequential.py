@@ -6,38 +6,19 @@ Then for each layer in turn a quantizer looks at the inputs of that layer's line
 weights by the dequantized result, and the layer is run once more to produce the next layer's
 inputs — from the already-quantized layer, so later layers compensate earlier errors.
 
-:data:`ARCH_GROUPS` says, per ``model_type``, which linears share an input and what precedes them
-(AWQ folds its scales into that op; GPTQ quantizes the groups in this order, "true sequential").
+:mod:`qtune.models.families` says, per ``model_type``, where the decoder layers are and which
+linears share an input and what precedes them (AWQ folds its scales into that op; GPTQ quantizes the
+groups in this order, "true sequential").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from qtune.errors import QtuneError
+from qtune.models.families import LinearGroup, family_of
 
-
-@dataclass(frozen=True)
-class LinearGroup:
-    prev: str  # module (inside the layer) whose output is the group's input: a norm or a linear
-    linears: tuple[str, ...]
-
-
-_LLAMA_LIKE = (
-    LinearGroup("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-    LinearGroup("self_attn.v_proj", ("self_attn.o_proj",)),
-    LinearGroup("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
-    LinearGroup("mlp.up_proj", ("mlp.down_proj",)),
-)
-ARCH_GROUPS: dict[str, tuple[LinearGroup, ...]] = {
-    "llama": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
-    "qwen3": _LLAMA_LIKE,
-}
 
 Inputs = list[tuple[torch.Tensor, dict]]  # per calibration batch: (hidden (B, T, D), layer kwargs)
 
@@ -47,18 +28,14 @@ class _Stop(Exception):
 
 
 def layer_groups(model) -> tuple[LinearGroup, ...]:
-    kind = model.config.model_type
-    if kind not in ARCH_GROUPS:
-        raise QtuneError(f"model.path: GPTQ/AWQ export does not know '{kind}' layers (supported: {', '.join(ARCH_GROUPS)})")
-    return ARCH_GROUPS[kind]
+    """The model family's linear groups, in forward order (:class:`~qtune.models.families.LinearGroup`)."""
+    return family_of(model).groups
 
 
 def decoder_layers(model) -> tuple[str, torch.nn.ModuleList]:
     """The name (e.g. ``model.layers``) and module list of the decoder layers."""
-    for name, module in model.named_modules():
-        if name.endswith("layers") and isinstance(module, torch.nn.ModuleList):
-            return name, module
-    raise QtuneError(f"model.path: found no decoder layer list in {type(model).__name__}")
+    path = family_of(model).layers
+    return path, model.get_submodule(path)
 
 
 @torch.no_grad()

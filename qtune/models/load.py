@@ -33,6 +33,22 @@ def resolve_model_path(path: str) -> str:
     return path
 
 
+def model_family(model: "ModelSection"):
+    """The :mod:`~qtune.models.families` entry of the recipe's model, from its config.json (no weights)."""
+    from qtune.models.families import family_of, family_of_dir
+
+    path = resolve_model_path(model.path)
+    if Path(path).is_dir():
+        return family_of_dir(path)
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=model.trust_remote_code, revision=model.revision)
+    except OSError as e:
+        raise QtuneError(f"model.path: could not read the config of '{model.path}' ({str(e).splitlines()[0]})") from None
+    return family_of(config)
+
+
 def resolve_device(device: str) -> str:
     import torch
 

@@ -103,7 +103,7 @@ def measure(recipe, device: str, shape, allocator: str = "fixed") -> dict:
     import torch
     from transformers import PrinterCallback, TrainerCallback, set_seed
 
-    from qtune.data.dataset import build_datasets, collator_for
+    from qtune.data.dataset import collator_for, recipe_datasets
     from qtune.models.load import load_tokenizer
     from qtune.train.callbacks import LayoutGuard
     from qtune.train.run import build_model, training_arguments
@@ -111,7 +111,7 @@ def measure(recipe, device: str, shape, allocator: str = "fixed") -> dict:
 
     set_seed(recipe.train.seed)
     tokenizer = load_tokenizer(recipe.model)
-    data = build_datasets(recipe.data, tokenizer, recipe.train.seed)
+    data = recipe_datasets(recipe, tokenizer)
     b = recipe.train.micro_batch_size
     rows = sorted(data.train, key=lambda r: len(r["input_ids"]), reverse=True)[: 2 * b]
     rows = (rows * (2 * b // max(len(rows), 1) + 1))[: 2 * b]

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from qtune.errors import RecipeError
+from qtune.errors import QtuneError, RecipeError
 from qtune.recipe.schema import Recipe
 
 
@@ -56,6 +56,14 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         for field, s in [(f"train[{i}]", s) for i, s in enumerate(recipe.data.train)] + [("eval", recipe.data.eval)]
         if s is not None and not s.is_hub and not Path(s.path).exists()
     ]
+    model_dir = Path(recipe.model.path).expanduser()
+    if (model_dir / "config.json").is_file():  # a local checkpoint: its family must be one qtune supports
+        from qtune.models.families import family_of_dir
+
+        try:
+            family_of_dir(model_dir)
+        except QtuneError as e:
+            missing.append(str(e))
     if missing:
         raise RecipeError(f"{path}: {len(missing)} error(s)", lines=missing)
     return recipe

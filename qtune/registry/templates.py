@@ -45,5 +45,15 @@ NAMED_TEMPLATES: dict[str, str] = {
         "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}{% endif %}{% endfor %}"
     ),
 }
-FALLBACK_TEMPLATE = "chatml"  # for a model whose family has no known template
+# Special tokens a template's turns are built from: a family's template is used for a model without
+# one of its own only when its tokenizer has all of them as single tokens (a Llama 2 checkpoint is of
+# the llama family too, but has no <|eot_id|>; ChatML and Mistral's [INST] read fine as plain text).
+TEMPLATE_TOKENS: dict[str, tuple[str, ...]] = {
+    "chatml": (),
+    "llama3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    "gemma": ("<start_of_turn>", "<end_of_turn>"),
+    "phi3": ("<|user|>", "<|assistant|>", "<|end|>"),
+    "mistral": (),
+}
+FALLBACK_TEMPLATE = "chatml"  # for a model whose family has no known template its tokenizer can spell
 TEMPLATE_CHOICES = ("auto", "tokenizer", *NAMED_TEMPLATES)  # data.chat_template

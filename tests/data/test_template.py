@@ -163,8 +163,12 @@ def test_a_template_that_edits_content_falls_back_to_prefix_spans(smol_tokenizer
 TURN_ENDS = {"chatml": None, "llama3": "<|eot_id|>", "gemma": "<end_of_turn>", "phi3": "<|end|>", "mistral": None}  # None: EOS
 
 
-def test_every_named_template_has_a_stated_turn_end():
-    assert set(TURN_ENDS) == set(NAMED_TEMPLATES)
+def test_every_named_template_has_a_stated_turn_end_and_tokens():
+    from qtune.registry.templates import TEMPLATE_TOKENS
+
+    assert set(TURN_ENDS) == set(NAMED_TEMPLATES) == set(TEMPLATE_TOKENS)
+    for name, end in TURN_ENDS.items():
+        assert end is None or end in TEMPLATE_TOKENS[name] and end in NAMED_TEMPLATES[name]
 
 
 @pytest.mark.parametrize("name", list(NAMED_TEMPLATES))
@@ -190,9 +194,11 @@ def test_a_family_template_is_used_before_the_fallback_and_said(smol_tokenizer):
     saved = tok.chat_template
     try:
         tok.chat_template = None
-        chosen = resolve_template(tok, "auto", family_template="gemma")
-        assert (chosen.name, chosen.source) == ("gemma", NAMED_TEMPLATES["gemma"])
-        assert "using gemma (its family's)" in chosen.note
+        chosen = resolve_template(tok, "auto", family_template="mistral")  # [INST] reads fine as text
+        assert (chosen.name, chosen.source) == ("mistral", NAMED_TEMPLATES["mistral"])
+        assert "using mistral (its family's)" in chosen.note
+        chosen = resolve_template(tok, "auto", family_template="llama3")  # SmolLM2 has no <|eot_id|>
+        assert chosen.name == "chatml" and "the fallback: its tokenizer lacks the llama3 tokens" in chosen.note
         assert resolve_template(tok, "auto", family_template="unknown").name == "chatml"
         with pytest.raises(Exception, match="data.chat_template: the model has no chat template of its own"):
             resolve_template(tok, "tokenizer")

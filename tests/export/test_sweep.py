@@ -9,6 +9,8 @@ from qtune.export.gptq import gptq_layer_quantizer
 from qtune.export.grid import rtn
 from qtune.export.sequential import sweep
 
+from tests.conftest import TINY_FAMILIES, tiny_family_dir
+
 
 class ByteTokenizer:
     """Enough of a tokenizer for save_pretrained in write_checkpoint."""
@@ -58,3 +60,36 @@ def test_sweep_beats_rtn_and_checkpoint_reloads_exactly(method, kv_heads, calib,
     diff = (loaded(input_ids=held_out).logits - model(input_ids=held_out).logits).abs()
     # only norms/embeddings went through float16: measured max diff ~1e-3
     assert diff.max() < 2e-2, f"max {diff.max():.3e} mean {diff.mean():.3e}"
+
+
+@pytest.mark.parametrize("model_type", list(TINY_FAMILIES))
+def test_awq_scales_fold_exactly_into_each_familys_ops(model_type, tmp_path):
+    """Folding AWQ scales (no rounding) into the ops the family registry names leaves a layer's output
+    unchanged: the right ``prev`` per group, and Gemma's ``1 + w`` norms folded as ``(1 + w) / s - 1``. The
+    registry's q/k/v bias flag matches the layer transformers builds."""
+    from transformers import AutoModelForCausalLM
+
+    from qtune.export.awq import _fold
+    from qtune.export.sequential import capture_layer_inputs, decoder_layers, layer_groups, run_layer
+    from qtune.models.families import family
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_family_dir(model_type, tmp_path), dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(0)
+    inputs = capture_layer_inputs(model, torch.randint(0, model.config.vocab_size, (2, 16), generator=g), 2)
+    layer = decoder_layers(model)[1][0]
+    first = dict(layer.named_modules())[layer_groups(model)[0].linears[0]]
+    assert (first.bias is not None) == family(model_type).qkv_bias, "the registry's qkv_bias disagrees with transformers"
+    before = run_layer(layer, inputs)[0][0]
+    modules, folded = dict(layer.named_modules()), []
+    for grp in layer_groups(model):
+        prev, lins = modules.get(grp.prev), [modules[n] for n in grp.linears]
+        if prev is None or (isinstance(prev, torch.nn.Linear) and prev.out_features != lins[0].in_features):
+            continue  # AWQ skips these too (Phi-3's fused inputs; v -> o under grouped-query attention)
+        _fold(prev, lins, torch.exp(torch.randn(lins[0].in_features, generator=g) * 0.5), grp.prev_offset)
+        folded.append(grp.prev)
+    after = run_layer(layer, inputs)[0][0]
+    d = (after - before).abs() / before.abs().max()
+    assert len(folded) >= 2, folded
+    # measured: at most 4.2e-7 of the output's largest entry (float32 rounding); Gemma's norm offset
+    # ignored gives 0.9 (Gemma 2) and 1.07 (Gemma 3)
+    assert d.max() < 1e-5, f"{model_type} folded into {folded}: max {d.max():.3e} mean {d.mean():.3e} (relative)"

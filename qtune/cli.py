@@ -259,7 +259,7 @@ def export_settings(args):
 
     from pydantic import ValidationError
 
-    from qtune.rundir import load_run_recipe
+    from qtune.recipe import load_run_recipe
     from qtune.recipe.schema import ExportSection
 
     recipe = load_run_recipe(args.run_dir)

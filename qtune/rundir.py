@@ -42,15 +42,6 @@ def is_finished_run(path: Path) -> bool:
     return (path / RECIPE).is_file() and (path / ADAPTER).is_dir()
 
 
-def load_run_recipe(run_dir: str | Path):
-    """The resolved recipe of a finished run; a one-line error naming what is missing otherwise."""
-    from qtune.errors import QtuneError
-    from qtune.recipe import load_recipe
-
-    run = Path(run_dir)
-    if not is_finished_run(run):
-        raise QtuneError(f"RUN_DIR: '{run}' is not a finished qtune run (needs {RECIPE} and {ADAPTER}/)")
-    return load_recipe(run / RECIPE)
 
 @contextmanager
 def atomic_path(final: str | Path, directory: bool = False) -> Iterator[Path]:

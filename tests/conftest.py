@@ -104,7 +104,7 @@ def tiny_family_dir(model_type: str, out: Path, seed: int = 0) -> Path:
     import transformers
     from transformers import AutoModelForCausalLM
 
-    from qtune.models.families import family
+    from qtune.registry.families import family
 
     config_class, extra = TINY_FAMILIES[model_type]
     tok = tiny_spm_tokenizer(out, "GemmaTokenizer" if model_type.startswith("gemma") else "LlamaTokenizer")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 QTUNE = Path(__file__).resolve().parents[1] / "qtune"
 LEAVES = {"errors", "registry"}  # import nothing from qtune but each other
-TOP = "cli"  # imported by nobody
+TOP = "cli"  # imported by nobody but qtune/__main__.py (python -m qtune)
 
 
 def _unit(module: str) -> str | None:
@@ -93,7 +93,7 @@ def test_leaf_registries_import_no_feature_package():
 
 def test_nothing_imports_the_cli():
     graph = package_graph()
-    assert not [(src, where[TOP]) for src, where in graph.items() if TOP in where]
+    assert not [(src, where[TOP]) for src, where in graph.items() if TOP in where and src != "__main__"]
 
 
 def test_the_cycle_finder_finds_a_cycle():

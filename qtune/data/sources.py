@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from qtune.errors import QtuneError, missing_dependency
+from qtune.registry.choices import HUB_PREFIX
 
 Row = tuple[dict, str]  # (row, where)
-HUB_PREFIX = "hf:"
 
 
 def _jsonl(path: Path) -> Iterator[Row]:

@@ -34,6 +34,7 @@ from qtune.errors import QtuneError
 from qtune.eval.measure import EvalSettings
 from qtune.export.formats import EXPORT_FORMATS
 from qtune.models.packaged import PACKAGED_MODELS
+from qtune.recipe import load_run_recipe
 
 REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "report.png"
 
@@ -128,7 +129,7 @@ def measure_stage(stage: Stage, run_dir: str, settings: EvalSettings, device: st
     from qtune.eval.measure import measure
 
     run = Path(run_dir)
-    recipe = rundir.load_run_recipe(run)
+    recipe = load_run_recipe(run)
     set_seed(settings.seed)
     # bitsandbytes logs on every INT8 matmul that float32 inputs are cast to float16; said once in the notes.
     logging.getLogger("bitsandbytes.autograd._functions").addFilter(
@@ -183,7 +184,7 @@ def build_report(run: Path, settings: EvalSettings, device: str, console=print) 
     """Measure every stage of ``run`` (each in its own process) and return the report dict."""
     from qtune.models.load import resolve_device
 
-    recipe = rundir.load_run_recipe(run)
+    recipe = load_run_recipe(run)
     device = resolve_device(device)
     settings = settings.for_device(device)
     rows, skipped = [], []

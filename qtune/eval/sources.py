@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qtune import rundir
+from qtune.recipe import load_run_recipe
 from qtune.errors import QtuneError, missing_dependency
 from qtune.export.formats import EXPORT_FORMATS
 from qtune.models.packaged import PACKAGED_MODELS
@@ -157,7 +158,7 @@ def _load_quantized(src: ModelSource, device: str, method: str) -> Loaded:
 def _load_run(src: ModelSource, device: str) -> Loaded:
     from qtune.models.load import load_tokenizer, load_trained
 
-    recipe = rundir.load_run_recipe(src.path)
+    recipe = load_run_recipe(src.path)
     adapter = src.path / rundir.ADAPTER
     model = load_trained(str(adapter), recipe.model, recipe.quant, device)
     # The adapter's tokenizer carries the chat template the run trained with (the base may have none).

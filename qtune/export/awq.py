@@ -9,7 +9,7 @@ channel ``j`` by ``s_j`` changes nothing in float arithmetic (``W X = (W·diag s
 
 minimising the group's output error ``||X Wᵀ - (X/s) Q(W·s)ᵀ||²`` on calibration tokens (``Q`` is
 group-wise round-to-nearest, asymmetric). The scales are folded into the preceding op the model
-family names (:mod:`qtune.models.families`): an RMSNorm's weight (``w ← (c + w) / s - c`` for a norm
+family names (:mod:`qtune.registry.families`): an RMSNorm's weight (``w ← (c + w) / s - c`` for a norm
 computing ``x̂ · (c + w)``: ``c`` is 1 for Gemma, 0 for Llama), ``v_proj``'s rows for ``o_proj`` (only
 without grouped-query attention, where their sizes match), ``up_proj``'s rows for ``down_proj``. A
 group with no such op (Phi-3's fused projections) keeps scale 1 and is only clipped and rounded.

@@ -11,7 +11,7 @@ copied). K-quants (``Q4_K_M``, ``Q5_K_M``, ``Q6_K``) come from llama.cpp's own q
 
 Fidelity is measured on qtune's reading of the written file: every tensor dequantized with
 ``gguf.quants.dequantize`` and mapped back to the HF name and layout, undoing what the converter did
-for the family (:mod:`qtune.models.families`) — the weights llama.cpp computes with.
+for the family (:mod:`qtune.registry.families`) — the weights llama.cpp computes with.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 from qtune.errors import QtuneError, missing_dependency
 from qtune.export import card
 from qtune.export.formats import GGUF_CONVERTER_TYPES, GGUF_LLAMA_CPP_TYPES
-from qtune.models.families import family
+from qtune.registry.families import family
 
 # llama.cpp's enum llama_ftype for the K-quant mixes
 LLAMA_FTYPES = {"Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qtune import rundir
+from qtune.recipe import load_run_recipe
 from qtune.errors import QtuneError
 
 from qtune.export.formats import DEFAULT_MERGE_BASE as DEFAULT_BASE
@@ -59,7 +60,7 @@ def merged_model(run_dir: str | Path, base: str = DEFAULT_BASE):
 
     if base not in MERGE_BASES:
         raise QtuneError(f"--base: '{base}' is not one of {', '.join(MERGE_BASES)}")
-    recipe = rundir.load_run_recipe(run_dir)
+    recipe = load_run_recipe(run_dir)
     path = resolve_model_path(recipe.model.path)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.float32, trust_remote_code=recipe.model.trust_remote_code, revision=recipe.model.revision

@@ -24,16 +24,17 @@ def export_run(run_dir: str | Path, settings, formats: list[str] | None = None, 
                console=None) -> dict[str, Path]:
     """Write every format in ``formats`` (default ``settings.formats``); return their directories."""
     from qtune import rundir
+    from qtune.recipe import load_run_recipe
     from qtune.export.fidelity import measure
     from qtune.export.merge import merged_model
-    from qtune.models.families import check_formats
+    from qtune.registry.families import check_formats
     from qtune.models.load import model_family
 
     say = _say(console)
     run_dir = Path(run_dir)
     out_root = Path(out_root) if out_root else run_dir / "exports"
     formats = formats or list(settings.formats)
-    base = rundir.load_run_recipe(run_dir).model
+    base = load_run_recipe(run_dir).model
     check_formats(model_family(base), formats)  # before any merging or measuring
     if "gguf" in formats:
         from qtune.export.gguf_export import check_convertible

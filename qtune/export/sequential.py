@@ -6,7 +6,7 @@ Then for each layer in turn a quantizer looks at the inputs of that layer's line
 weights by the dequantized result, and the layer is run once more to produce the next layer's
 inputs — from the already-quantized layer, so later layers compensate earlier errors.
 
-:mod:`qtune.models.families` says, per ``model_type``, where the decoder layers are and which
+:mod:`qtune.registry.families` says, per ``model_type``, where the decoder layers are and which
 linears share an input and what precedes them (AWQ folds its scales into that op; GPTQ quantizes the
 groups in this order, "true sequential").
 """
@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from qtune.models.families import LinearGroup, family_of
+from qtune.registry.families import LinearGroup, family_of
 
 
 Inputs = list[tuple[torch.Tensor, dict]]  # per calibration batch: (hidden (B, T, D), layer kwargs)
@@ -28,7 +28,7 @@ class _Stop(Exception):
 
 
 def layer_groups(model) -> tuple[LinearGroup, ...]:
-    """The model family's linear groups, in forward order (:class:`~qtune.models.families.LinearGroup`)."""
+    """The model family's linear groups, in forward order (:class:`~qtune.registry.families.LinearGroup`)."""
     return family_of(model).groups
 
 

@@ -1,5 +1,5 @@
-"""``train.kernels``: which code runs the 4-bit LoRA layers. Light on purpose (the recipe schema
-imports :data:`KERNEL_MODES`); torch, triton and peft load only inside :func:`apply`.
+"""``train.kernels``: which code runs the 4-bit LoRA layers (the choices, :data:`KERNEL_MODES`, are named in
+:mod:`qtune.registry.choices`); torch, triton and peft load only inside :func:`apply`.
 
 Resolution, first match wins: ``bitsandbytes`` keeps peft + bitsandbytes as they are; ``triton``
 uses the fused QLoRA linear with the Triton dequantization kernel (a CUDA GPU, or Triton's CPU
@@ -16,12 +16,7 @@ import importlib.util
 import os
 
 from qtune.errors import QtuneError, missing_dependency
-
-KERNEL_MODES: dict[str, str] = {
-    "auto": "the path measured fastest on the device: bitsandbytes (see the module docstring)",
-    "triton": "fused QLoRA linear with the Triton 4-bit dequantization kernel",
-    "bitsandbytes": "peft's LoRA layers over bitsandbytes' Linear4bit, unchanged",
-}
+from qtune.registry.choices import KERNEL_MODES
 
 
 def resolve(mode: str, device: str) -> str:

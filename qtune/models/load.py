@@ -34,8 +34,8 @@ def resolve_model_path(path: str) -> str:
 
 
 def model_family(model: "ModelSection"):
-    """The :mod:`~qtune.models.families` entry of the recipe's model, from its config.json (no weights)."""
-    from qtune.models.families import family_of, family_of_dir
+    """The :mod:`~qtune.registry.families` entry of the recipe's model, from its config.json (no weights)."""
+    from qtune.registry.families import family_of, family_of_dir
 
     path = resolve_model_path(model.path)
     if Path(path).is_dir():

@@ -58,7 +58,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     ]
     model_dir = Path(recipe.model.path).expanduser()
     if (model_dir / "config.json").is_file():  # a local checkpoint: its family must be one qtune supports
-        from qtune.models.families import family_of_dir
+        from qtune.registry.families import family_of_dir
 
         try:
             family_of_dir(model_dir)
@@ -67,6 +67,16 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if missing:
         raise RecipeError(f"{path}: {len(missing)} error(s)", lines=missing)
     return recipe
+
+
+def load_run_recipe(run_dir: str | Path) -> Recipe:
+    """The resolved recipe of a finished run; a one-line error naming what is missing otherwise."""
+    from qtune import rundir
+
+    run = Path(run_dir)
+    if not rundir.is_finished_run(run):
+        raise QtuneError(f"RUN_DIR: '{run}' is not a finished qtune run (needs {rundir.RECIPE} and {rundir.ADAPTER}/)")
+    return load_recipe(run / rundir.RECIPE)
 
 
 def apply_override(raw: dict, item: str) -> None:

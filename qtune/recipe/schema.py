@@ -11,9 +11,8 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from qtune.data.sources import HUB_PREFIX
 from qtune.registry.templates import TEMPLATE_CHOICES
-from qtune.kernels.dispatch import KERNEL_MODES
+from qtune.registry.choices import HUB_PREFIX, KERNEL_MODES
 from qtune.recipe.distributed_rules import problems as distributed_problems
 from qtune.export.formats import DEFAULT_MERGE_BASE, EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
 
@@ -31,7 +30,7 @@ Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adam
 Device = Literal["auto", "cpu", "cuda"]
 TrackingBackend = Literal["wandb", "tensorboard", "none"]
 OnNonFinite = Literal["stop", "skip"]
-Kernels = Literal[tuple(KERNEL_MODES)]  # auto | triton | bitsandbytes, from qtune.kernels.dispatch
+Kernels = Literal[tuple(KERNEL_MODES)]  # auto | triton | bitsandbytes
 ExportFormat = Literal[EXPORT_FORMATS]
 MergeBase = Literal[MERGE_BASES]
 GGUFType = Literal[GGUF_TYPES]

@@ -21,7 +21,7 @@ def merged_export(tiny_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from qtune.rundir import load_run_recipe
+    from qtune.recipe import load_run_recipe
 
     recipe = load_run_recipe(tiny_run)
     base = AutoModelForCausalLM.from_pretrained(recipe.model.path)
@@ -81,7 +81,7 @@ def test_report_row_equals_eval_in_this_process(report, tiny_run):
     """Same inputs, same numbers: the fine-tuned row (spawned process) vs a fresh in-process eval."""
     from qtune.eval.measure import measure
     from qtune.eval.sources import load_source, resolve_source
-    from qtune.rundir import load_run_recipe
+    from qtune.recipe import load_run_recipe
 
     loaded = load_source(resolve_source(str(tiny_run)), "cpu")
     again = measure(loaded, EvalSettings(**{**SETTINGS.__dict__, "gen_tokens": 0}).for_device("cpu"), load_run_recipe(tiny_run))
@@ -104,7 +104,7 @@ def test_each_gguf_file_is_its_own_row(tiny_run, tmp_path):
     import shutil
 
     from qtune.eval.report import plan_stages, weight_file_bytes
-    from qtune.rundir import load_run_recipe
+    from qtune.recipe import load_run_recipe
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("exports"))

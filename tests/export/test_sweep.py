@@ -71,7 +71,7 @@ def test_awq_scales_fold_exactly_into_each_familys_ops(model_type, tmp_path):
 
     from qtune.export.awq import _fold
     from qtune.export.sequential import capture_layer_inputs, decoder_layers, layer_groups, run_layer
-    from qtune.models.families import family
+    from qtune.registry.families import family
 
     model = AutoModelForCausalLM.from_pretrained(tiny_family_dir(model_type, tmp_path), dtype=torch.float32).eval()
     g = torch.Generator().manual_seed(0)

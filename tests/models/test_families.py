@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from qtune.errors import QtuneError
-from qtune.models.families import FAMILIES, family, family_of_dir
+from qtune.registry.families import FAMILIES, family, family_of_dir
 
 from tests.conftest import TINY_FAMILIES, tiny_family_dir, write_recipe
 
@@ -58,7 +58,7 @@ def test_export_refuses_a_format_the_family_lacks_before_merging(tmp_path, monke
     from dataclasses import replace
 
     from qtune.export.pipeline import export_run
-    from qtune.models import families
+    from qtune.registry import families
     from qtune.recipe.schema import ExportSection
 
     base = tiny_family_dir("llama", tmp_path / "base")

@@ -50,18 +50,15 @@ def _pre_tokenizer(model_path: str) -> str:
     return "default"
 
 
-def write_gguf(ckpt: Path, out_file: Path, qtype: str, pre_tokenizer: str = "default") -> tuple[dict, float]:
-    """Convert the float checkpoint ``ckpt`` into one GGUF file of type ``qtype``.
-
-    Returns what was written, dequantized back into HF names and layout (float32 tensors), and the
-    average bits per element of the 2-D tensors — so fidelity needs no slow re-parse of the file.
-    """
-    import torch
-
+def write_gguf(ckpt: Path, out_file: Path, qtype: str, pre_tokenizer: str = "default") -> float:
+    """Convert the float checkpoint ``ckpt`` into one GGUF file of type ``qtype``, one tensor at a time
+    (read lazily from the shards, spooled to a temporary file); return the average bits per element
+    of the 2-D tensors."""
     import gguf
     import numpy as np
     from gguf.vocab import BpeVocab, SpecialVocab
-    from safetensors.numpy import load_file
+
+    from qtune.export.shards import ShardReader
 
     cfg = json.loads((ckpt / "config.json").read_text())
     if cfg["model_type"] not in GGUF_ARCHS:
@@ -72,7 +69,7 @@ def write_gguf(ckpt: Path, out_file: Path, qtype: str, pre_tokenizer: str = "def
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
     gtype = gguf.GGMLQuantizationType[qtype]
 
-    w = gguf.GGUFWriter(str(out_file), gguf.MODEL_ARCH_NAMES[arch])
+    w = gguf.GGUFWriter(str(out_file), gguf.MODEL_ARCH_NAMES[arch], use_temp_file=True)
     w.add_name(ckpt.parent.parent.name if ckpt.parent.name == "exports" else ckpt.name)
     w.add_context_length(cfg["max_position_embeddings"])
     w.add_embedding_length(cfg["hidden_size"])
@@ -102,45 +99,36 @@ def write_gguf(ckpt: Path, out_file: Path, qtype: str, pre_tokenizer: str = "def
     SpecialVocab(ckpt, load_merges=True, n_vocab=cfg["vocab_size"]).add_to_gguf(w)
 
     names = gguf.get_tensor_name_map(arch, n_layer)
-    written, n_bytes, n_el = {}, 0, 0
-    tensors = {}
-    for f in sorted(ckpt.glob("*.safetensors")):
-        tensors.update(load_file(str(f)))
-    for hf_name, data in tensors.items():
+    n_bytes, n_el = 0, 0
+    reader = ShardReader(ckpt)
+    for hf_name in reader.keys():
         if hf_name == "lm_head.weight" and cfg.get("tie_word_embeddings"):
             continue
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise QtuneError(f"export.formats: no GGUF name for tensor '{hf_name}'")
-        data = data.astype(np.float32)
+        data = reader.get(hf_name).float().numpy()
         if hf_name.endswith("q_proj.weight"):
             data = _permute(data, heads)
         elif hf_name.endswith("k_proj.weight"):
             data = _permute(data, kv_heads)
         block = gguf.GGML_QUANT_SIZES[gtype][0]
         if data.ndim == 1 or qtype == "F32" or data.shape[-1] % block:
-            stored, back = data, data  # F32
+            stored = data  # F32
             w.add_tensor(name, data)
         elif qtype == "F16":
             stored = data.astype(np.float16)
-            back = stored.astype(np.float32)
             w.add_tensor(name, stored)
         else:
             stored = gguf.quants.quantize(data, gtype)
-            back = gguf.quants.dequantize(stored, gtype).reshape(data.shape)
             w.add_tensor(name, stored, raw_shape=stored.shape, raw_dtype=gtype)
         if data.ndim == 2:
             n_bytes, n_el = n_bytes + stored.nbytes, n_el + data.size
-        if hf_name.endswith("q_proj.weight"):
-            back = _unpermute(back, heads)
-        elif hf_name.endswith("k_proj.weight"):
-            back = _unpermute(back, kv_heads)
-        written[hf_name] = torch.from_numpy(np.ascontiguousarray(back, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return written, round(8 * n_bytes / n_el, 3)
+    return round(8 * n_bytes / n_el, 3)
 
 
 def llama_cpp_quantize(f16_file: Path, out_file: Path, qtype: str) -> None:
@@ -170,40 +158,59 @@ def model_from_state(ckpt: Path, state: dict):
     return model.eval()
 
 
-def load_gguf_dequantized(path: Path, ckpt: Path):
-    """A GGUF file read back (any type ``gguf.quants`` dequantizes, K-quants too) as a float32 model.
+class GGUFWeights:
+    """A GGUF file read back tensor by tensor (memory-mapped; any type ``gguf.quants`` dequantizes,
+    K-quants too) as float32 tensors under their HF names and layout: ``weights(name)``.
 
-    Slow for real vocabularies: ``GGUFReader`` parses every token and merge string in Python.
+    Slow to open for real vocabularies: ``GGUFReader`` parses every token and merge string in Python.
     """
-    import gguf
-    import numpy as np
-    import torch
-    from safetensors import safe_open
 
-    cfg = json.loads((ckpt / "config.json").read_text())
-    arch = getattr(gguf.MODEL_ARCH, GGUF_ARCHS[cfg["model_type"]])
-    names = gguf.get_tensor_name_map(arch, cfg["num_hidden_layers"])
-    keys = [k for f in sorted(ckpt.glob("*.safetensors")) for k in safe_open(str(f), "np").keys()]
-    by_gguf = {names.get_name(k, try_suffixes=(".weight", ".bias")): k for k in keys}
-    heads = cfg["num_attention_heads"]
-    kv = cfg.get("num_key_value_heads") or heads
-    state = {}
-    for t in gguf.GGUFReader(str(path)).tensors:
-        stem, suffix = t.name.rsplit(".", 1)
-        hf = by_gguf[stem] if stem in by_gguf else by_gguf.get(t.name)
-        hf = hf if hf.endswith(suffix) else f"{hf.rsplit('.', 1)[0]}.{suffix}"
+    def __init__(self, path: Path, ckpt: Path, device="cpu"):
+        import gguf
+
+        from qtune.export.shards import ShardReader
+
+        cfg = json.loads((ckpt / "config.json").read_text())
+        arch = getattr(gguf.MODEL_ARCH, GGUF_ARCHS[cfg["model_type"]])
+        names = gguf.get_tensor_name_map(arch, cfg["num_hidden_layers"])
+        by_gguf = {names.get_name(k, try_suffixes=(".weight", ".bias")): k for k in ShardReader(ckpt).keys()}
+        self.heads = cfg["num_attention_heads"]
+        self.kv = cfg.get("num_key_value_heads") or self.heads
+        self.device = device
+        self.tensors = {}
+        for t in gguf.GGUFReader(str(path)).tensors:
+            stem, suffix = t.name.rsplit(".", 1)
+            hf = by_gguf[stem] if stem in by_gguf else by_gguf.get(t.name)
+            self.tensors[hf if hf.endswith(suffix) else f"{hf.rsplit('.', 1)[0]}.{suffix}"] = t
+
+    def keys(self) -> list[str]:
+        return list(self.tensors)
+
+    def __call__(self, hf: str):
+        import gguf
+        import numpy as np
+        import torch
+
+        t = self.tensors[hf]
         data = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(t.shape[::-1].tolist())
         if hf.endswith("q_proj.weight"):
-            data = _unpermute(data, heads)
+            data = _unpermute(data, self.heads)
         elif hf.endswith("k_proj.weight"):
-            data = _unpermute(data, kv)
-        state[hf] = torch.from_numpy(np.ascontiguousarray(data))
-    return model_from_state(ckpt, state)
+            data = _unpermute(data, self.kv)
+        return torch.from_numpy(np.ascontiguousarray(data)).to(self.device)
 
 
-def export_gguf(merged: Path, recipe, tokenizer, settings, reference, out: Path, say) -> Path:
+def load_gguf_dequantized(path: Path, ckpt: Path):
+    """A GGUF file read back as a whole float32 model (small models, tests)."""
+    weights = GGUFWeights(path, ckpt)
+    return model_from_state(ckpt, {k: weights(k) for k in weights.keys()})
+
+
+def export_gguf(merged: Path, recipe, tokenizer, settings, reference, out: Path, say, fidelity_of=None,
+                final: Path | None = None) -> Path:
+    """``fidelity_of(weights)``: fidelity figures of a model given tensor by tensor (None: skip)."""
     from qtune import rundir
-    from qtune.export.fidelity import compare, measure
+    from qtune.export.fidelity import compare
 
     pre = _pre_tokenizer(recipe.model.path)
     stem = Path(recipe.train.output_dir).name or "model"
@@ -218,18 +225,17 @@ def export_gguf(merged: Path, recipe, tokenizer, settings, reference, out: Path,
                 write_gguf(merged, f16, "F16", pre)
                 llama_cpp_quantize(f16, target, qtype)
                 f16.unlink()
-                model = load_gguf_dequantized(target, merged)
                 bits[target.name] = _bits_per_weight(target)
             else:
-                state, bits[target.name] = write_gguf(merged, target, qtype, pre)
-                model = model_from_state(merged, state)
-            fidelity["exports"][target.name] = compare(measure(model, tokenizer, recipe), reference)
-            del model
+                bits[target.name] = write_gguf(merged, target, qtype, pre)
+            if fidelity_of is not None and reference is not None:
+                fidelity["exports"][target.name] = compare(fidelity_of(GGUFWeights(target, merged)), reference)
             say(f"gguf: {target.name} ({time.perf_counter() - t:.0f}s)")
-    card.write_fidelity(out, fidelity)
-    manifest = card.write_manifest(out, "gguf", min(bits.values()), None, settings.base, bits_per_file=bits,
-                                   pre_tokenizer=pre)
-    card.write_card(out, manifest, fidelity, recipe.model.path)
+        if fidelity["exports"]:
+            card.write_fidelity(tmp, fidelity)
+        manifest = card.write_manifest(tmp, "gguf", min(bits.values()), None, settings.base, bits_per_file=bits,
+                                       pre_tokenizer=pre)
+        card.write_card(tmp, manifest, fidelity if fidelity["exports"] else None, recipe.model.path, final or out)
     return out
 
 

@@ -115,7 +115,7 @@ class MergedWeights:
         module = name.rsplit(".", 1)[0]
         if name.endswith(".weight") and module in self.lora:
             a, b = (self.adapter.get(k).to(self.device, torch.float32) for k in self.lora[module])
-            w += (b @ a) * self.scaling
+            w = w + (b @ a) * self.scaling  # never in place: w may share storage with the mapped file
         return w
 
 

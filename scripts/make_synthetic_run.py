@@ -31,6 +31,10 @@ def main() -> None:
         p.add_argument(f"--{k}", type=int)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="where the random numbers are drawn (cuda: much faster for 7b)")
+    p.add_argument("--calib-rows", type=int, default=0,
+                   help="also write OUT/calib.jsonl: this many chat rows of ~200 tokens cut from data/python-docs "
+                        "(enough for 128 x 2048 calibration tokens at 1500)")
     args = p.parse_args()
     shape = {k: getattr(args, k) or v for k, v in SHAPES[args.shape].items()}
 
@@ -55,10 +59,10 @@ def main() -> None:
     )
     cfg.save_pretrained(base)
     tok.save_pretrained(base)
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator(args.device).manual_seed(args.seed)
 
     def rand(*size, std=0.02):
-        return (torch.randn(*size, generator=gen) * std).to(torch.bfloat16)
+        return (torch.randn(*size, generator=gen, device=args.device) * std).to(torch.bfloat16).cpu()
 
     linears = {"self_attn.q_proj": (d, d), "self_attn.k_proj": (d, d), "self_attn.v_proj": (d, d),
                "self_attn.o_proj": (d, d), "mlp.gate_proj": (f, d), "mlp.up_proj": (f, d), "mlp.down_proj": (d, f)}
@@ -81,8 +85,8 @@ def main() -> None:
         shard(t)
         for k, (o, i_) in linears.items():
             key = f"base_model.model.{pre}{k}"
-            lora[key + ".lora_A.weight"] = torch.randn(args.rank, i_, generator=gen) / i_**0.5
-            lora[key + ".lora_B.weight"] = torch.randn(o, args.rank, generator=gen) * scale / args.rank**0.5
+            lora[key + ".lora_A.weight"] = (torch.randn(args.rank, i_, generator=gen, device=args.device) / i_**0.5).cpu()
+            lora[key + ".lora_B.weight"] = (torch.randn(o, args.rank, generator=gen, device=args.device) * scale / args.rank**0.5).cpu()
     with open(base / "model.safetensors.index.json", "w") as fh:
         json.dump({"metadata": {}, "weight_map": index}, fh, indent=1)
     total = cfg.vocab_size * d * 2 + d + n * (sum(a * b for a, b in linears.values()) + 2 * d)
@@ -107,6 +111,13 @@ train: {{output_dir: {run.resolve()}, device: cpu}}
         "use_rslora": False, "use_dora": False, "fan_in_fan_out": False, "base_model_name_or_path": str(base.resolve()),
     }, indent=1))
     tok.save_pretrained(adapter)
+    if args.calib_rows:
+        text = "".join(f.read_text() for f in sorted((REPO / "data/python-docs").rglob("*.txt")))
+        rows = [text[(i * 797) % (len(text) - 800):][:800] for i in range(args.calib_rows)]
+        with open(out / "calib.jsonl", "w") as fh:
+            for r in rows:
+                fh.write(json.dumps({"messages": [{"role": "user", "content": "Continue the text."},
+                                                  {"role": "assistant", "content": r}]}) + "\n")
     print(f"{run}: random Llama {total / 1e9:.2f} B parameters (float32 {total * 4 / 2**30:.2f} GiB), "
           f"{len(files)} bf16 shards in {base}")
 

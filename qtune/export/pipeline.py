@@ -44,6 +44,18 @@ def _layer_bar(console, what: str, on_layer=None):
     if console is None:
         yield on_layer or (lambda i, n: None)
         return
+    if not console.is_terminal:  # a log file: a line every tenth of the layers instead of a live bar
+        t0 = time.perf_counter()
+
+        def line(i, n):
+            if i == n or i % max(1, n // 10) == 0:
+                el = time.perf_counter() - t0
+                console.print(f"{what}: layer {i}/{n}, {el:.0f}s elapsed, ETA {el / i * (n - i):.0f}s")
+            if on_layer is not None:
+                on_layer(i, n)
+
+        yield line
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("layers"),

@@ -3,10 +3,10 @@
 :class:`ShardReader` opens a checkpoint folder (one ``*.safetensors`` file or several, with or
 without ``model.safetensors.index.json``) and returns single tensors on request through
 ``safetensors.safe_open``, which maps the file: nothing but the tensor asked for is read.
-:class:`ShardWriter` takes tensors as a streamed export produces them and writes a shard whenever
-``max_shard_bytes`` are pending, so at most one shard's worth lives in memory; ``close`` names the
-files the way transformers does (``model-00001-of-00004.safetensors`` plus the index, or one
-``model.safetensors``).
+:class:`ShardWriter` takes tensors as a streamed export produces them and writes them as one shard
+at each ``flush`` — the stream flushes after every decoder layer (and once after the embeddings), so
+only one layer's tensors are ever pending; ``close`` names the files the way transformers does
+(``model-00001-of-00025.safetensors`` plus the index, or one ``model.safetensors``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import torch
 from qtune.errors import QtuneError
 
 INDEX = "model.safetensors.index.json"
-DEFAULT_SHARD_BYTES = 256 * 2**20  # small shards: each writer buffers at most one
 
 
 class ShardReader:
@@ -47,9 +46,8 @@ class ShardReader:
 
 
 class ShardWriter:
-    def __init__(self, folder: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES):
+    def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        self.max = max_shard_bytes
         self.pending: dict[str, torch.Tensor] = {}
         self.files: list[str] = []
         self.weight_map: dict[str, str] = {}
@@ -59,10 +57,9 @@ class ShardWriter:
         for k, v in tensors.items():
             assert k not in self.weight_map and k not in self.pending, f"tensor {k} written twice"
             self.pending[k] = v.detach().to("cpu").contiguous()
-        if sum(t.nbytes for t in self.pending.values()) >= self.max:
-            self._flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write the pending tensors as one shard."""
         from safetensors.torch import save_file
 
         if not self.pending:
@@ -76,7 +73,7 @@ class ShardWriter:
 
     def close(self) -> list[str]:
         """Write what is pending, give the shards their final names; return them."""
-        self._flush()
+        self.flush()
         n = len(self.files)
         final = {f: "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
                  for i, f in enumerate(self.files)}

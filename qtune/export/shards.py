@@ -29,8 +29,10 @@ class ShardReader:
         files = sorted(self.folder.glob("*.safetensors"))
         if not files:
             raise QtuneError(f"model.path: no *.safetensors files in {self.folder} (qtune exports from safetensors only)")
-        self._open = {f.name: safe_open(str(f), "pt") for f in files}
-        self.where = {k: name for name, h in self._open.items() for k in h.keys()}
+        self.where = {}
+        for f in files:
+            with safe_open(str(f), "pt") as h:
+                self.where.update({k: f for k in h.keys()})
 
     def keys(self) -> list[str]:
         return list(self.where)
@@ -42,7 +44,11 @@ class ShardReader:
         """The tensor ``name`` as stored (dtype of the file, CPU)."""
         if name not in self.where:
             raise QtuneError(f"model.path: tensor '{name}' is not in the safetensors files of {self.folder}")
-        return self._open[self.where[name]].get_tensor(name)
+        from safetensors import safe_open
+
+        # opened per read: a mapping kept open would keep every page read so far in this process's RSS
+        with safe_open(str(self.where[name]), "pt") as h:
+            return h.get_tensor(name)
 
 
 class ShardWriter:

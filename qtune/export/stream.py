@@ -30,7 +30,8 @@ from typing import Callable
 import torch
 
 from qtune.errors import QtuneError
-from qtune.export.layerwise import MergedWeights, materialize, materialize_outer, outer_parts, release, skeleton
+from qtune.export.layerwise import (MergedWeights, materialize, materialize_outer, outer_parts, release,
+                                    return_freed_memory, skeleton)
 from qtune.export.sequential import capture_layer_inputs, decoder_layers, layer_groups, run_layer
 from qtune.export.shards import ShardWriter
 
@@ -134,6 +135,7 @@ def stream_export(weights: MergedWeights, targets: list, calib: torch.Tensor | N
             target.layer(f"{prefix}.{i}", layer, merged, groups, device)
             target.flush()  # one shard per decoder layer: nothing of earlier layers stays pending
         del merged
+        return_freed_memory()
         if progress is not None:
             progress(i + 1, n)
 

@@ -176,12 +176,13 @@ class GGUFWeights:
         by_gguf = {names.get_name(k, try_suffixes=(".weight", ".bias")): k for k in ShardReader(ckpt).keys()}
         self.heads = cfg["num_attention_heads"]
         self.kv = cfg.get("num_key_value_heads") or self.heads
-        self.device = device
-        self.tensors = {}
+        self.device, self.path = device, Path(path)
+        self.tensors = {}  # HF name -> (type, shape, offset, numpy dtype, stored shape); the reader's map is closed
         for t in gguf.GGUFReader(str(path)).tensors:
             stem, suffix = t.name.rsplit(".", 1)
             hf = by_gguf[stem] if stem in by_gguf else by_gguf.get(t.name)
-            self.tensors[hf if hf.endswith(suffix) else f"{hf.rsplit('.', 1)[0]}.{suffix}"] = t
+            hf = hf if hf.endswith(suffix) else f"{hf.rsplit('.', 1)[0]}.{suffix}"
+            self.tensors[hf] = (t.tensor_type, t.shape.tolist(), t.data_offset, t.data.dtype, t.data.shape)
 
     def keys(self) -> list[str]:
         return list(self.tensors)
@@ -191,8 +192,10 @@ class GGUFWeights:
         import numpy as np
         import torch
 
-        t = self.tensors[hf]
-        data = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(t.shape[::-1].tolist())
+        qtype, shape, offset, dtype, stored = self.tensors[hf]
+        # read, not mapped: a mapping kept open would keep every page read so far in this process's RSS
+        raw = np.fromfile(self.path, dtype=dtype, count=int(np.prod(stored)), offset=offset).reshape(stored)
+        data = gguf.quants.dequantize(raw, qtype).astype(np.float32).reshape(shape[::-1])
         if hf.endswith("q_proj.weight"):
             data = _unpermute(data, self.heads)
         elif hf.endswith("k_proj.weight"):

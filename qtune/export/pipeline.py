@@ -130,7 +130,7 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
     if "merged" in tmp:
         fidelity = None
         if fid:
-            fidelity = fid.compare(fid.trained(run_dir), reference)
+            fidelity = fid.compare(reference, fid.trained(run_dir))  # the merged model against the trained one
             fidelity["reference"] = (f"the trained adapter on its {recipe.quant.method} base (computed as the merge "
                                      "into the dequantized base, which it equals: tests/export/test_merge.py)")
         _paperwork(tmp["merged"], final["merged"], "merged", 16, None, s, recipe, fidelity, dtype="float16",

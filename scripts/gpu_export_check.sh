@@ -28,13 +28,15 @@ export PYTHONPATH="/tmp/site:$PYTHONPATH"
 
 if [ ! -f "$SYN/run/adapter/adapter_model.safetensors" ]; then
     echo "== building the 7B-shaped random run in $SYN"
-    /usr/bin/time -f "build: %e s wall, %M KB peak RSS" "$PY" scripts/make_synthetic_run.py "$SYN" --shape 7b \
-        --device cuda --calib-rows 1500 2>&1 | tee "$OUT/build.log" || exit 1
+    SECONDS=0
+    "$PY" scripts/make_synthetic_run.py "$SYN" --shape 7b --device cuda --calib-rows 1500 2>&1 | tee "$OUT/build.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || exit 1
+    echo "build: ${SECONDS} s" | tee -a "$OUT/build.log"
 fi
 
 echo "== streamed $fmt export, 128 x 2048 calibration tokens, on cuda"
-/usr/bin/time -f "host: %e s wall, %M KB peak RSS" "$PY" - "$SYN" "$fmt" <<'EOF' 2>&1 | tee "$OUT/export_$fmt.log"
-import sys, time
+"$PY" - "$SYN" "$fmt" <<'EOF' 2>&1 | tee "$OUT/export_$fmt.log"
+import resource, sys, time
 import torch
 from rich.console import Console
 from qtune.export.pipeline import export_run
@@ -51,6 +53,7 @@ import json
 m = json.loads(open(f"{done[fmt]}/qtune_export.json").read())
 print(f"RESULT {fmt}: export {wall:.0f} s (quantize {m['quantize_seconds']} s, calibration {m['calibration']}), "
       f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB allocated, "
-      f"{torch.cuda.max_memory_reserved() / 2**30:.1f} GiB reserved; goal GPTQ <= 300 s")
+      f"{torch.cuda.max_memory_reserved() / 2**30:.1f} GiB reserved, peak host RSS "
+      f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB; goal GPTQ <= 300 s")
 EOF
-grep -h "^RESULT\|^host\|^build" "$OUT"/build.log "$OUT/export_$fmt.log" 2>/dev/null
+grep -h "^RESULT\|^build" "$OUT"/build.log "$OUT/export_$fmt.log" 2>/dev/null

@@ -239,16 +239,14 @@ def _add_generation_args(p) -> None:
 def cmd_merge(args) -> int:
     from pathlib import Path
 
-    from qtune.export.merge import merged_model, save_checkpoint
+    from rich.console import Console
 
-    from qtune.export.card import write_card, write_manifest
-    from qtune.export.formats import DEFAULT_MERGE_BASE
+    from qtune.registry.exports import DEFAULT_MERGE_BASE
+    from qtune.export.pipeline import merge_run
 
-    model, recipe, tokenizer = merged_model(args.run_dir, args.base)
     name = "merged" if args.base == DEFAULT_MERGE_BASE else f"merged-{args.base}"
-    out = save_checkpoint(model, tokenizer, args.out or Path(args.run_dir) / "exports" / name, args.dtype)
-    manifest = write_manifest(out, "merged", 16 if args.dtype != "float32" else 32, None, args.base, dtype=args.dtype)
-    write_card(out, manifest, None, recipe.model.path)
+    out = merge_run(args.run_dir, args.base, args.out or Path(args.run_dir) / "exports" / name, args.dtype, args.device,
+                    console=Console(stderr=True))
     print(f"merged into the {args.base} base → {out} (fidelity: qtune export RUN_DIR --format merged)")
     return 0
 
@@ -265,7 +263,8 @@ def export_settings(args):
     recipe = load_run_recipe(args.run_dir)
     base = recipe.export.model_dump() if recipe.export else {}
     flags = {"base": args.base, "bits": args.bits, "group_size": args.group_size, "sym": args.sym,
-             "act_order": args.act_order, "damp": args.damp, "grid_search": args.grid_search, "gguf_types": args.gguf_type}
+             "act_order": args.act_order, "damp": args.damp, "grid_search": args.grid_search, "gguf_types": args.gguf_type,
+             "device": args.device, "fidelity": args.fidelity, "fidelity_tokens": args.fidelity_tokens}
     calib = {"source": args.calib_source, "samples": args.calib_samples, "seq_len": args.calib_seq_len}
     base.update({k: v for k, v in flags.items() if v is not None})
     base["calibration"] = {**base.get("calibration", {}), **{k: v for k, v in calib.items() if v is not None}}
@@ -301,7 +300,7 @@ def _add_memory_arg(p) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     # registries only: nothing heavy is imported
-    from qtune.export.formats import DEFAULT_MERGE_BASE, EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
+    from qtune.registry.exports import DEFAULT_MERGE_BASE, EXPORT_DEVICES, EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
     from qtune.models.load import QUANT_METHODS
 
     parser = argparse.ArgumentParser(prog="qtune", description="Fine-tune, quantize and deploy LLMs on one GPU.")
@@ -355,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default RUN_DIR/exports/merged-BASE)")
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
                    help="storage dtype (float16 keeps 3 more mantissa bits of the LoRA delta than bfloat16)")
+    p.add_argument("--device", choices=EXPORT_DEVICES, default="auto", help="where layers are merged (default auto: the GPU if any)")
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("export", help="merge, quantize (GPTQ/AWQ/GGUF) and write deployable exports of a run")
@@ -372,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-source", help="train (default), eval, or a JSONL file in the recipe's data format")
     p.add_argument("--calib-samples", type=int, help="calibration blocks (default 128)")
     p.add_argument("--calib-seq-len", type=int, help="tokens per calibration block (default 256)")
+    p.add_argument("--device", choices=EXPORT_DEVICES, help="where layers are merged, quantized and measured (default auto)")
+    p.add_argument("--fidelity-tokens", type=int, help="eval-text tokens scored per model for fidelity (default: eval's)")
+    p.add_argument("--fidelity", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure perplexity / eval loss of every export (default on; --no-fidelity skips it)")
     p.add_argument("--out-root", help="where export folders go (default RUN_DIR/exports)")
     p.set_defaults(func=cmd_export)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from qtune import __version__, rundir
 from qtune.errors import QtuneError
 from qtune.eval.measure import EvalSettings
-from qtune.export.formats import EXPORT_FORMATS
+from qtune.registry.exports import EXPORT_FORMATS
 from qtune.models.packaged import PACKAGED_MODELS
 from qtune.recipe import load_run_recipe
 

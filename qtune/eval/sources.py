@@ -33,7 +33,7 @@ from pathlib import Path
 from qtune import rundir
 from qtune.recipe import load_run_recipe
 from qtune.errors import QtuneError, missing_dependency
-from qtune.export.formats import EXPORT_FORMATS
+from qtune.registry.exports import EXPORT_FORMATS
 from qtune.models.packaged import PACKAGED_MODELS
 
 EXPORT_META = "qtune_export.json"

@@ -53,7 +53,7 @@ def search_clip(x: torch.Tensor, weight: torch.Tensor, bits: int, group_size: in
     wg = weight.reshape(out, n_in // g, g)  # (out, G, g)
     ref = torch.einsum("ngc,ogc->nog", xg, wg)
     m = wg.abs().amax(-1, keepdim=True)  # (out, G, 1)
-    best_err = torch.full((out, n_in // g), float("inf"))
+    best_err = torch.full((out, n_in // g), float("inf"), device=weight.device)
     best_m = m.clone()
     for i in range(int(max_shrink * n_grid)):
         mi = m * (1 - i / n_grid)
@@ -99,7 +99,7 @@ def awq_layer_quantizer(bits: int, group_size: int, clip: bool = True, search_to
         for grp in groups:  # fold every scale first: a later fold rescales an earlier group's rows
             x = torch.cat(seen.pop(grp.linears[0]))  # (tokens, in)
             x_mean = x.abs().mean(0)
-            sample = x[torch.randperm(x.shape[0], generator=gen)[:search_tokens]]
+            sample = x[torch.randperm(x.shape[0], generator=gen)[:search_tokens].to(x.device)]  # CPU generator: same draw on every device
             del x
             prev, lins = modules.get(grp.prev), [modules[n] for n in grp.linears]
             if prev is not None and (not isinstance(prev, torch.nn.Linear) or prev.out_features == lins[0].in_features):

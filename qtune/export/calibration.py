@@ -25,7 +25,9 @@ def calibration_tokens(recipe, tokenizer, samples: int, seq_len: int, source: st
     if source not in ("train", "eval"):
         if not Path(source).is_file():
             raise QtuneError(f"export.calibration.source: no such file '{source}' (give train, eval or a JSONL path)")
-        data = data.model_copy(update={"train": [source], "max_examples": None})
+        from qtune.recipe.schema import DataSource
+
+        data = data.model_copy(update={"train": [DataSource(path=source)], "max_examples": None})
     encoded = recipe_datasets(recipe, tokenizer, data)
     rows = encoded.eval if source == "eval" else encoded.train
     rows = list(rows)

@@ -70,10 +70,12 @@ print(llm.chat([{{"role": "user", "content": "Hello!"}}])[0].outputs[0].text)
 """
 
 
-def write_card(out: Path, manifest: dict, fidelity: dict | None, source_model: str) -> None:
+def write_card(out: Path, manifest: dict, fidelity: dict | None, source_model: str, final: Path | None = None) -> None:
+    """``final``: where ``out`` (a temporary folder) will be renamed to; the card names that."""
     fmt = manifest["format"]
+    final = Path(final or out)
     lines = [
-        f"# {Path(out).name}",
+        f"# {final.name}",
         "",
         f"A {fmt} export of a QLoRA fine-tune of `{source_model}`, made by {manifest['created_by']}.",
         "",
@@ -93,7 +95,7 @@ def write_card(out: Path, manifest: dict, fidelity: dict | None, source_model: s
             lines.append(f"| perplexity{label} | {e['perplexity']:.3f} (reference {m['perplexity']:.3f}) |")
     lines += ["", "Fidelity is measured on the recipe's eval data (`fidelity.json`); the reference is the merged "
               "16-bit model (for the merged export itself: the trained adapter on its quantized base).", "",
-              "## Load it", "", _snippets(fmt, str(Path(out).resolve()), manifest["files"])]
+              "## Load it", "", _snippets(fmt, str(final.resolve()), manifest["files"])]
     rundir.write_text(Path(out) / CARD, "\n".join(lines))
 
 

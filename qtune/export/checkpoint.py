@@ -98,3 +98,28 @@ def load_dequantized(export_dir: str | Path):
     assert not missing and not result.unexpected_keys, f"checkpoint mismatch: {missing[:5]} {result.unexpected_keys[:5]}"
     model.tie_weights()
     return model.eval()
+
+
+class DequantizedWeights:
+    """A written GPTQ/AWQ checkpoint read tensor by tensor as float32 (``weights(name)`` for
+    :func:`qtune.export.layerwise.lazy_model`): packed linears unpacked and dequantized, the rest as stored."""
+
+    def __init__(self, export_dir: str | Path, device="cpu"):
+        from qtune.export.shards import ShardReader
+
+        self.reader = ShardReader(export_dir)
+        self.q = json.loads((Path(export_dir) / "config.json").read_text())["quantization_config"]
+        self.device = device
+
+    def __call__(self, name: str):
+        import torch
+
+        stem = name.removesuffix(".weight")
+        if name.endswith(".weight") and f"{stem}.qweight" in self.reader:
+            parts = {k: self.reader.get(f"{stem}.{k}") for k in ("qweight", "qzeros", "scales", "g_idx") if f"{stem}.{k}" in self.reader}
+            if self.q["quant_method"] == "gptq":
+                w = unpack_gptq(parts, self.q["bits"], self.q["group_size"])
+            else:
+                w = unpack_awq(parts, self.q["group_size"])
+            return w.dequantize().to(self.device)
+        return self.reader.get(name).to(self.device, torch.float32)

@@ -20,12 +20,13 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from qtune.errors import QtuneError, missing_dependency
 from qtune.export import card
-from qtune.export.formats import GGUF_CONVERTER_TYPES, GGUF_LLAMA_CPP_TYPES
+from qtune.registry.exports import GGUF_CONVERTER_TYPES, GGUF_LLAMA_CPP_TYPES
 from qtune.registry.families import family
 
 # llama.cpp's enum llama_ftype for the K-quant mixes
@@ -167,48 +168,68 @@ def model_from_state(ckpt: Path, state: dict):
     return model.eval()
 
 
-def load_gguf_dequantized(path: Path, ckpt: Path, reader=None):
-    """A GGUF file read back (any type ``gguf.quants`` dequantizes, K-quants too) as a float32 model.
+class GGUFWeights:
+    """A GGUF file read back tensor by tensor (any type ``gguf.quants`` dequantizes, K-quants too) as
+    float32 tensors under their HF names and layout: ``weights(name)``.
 
     Each tensor gets its HF name back, and the family's converter transforms are undone: Llama's q/k
     permutation, Gemma's norm offset; rows the converter dropped from the embedding (Gemma 3 keeps
-    only the tokenizer's) come back as zeros. Slow for real vocabularies: ``GGUFReader`` parses every
-    token and merge string in Python.
+    only the tokenizer's) come back as zeros. Tensors are read with ``np.fromfile``, not through the
+    reader's mapping, so pages read stay out of this process's RSS. Slow to open for real
+    vocabularies: ``GGUFReader`` parses every token and merge string in Python.
     """
-    import gguf
-    import numpy as np
-    import torch
-    from safetensors import safe_open
 
-    cfg = json.loads((ckpt / "config.json").read_text())
-    fam = family(cfg["model_type"])
-    arch = {name: a for a, name in gguf.MODEL_ARCH_NAMES.items()}[fam.gguf_arch]
-    names = gguf.get_tensor_name_map(arch, cfg["num_hidden_layers"])
-    shapes = {}
-    for f in sorted(ckpt.glob("*.safetensors")):
-        with safe_open(str(f), "np") as sf:
-            shapes.update({k: tuple(sf.get_slice(k).get_shape()) for k in sf.keys()})
-    by_gguf = {names.get_name(k, try_suffixes=(".weight", ".bias")): k for k in shapes}
-    heads = cfg["num_attention_heads"]
-    kv = cfg.get("num_key_value_heads") or heads
-    state = {}
-    for t in (reader or gguf.GGUFReader(str(path))).tensors:
-        stem, suffix = t.name.rsplit(".", 1)
-        hf = by_gguf.get(stem) or by_gguf.get(t.name)
-        if hf is None:
-            continue  # llama.cpp-only tensors (e.g. rope_freqs)
-        hf = hf if hf.endswith(suffix) else f"{hf.rsplit('.', 1)[0]}.{suffix}"
-        data = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(t.shape[::-1].tolist())
-        if fam.gguf_permute_qk and hf.endswith(("q_proj.weight", "q_proj.bias")):
-            data = _unpermute(data, heads)
-        elif fam.gguf_permute_qk and hf.endswith(("k_proj.weight", "k_proj.bias")):
-            data = _unpermute(data, kv)
-        if fam.norm_offset and hf.endswith("norm.weight"):
-            data = data - fam.norm_offset
-        if data.shape != shapes[hf]:  # embedding rows cut to the tokenizer's size
-            data = np.concatenate([data, np.zeros((shapes[hf][0] - data.shape[0], *data.shape[1:]), np.float32)])
-        state[hf] = torch.from_numpy(np.ascontiguousarray(data))
-    return model_from_state(ckpt, state)
+    def __init__(self, path: Path, ckpt: Path, device="cpu", reader=None):
+        import gguf
+
+        from qtune.export.shards import ShardReader
+
+        cfg = json.loads((ckpt / "config.json").read_text())
+        self.fam = family(cfg["model_type"])
+        arch = {name: a for a, name in gguf.MODEL_ARCH_NAMES.items()}[self.fam.gguf_arch]
+        names = gguf.get_tensor_name_map(arch, cfg["num_hidden_layers"])
+        shards = ShardReader(ckpt)
+        self.shapes = {k: tuple(shards.shape(k)) for k in shards.keys()}
+        by_gguf = {names.get_name(k, try_suffixes=(".weight", ".bias")): k for k in self.shapes}
+        self.heads = cfg["num_attention_heads"]
+        self.kv = cfg.get("num_key_value_heads") or self.heads
+        self.device, self.path = device, Path(path)
+        self.tensors = {}  # HF name -> (type, shape, offset, numpy dtype, stored shape); the reader's map is dropped
+        for t in (reader or gguf.GGUFReader(str(path))).tensors:
+            stem, suffix = t.name.rsplit(".", 1)
+            hf = by_gguf.get(stem) or by_gguf.get(t.name)
+            if hf is None:
+                continue  # llama.cpp-only tensors (e.g. rope_freqs)
+            hf = hf if hf.endswith(suffix) else f"{hf.rsplit('.', 1)[0]}.{suffix}"
+            self.tensors[hf] = (t.tensor_type, t.shape.tolist(), t.data_offset, t.data.dtype, t.data.shape)
+
+    def keys(self) -> list[str]:
+        return list(self.tensors)
+
+    def __call__(self, hf: str):
+        import gguf
+        import numpy as np
+        import torch
+
+        qtype, shape, offset, dtype, stored = self.tensors[hf]
+        raw = np.fromfile(self.path, dtype=dtype, count=int(np.prod(stored)), offset=offset).reshape(stored)
+        data = gguf.quants.dequantize(raw, qtype).astype(np.float32).reshape(shape[::-1])
+        if self.fam.gguf_permute_qk and hf.endswith(("q_proj.weight", "q_proj.bias")):
+            data = _unpermute(data, self.heads)
+        elif self.fam.gguf_permute_qk and hf.endswith(("k_proj.weight", "k_proj.bias")):
+            data = _unpermute(data, self.kv)
+        if self.fam.norm_offset and hf.endswith("norm.weight"):
+            data = data - self.fam.norm_offset
+        want = self.shapes[hf]
+        if data.shape != want:  # embedding rows cut to the tokenizer's size
+            data = np.concatenate([data, np.zeros((want[0] - data.shape[0], *data.shape[1:]), np.float32)])
+        return torch.from_numpy(np.ascontiguousarray(data)).to(self.device)
+
+
+def load_gguf_dequantized(path: Path, ckpt: Path, reader=None):
+    """A GGUF file read back as a whole float32 model (small models, tests)."""
+    weights = GGUFWeights(path, ckpt, reader=reader)
+    return model_from_state(ckpt, {k: weights(k) for k in weights.keys()})
 
 
 # Tokenizer files transformers 5 no longer writes on save_pretrained, which llama.cpp's converter reads
@@ -228,38 +249,46 @@ def converter_input(merged: Path, base: Path, tmp: Path) -> Path:
     return staged
 
 
-def export_gguf(merged: Path, recipe, tokenizer, settings, reference, out: Path, say) -> Path:
+def export_gguf(merged: Path, recipe, tokenizer, settings, reference, out: Path, say, fidelity_of=None,
+                final: Path | None = None) -> Path:
+    """Every ``settings.gguf_types`` file from the merged folder into ``out``, with fidelity, manifest and card.
+
+    ``fidelity_of(weights)``: fidelity figures of a model given tensor by tensor (None: skip).
+    """
     import shutil
 
     import gguf
 
     from qtune import rundir
-    from qtune.export.fidelity import compare, measure
+    from qtune.export.fidelity import compare
     from qtune.models.load import resolve_model_path
 
     stem = Path(recipe.train.output_dir).name or "model"
     fidelity = {"exports": {}, "reference": "the merged 16-bit model; each file read back and dequantized by qtune"}
     bits, pre = {}, None
     with rundir.atomic_path(out, directory=True) as tmp:
-        src = converter_input(merged, Path(resolve_model_path(recipe.model.path)), tmp)
-        for qtype in settings.gguf_types:
-            t = time.perf_counter()
-            target = tmp / f"{stem}-{qtype}.gguf"
-            write_gguf(src, target, qtype, name=stem)
-            reader = gguf.GGUFReader(str(target))  # parsed once: slow for real vocabularies
-            model = load_gguf_dequantized(target, merged, reader)
-            bits[target.name] = _bits_per_weight(reader)
-            pre = pre or _pre_tokenizer(reader)
-            del reader
-            fidelity["exports"][target.name] = compare(measure(model, tokenizer, recipe), reference)
-            del model
-            say(f"gguf: {target.name} ({time.perf_counter() - t:.0f}s)")
-        if src != merged:
-            shutil.rmtree(src)
-    card.write_fidelity(out, fidelity)
-    manifest = card.write_manifest(out, "gguf", min(bits.values()), None, settings.base, bits_per_file=bits,
-                                   pre_tokenizer=pre)
-    card.write_card(out, manifest, fidelity, recipe.model.path)
+        staging = Path(tempfile.mkdtemp(prefix=".converter-", dir=tmp.parent))
+        try:
+            src = converter_input(merged, Path(resolve_model_path(recipe.model.path)), staging)
+            for qtype in settings.gguf_types:
+                t = time.perf_counter()
+                target = tmp / f"{stem}-{qtype}.gguf"
+                write_gguf(src, target, qtype, name=stem)
+                reader = gguf.GGUFReader(str(target))  # parsed once: slow for real vocabularies
+                bits[target.name] = _bits_per_weight(reader)
+                pre = pre or _pre_tokenizer(reader)
+                weights = GGUFWeights(target, merged, reader=reader) if fidelity_of is not None and reference is not None else None
+                del reader
+                if weights is not None:
+                    fidelity["exports"][target.name] = compare(fidelity_of(weights), reference)
+                say(f"gguf: {target.name} ({time.perf_counter() - t:.0f}s)")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if fidelity["exports"]:
+            card.write_fidelity(tmp, fidelity)
+        manifest = card.write_manifest(tmp, "gguf", min(bits.values()), None, settings.base, bits_per_file=bits,
+                                       pre_tokenizer=pre)
+        card.write_card(tmp, manifest, fidelity if fidelity["exports"] else None, recipe.model.path, final or out)
     return out
 
 

@@ -35,8 +35,8 @@ from qtune.export.grid import QuantizedWeight, find_grid, quantize
 class HessianAccumulator:
     """Running ``H = 2/n Σ x xᵀ`` over every token seen, in float32."""
 
-    def __init__(self, in_features: int):
-        self.H = torch.zeros(in_features, in_features)
+    def __init__(self, in_features: int, device: torch.device | str = "cpu"):
+        self.H = torch.zeros(in_features, in_features, device=device)
         self.n = 0
 
     def add(self, x: torch.Tensor) -> None:
@@ -69,15 +69,16 @@ def gptq_quantize(
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(n)
+    dev = W.device
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(n, device=dev)
     W, H = W[:, perm], H[perm][:, perm]
 
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(n)
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(n, device=dev)
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
 
     Q = torch.zeros_like(W)
-    scales = torch.zeros(out, n // g)
-    zeros = torch.zeros(out, n // g)
+    scales = torch.zeros(out, n // g, device=dev)
+    zeros = torch.zeros(out, n // g, device=dev)
     for b0 in range(0, n, block):
         b1 = min(b0 + block, n)
         W1 = W[:, b0:b1].clone()  # (out, B) updated in place as the sweep goes
@@ -97,7 +98,7 @@ def gptq_quantize(
         W[:, b1:] -= E1 @ U[b0:b1, b1:]
 
     inv = torch.argsort(perm)
-    g_idx = (torch.arange(n) // g)[inv]  # group of original column c = its visiting position // g
+    g_idx = (torch.arange(n, device=dev) // g)[inv]  # group of original column c = its visiting position // g
     return QuantizedWeight(
         q=Q[:, inv].to(torch.uint8),
         scale=scales,
@@ -120,7 +121,8 @@ def gptq_layer_quantizer(bits: int, group_size: int, sym: bool, act_order: bool,
         modules = dict(layer.named_modules())
         out = {}
         for group in groups:
-            acc = HessianAccumulator(modules[group.linears[0]].in_features)
+            first = modules[group.linears[0]]
+            acc = HessianAccumulator(first.in_features, first.weight.device)
             feed_inputs(layer, inputs, group.linears[:1], lambda name, x: acc.add(x))
             for name in group.linears:
                 w = gptq_quantize(modules[name].weight, acc.H, bits, group_size, sym, act_order, damp, grid_search=grid_search)

@@ -37,6 +37,10 @@ class QuantizedWeight:
     bits: int
     group_size: int
 
+    def to(self, device) -> "QuantizedWeight":
+        return QuantizedWeight(self.q.to(device), self.scale.to(device), self.zero.to(device), self.g_idx.to(device),
+                               self.bits, self.group_size)
+
     def dequantize(self) -> torch.Tensor:
         """``W'`` as float32, shape (out, in)."""
         g = self.g_idx.long()
@@ -105,7 +109,7 @@ def rtn(weight: torch.Tensor, bits: int, group_size: int, sym: bool = False) -> 
         q=q.to(torch.uint8),
         scale=scale.reshape(out, n_in // g),
         zero=zero.reshape(out, n_in // g).to(torch.int32),
-        g_idx=(torch.arange(n_in) // g).to(torch.int32),
+        g_idx=(torch.arange(n_in, device=w.device) // g).to(torch.int32),
         bits=bits,
         group_size=group_size,
     )

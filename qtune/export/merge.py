@@ -9,7 +9,7 @@ Two choices of ``W_base`` (``--base``):
 - ``original``: the 16/32-bit weights before quantization. The adapter may have learned to
   correct some quantization error, which then is corrected twice; but the base itself is better.
 
-:data:`~qtune.export.formats.DEFAULT_MERGE_BASE` is the one that measured better (docs/export.md has the figures).
+:data:`~qtune.registry.exports.DEFAULT_MERGE_BASE` is the one that measured better (docs/export.md has the figures).
 """
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from qtune import rundir
-from qtune.recipe import load_run_recipe
 from qtune.errors import QtuneError
 
-from qtune.export.formats import DEFAULT_MERGE_BASE as DEFAULT_BASE
-from qtune.export.formats import MERGE_BASES
-MERGE_DTYPES = ("float16", "bfloat16", "float32")
+from qtune.registry.exports import DEFAULT_MERGE_BASE as DEFAULT_BASE
+from qtune.registry.exports import MERGE_BASES
 
 
 def roundtrip_bnb(weight, quant) -> "torch.Tensor":
@@ -42,54 +40,29 @@ def roundtrip_bnb(weight, quant) -> "torch.Tensor":
     return weight
 
 
-def quantized_linear_names(model) -> list[str]:
-    """The linears bitsandbytes quantizes: every ``nn.Linear`` except the output projection."""
-    import torch
+def merged_model(run_dir: str | Path, base: str = DEFAULT_BASE, device="cpu"):
+    """The run's adapter merged into ``base`` as one float32 model in memory, plus recipe and tokenizer.
 
-    out_emb = model.get_output_embeddings()
-    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not out_emb]
+    For small models (tests, benchmark scripts): exports stream layer by layer instead
+    (:mod:`qtune.export.stream`); both take their tensors from :class:`~qtune.export.layerwise.MergedWeights`.
+    """
+    from transformers import AutoTokenizer
 
-
-def merged_model(run_dir: str | Path, base: str = DEFAULT_BASE):
-    """The run's adapter merged into ``base``; float32 on CPU, plus the recipe and tokenizer."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from qtune.models.load import resolve_model_path
+    from qtune.export.layerwise import MergedWeights, skeleton
 
     if base not in MERGE_BASES:
         raise QtuneError(f"--base: '{base}' is not one of {', '.join(MERGE_BASES)}")
-    recipe = load_run_recipe(run_dir)
-    path = resolve_model_path(recipe.model.path)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, trust_remote_code=recipe.model.trust_remote_code, revision=recipe.model.revision
-    )
-    if base == "dequantized":
-        modules = dict(model.named_modules())
-        with torch.no_grad():
-            for name in quantized_linear_names(model):
-                w = modules[name].weight
-                w.copy_(roundtrip_bnb(w.data, recipe.quant))
-    adapter = Path(run_dir) / rundir.ADAPTER
-    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    tokenizer = AutoTokenizer.from_pretrained(str(adapter))
-    return model.eval(), recipe, tokenizer
-
-
-def save_checkpoint(model, tokenizer, out: str | Path, dtype: str = "float16") -> Path:
-    """Write a plain transformers checkpoint (safetensors + tokenizer), atomically."""
-    import torch
-
-    if dtype not in MERGE_DTYPES:
-        raise QtuneError(f"--dtype: '{dtype}' is not one of {', '.join(MERGE_DTYPES)}")
-    if dtype == "float16":
-        big = max(p.abs().max().item() for p in model.parameters())
-        if big > torch.finfo(torch.float16).max:
-            raise QtuneError(f"--dtype: a weight of {big:.3g} overflows float16; use --dtype bfloat16")
-    out = Path(out)
-    with rundir.atomic_path(out, directory=True) as tmp:
-        model.to(getattr(torch, dtype)).save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        model.to(torch.float32)
-    return out
+    weights = MergedWeights(run_dir, base, device)
+    model = skeleton(weights.config)
+    head = f"{weights.head}.weight" if weights.tied else None
+    state = {k: weights(k) for k in model.state_dict() if k != head}
+    model.to_empty(device=device)
+    result = model.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys and set(result.missing_keys) <= {head}, result
+    if weights.tied:
+        model.tie_weights()
+    for module in model.modules():  # rotary buffers: in no checkpoint, recomputed
+        if any(True for _ in module.buffers(recurse=False)) and not module.state_dict():
+            model._init_weights(module)
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(run_dir) / rundir.ADAPTER))
+    return model.eval(), weights.recipe, tokenizer

@@ -1,121 +1,274 @@
 """``qtune export`` / ``qtune merge``: from a run directory to ``<run>/exports/<name>/``.
 
-The adapter is merged once (into the base :mod:`qtune.export.merge` describes); every format starts
-from that merged model: ``merged`` saves it, ``gptq``/``awq`` calibrate on the recipe's data and
-quantize layer by layer, ``gguf`` converts the saved merged checkpoint. Each export directory gets
-``qtune_export.json``, ``fidelity.json`` and a README model card (:mod:`qtune.export.card`).
+One streamed pass (:mod:`qtune.export.stream`) reads the base's shards lazily, merges each decoder
+layer's LoRA on the export device (``export.device``: the GPU when there is one) and hands the
+merged layer to every requested format: ``merged`` writes it in float16, ``gptq``/``awq`` quantize
+it with their own calibration activations. ``gguf`` then converts the merged shards. Fidelity
+(:mod:`qtune.export.fidelity`) runs on the same device through models whose layers are loaded one
+at a time (:func:`qtune.export.layerwise.lazy_model`). Every format is written into a temporary
+folder; all are renamed into place only when every one is complete, so an interrupted export
+leaves none half-written. Each export directory gets ``qtune_export.json``, ``fidelity.json`` and a
+README model card (:mod:`qtune.export.card`).
 """
 
 from __future__ import annotations
 
-import copy
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from qtune.errors import QtuneError
 from qtune.export import card
-from qtune.export.formats import export_name
+from qtune.registry.exports import export_name
+
+
+class ExportInterrupted(QtuneError):
+    exit_code = 130
 
 
 def _say(console):
     return console.print if console is not None else print
 
 
-def export_run(run_dir: str | Path, settings, formats: list[str] | None = None, out_root: str | Path | None = None,
-               console=None) -> dict[str, Path]:
-    """Write every format in ``formats`` (default ``settings.formats``); return their directories."""
-    from qtune import rundir
-    from qtune.recipe import load_run_recipe
-    from qtune.export.fidelity import measure
-    from qtune.export.merge import merged_model
-    from qtune.registry.families import check_formats
-    from qtune.models.load import model_family
+def export_device(choice: str):
+    import torch
 
-    say = _say(console)
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise QtuneError("export.device: cuda was asked for but torch sees no GPU; use auto or cpu")
+    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+@contextmanager
+def _layer_bar(console, what: str, on_layer=None):
+    """``progress(i, n)`` for the stream: a rich bar (elapsed, ETA) when there is a console."""
+    if console is None:
+        yield on_layer or (lambda i, n: None)
+        return
+    if not console.is_terminal:  # a log file: a line every tenth of the layers instead of a live bar
+        t0 = time.perf_counter()
+
+        def line(i, n):
+            if i == n or i % max(1, n // 10) == 0:
+                el = time.perf_counter() - t0
+                console.print(f"{what}: layer {i}/{n}, {el:.0f}s elapsed, ETA {el / i * (n - i):.0f}s")
+            if on_layer is not None:
+                on_layer(i, n)
+
+        yield line
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("layers"),
+                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task(what, total=None)
+
+        def progress(i, n):
+            bar.update(task, completed=i, total=n)
+            if on_layer is not None:
+                on_layer(i, n)
+
+        yield progress
+
+
+def export_run(run_dir: str | Path, settings, formats: list[str] | None = None, out_root: str | Path | None = None,
+               console=None, on_layer=None) -> dict[str, Path]:
+    """Write every format in ``formats`` (default ``settings.formats``); return their directories.
+
+    ``on_layer(i, n)`` is called after each streamed decoder layer.
+    """
+    from qtune import rundir
+    from qtune.models.load import model_family
+    from qtune.recipe import load_run_recipe
+    from qtune.registry.families import check_formats
+
     run_dir = Path(run_dir)
     out_root = Path(out_root) if out_root else run_dir / "exports"
-    formats = formats or list(settings.formats)
+    formats = list(dict.fromkeys(formats or settings.formats))
     base = load_run_recipe(run_dir).model
     check_formats(model_family(base), formats)  # before any merging or measuring
     if "gguf" in formats:
         from qtune.export.gguf_export import check_convertible
 
         check_convertible(base, settings.gguf_types)
-    t0 = time.perf_counter()
-    model, recipe, tokenizer = merged_model(run_dir, settings.base)
-    reference = measure(model, tokenizer, recipe)
-    say(f"merged into the {settings.base} base in {time.perf_counter() - t0:.0f}s: eval loss {reference['eval_loss']:.4f}, "
-        f"perplexity {reference['perplexity']:.3f}")
-    done: dict[str, Path] = {}
-    for fmt in formats:
-        t = time.perf_counter()
-        if fmt == "merged" or (fmt == "gguf" and "merged" not in done):
-            done["merged"] = _export_merged(run_dir, model, recipe, tokenizer, settings, reference, out_root / "merged")
-        if fmt in ("gptq", "awq"):
-            out = out_root / export_name(fmt, settings.bits, settings.group_size)
-            done[fmt] = _export_quantized(fmt, copy.deepcopy(model), recipe, tokenizer, settings, reference, out, say)
-        elif fmt == "gguf":
-            from qtune.export.gguf_export import export_gguf
-
-            done[fmt] = export_gguf(done["merged"], recipe, tokenizer, settings, reference, out_root / "gguf", say)
-        say(f"{fmt}: {done[fmt if fmt in done else 'merged']} ({time.perf_counter() - t:.0f}s)")
-    return done
+    folders = {f: out_root / export_name(f, settings.bits, settings.group_size) for f in formats}
+    if "gguf" in folders and "merged" not in folders:
+        folders = {"merged": out_root / "merged", **folders}  # GGUF converts the merged shards
+    try:
+        with ExitStack() as stack:
+            tmp = {f: stack.enter_context(rundir.atomic_path(p, directory=True)) for f, p in folders.items()}
+            _export(run_dir, settings, tmp, folders, console, on_layer)
+    except KeyboardInterrupt:
+        raise ExportInterrupted(
+            f"export interrupted: nothing was written under {out_root} (temporary folders removed); "
+            f"rerun the same command: qtune export {run_dir} --format {' '.join(formats)}") from None
+    return folders
 
 
-def _export_merged(run_dir, model, recipe, tokenizer, settings, reference, out: Path) -> Path:
+def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path], console, on_layer) -> None:
+    from transformers import AutoTokenizer
+
     from qtune import rundir
-    from qtune.export.fidelity import compare, measure
-    from qtune.export.merge import save_checkpoint
-    from qtune.models.load import load_trained
+    from qtune.export.layerwise import MergedWeights
+    from qtune.export.stream import MergedTarget, QuantTarget, stream_export, write_config
 
-    save_checkpoint(model, tokenizer, out)
-    trained = load_trained(str(run_dir / rundir.ADAPTER), recipe.model, recipe.quant, "cpu")
-    trained_fid = measure(trained, tokenizer, recipe)
-    del trained
-    fidelity = compare(reference, trained_fid)
-    fidelity["reference"] = f"the trained adapter on its {recipe.quant.method} base"
-    card.write_fidelity(out, fidelity)
-    manifest = card.write_manifest(out, "merged", 16, None, settings.base, dtype="float16")
-    card.write_card(out, manifest, fidelity, recipe.model.path)
-    return out
+    say = _say(console)
+    s = settings
+    device = export_device(s.device)
+    weights = MergedWeights(run_dir, s.base, device)
+    recipe = weights.recipe
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / rundir.ADAPTER))
+    quant = [f for f in tmp if f in ("gptq", "awq")]
+    targets = [MergedTarget(tmp["merged"])] if "merged" in tmp else []
+    calib = None
+    if quant:
+        calib = _calibration(weights, recipe, tokenizer, s, quant)
+        targets += [QuantTarget(f, _quantizer(f, s), tmp[f]) for f in quant]
+    t0 = time.perf_counter()
+    what = f"merge{' + ' + ' + '.join(quant) if quant else ''} on {device.type}"
+    with _layer_bar(console, what, on_layer) as progress:
+        stream_export(weights, targets, calib, 8, progress)
+    for target in targets:
+        target.writer.close()
+        fmt = getattr(target, "fmt", "merged")
+        write_config(target.folder, weights, "float16", _qconfig(fmt, s) if fmt != "merged" else None)
+        tokenizer.save_pretrained(target.folder)
+    say(f"streamed {len(targets)} format(s) layer by layer on {device.type} in {time.perf_counter() - t0:.0f}s")
+
+    fid = _Fidelity(weights, tokenizer, s, device, say) if s.fidelity else None
+    reference = fid.reference() if fid else None
+    if "merged" in tmp:
+        fidelity = None
+        if fid:
+            fidelity = fid.compare(reference, fid.trained(run_dir))  # the merged model against the trained one
+            fidelity["reference"] = (f"the trained adapter on its {recipe.quant.method} base (computed as the merge "
+                                     "into the dequantized base, which it equals: tests/export/test_merge.py)")
+        _paperwork(tmp["merged"], final["merged"], "merged", 16, None, s, recipe, fidelity, dtype="float16",
+                   device=device.type)
+    for target in targets:
+        if isinstance(target, QuantTarget):
+            fidelity = None
+            if fid:
+                from qtune.export.checkpoint import DequantizedWeights
+
+                fidelity = fid.compare(fid.of(DequantizedWeights(target.folder, device)), reference)
+                fidelity["reference"] = "the merged 16-bit model; the export is read back from its files (qtune's dequantized view)"
+            cal = s.calibration
+            _paperwork(target.folder, final[target.fmt], target.fmt, s.bits, s.group_size, s, recipe, fidelity,
+                       quantization_config=_qconfig(target.fmt, s), quantize_seconds=round(target.seconds, 1), device=device.type,
+                       calibration={"source": cal.source, "samples": int(calib.shape[0]), "seq_len": cal.seq_len, "seed": cal.seed},
+                       **({"grid_search": s.grid_search} if target.fmt == "gptq" else {}))
+            say(f"{target.fmt}: quantized in {target.seconds:.0f}s → {final[target.fmt]}")
+    if "gguf" in tmp:
+        from qtune.export.gguf_export import export_gguf
+
+        export_gguf(tmp["merged"], recipe, tokenizer, s, reference, tmp["gguf"], say,
+                    fidelity_of=fid.of if fid else None, final=final["gguf"])
 
 
-def _export_quantized(fmt, model, recipe, tokenizer, settings, reference, out: Path, say) -> Path:
+def _paperwork(out, final, fmt, bits, group_size, s, recipe, fidelity, **details) -> None:
+    if fidelity is not None:
+        card.write_fidelity(out, fidelity)
+    manifest = card.write_manifest(out, fmt, bits, group_size, s.base, **details)
+    card.write_card(out, manifest, fidelity, recipe.model.path, final)
+
+
+def _calibration(weights, recipe, tokenizer, s, quant: list[str]):
     import torch
 
-    from qtune.export.awq import awq_layer_quantizer
     from qtune.export.calibration import calibration_tokens
-    from qtune.export.checkpoint import load_dequantized, quantization_config, write_checkpoint
-    from qtune.export.fidelity import compare, measure
-    from qtune.export.gptq import gptq_layer_quantizer
     from qtune.export.grid import check_shape
-    from qtune.export.sequential import decoder_layers, sweep
+    from qtune.export.layerwise import skeleton
+    from qtune.export.sequential import decoder_layers
 
-    s, cal = settings, settings.calibration
-    for name, m in decoder_layers(model)[1].named_modules():
+    if "awq" in quant and s.bits != 4:
+        raise QtuneError(f"export.bits: AWQ GEMM checkpoints hold 4-bit weights (given {s.bits}); use gptq for 8 bits")
+    for name, m in decoder_layers(skeleton(weights.config))[1][0].named_modules():
         if isinstance(m, torch.nn.Linear):
             check_shape(name, m.in_features, s.bits, s.group_size)
-    if fmt == "awq" and s.bits != 4:
-        from qtune.errors import QtuneError
+    cal = s.calibration
+    return calibration_tokens(recipe, tokenizer, cal.samples, cal.seq_len, cal.source, cal.seed)
 
-        raise QtuneError(f"export.bits: AWQ GEMM checkpoints hold 4-bit weights (given {s.bits}); use gptq for 8 bits")
-    calib = calibration_tokens(recipe, tokenizer, cal.samples, cal.seq_len, cal.source, cal.seed)
+
+def _quantizer(fmt: str, s):
+    from qtune.export.awq import awq_layer_quantizer
+    from qtune.export.gptq import gptq_layer_quantizer
+
     if fmt == "gptq":
-        quantizer = gptq_layer_quantizer(s.bits, s.group_size, s.sym, s.act_order, s.damp, s.grid_search)
-    else:
-        quantizer = awq_layer_quantizer(s.bits, s.group_size)
-    t = time.perf_counter()
-    quantized = sweep(model, calib, 8, quantizer,
-                      progress=lambda i, n: say(f"{fmt}: layer {i}/{n}") if i % 10 == 0 or i == n else None)
-    quant_s = time.perf_counter() - t
-    qcfg = quantization_config(fmt, s.bits, s.group_size, s.sym and fmt == "gptq", s.act_order and fmt == "gptq", s.damp)
-    write_checkpoint(model, tokenizer, quantized, qcfg, out)
-    fidelity = compare(measure(load_dequantized(out), tokenizer, recipe), reference)
-    fidelity["reference"] = "the merged 16-bit model; the export is read back from its files (qtune's dequantized view)"
-    card.write_fidelity(out, fidelity)
-    manifest = card.write_manifest(
-        out, fmt, s.bits, s.group_size, s.base, quantization_config=qcfg, quantize_seconds=round(quant_s, 1),
-        calibration={"source": cal.source, "samples": int(calib.shape[0]), "seq_len": cal.seq_len, "seed": cal.seed},
-        **({"grid_search": s.grid_search} if fmt == "gptq" else {}),
-    )
-    card.write_card(out, manifest, fidelity, recipe.model.path)
+        return gptq_layer_quantizer(s.bits, s.group_size, s.sym, s.act_order, s.damp, s.grid_search)
+    return awq_layer_quantizer(s.bits, s.group_size)
+
+
+def _qconfig(fmt: str, s) -> dict:
+    from qtune.export.checkpoint import quantization_config
+
+    return quantization_config(fmt, s.bits, s.group_size, s.sym and fmt == "gptq", s.act_order and fmt == "gptq", s.damp)
+
+
+class _Fidelity:
+    """Fidelity figures of models given tensor by tensor, each run through :func:`lazy_model` on the
+    export device: float32 on CPU (the figures small models are checked against), the recipe's
+    compute dtype on a GPU."""
+
+    def __init__(self, weights, tokenizer, s, device, say):
+        import torch
+
+        self.config, self.tokenizer, self.recipe, self.device = weights.config, tokenizer, weights.recipe, device
+        self.weights = weights
+        self.dtype = torch.float32 if device.type == "cpu" else getattr(torch, weights.recipe.quant.compute_dtype)
+        self.max_tokens = s.fidelity_tokens
+        self.base = s.base
+        shown = f"{s.fidelity_tokens} eval-text tokens" if s.fidelity_tokens else "eval's default eval-text tokens"
+        say(f"fidelity: perplexity on {shown} and eval loss on the recipe's eval split, per model, on {device.type} "
+            f"in {str(self.dtype).removeprefix('torch.')}, one layer at a time (bound it: --fidelity-tokens N, skip: --no-fidelity)")
+
+    def of(self, weights) -> dict:
+        from qtune.export.fidelity import measure
+        from qtune.export.layerwise import lazy_model
+
+        return measure(lazy_model(self.config, weights, self.device, self.dtype), self.tokenizer, self.recipe,
+                       max_tokens=self.max_tokens)
+
+    def reference(self) -> dict:
+        return self.of(self.weights)
+
+    def trained(self, run_dir) -> dict:
+        from qtune.export.layerwise import MergedWeights
+
+        if self.base == "dequantized":
+            return self.of(self.weights)
+        return self.of(MergedWeights(run_dir, "dequantized", self.device))
+
+    @staticmethod
+    def compare(export: dict, reference: dict) -> dict:
+        from qtune.export.fidelity import compare
+
+        return compare(export, reference)
+
+
+def merge_run(run_dir: str | Path, base: str, out: str | Path, dtype: str = "float16", device: str = "auto",
+              console=None) -> Path:
+    """``qtune merge``: the merged checkpoint alone, streamed layer by layer (no fidelity)."""
+    from transformers import AutoTokenizer
+
+    from qtune import rundir
+    from qtune.export.layerwise import MergedWeights
+    from qtune.export.stream import DTYPES, MergedTarget, stream_export, write_config
+
+    if dtype not in DTYPES:
+        raise QtuneError(f"--dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
+    weights = MergedWeights(run_dir, base, export_device(device))
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(run_dir) / rundir.ADAPTER))
+    out = Path(out)
+    try:
+        with rundir.atomic_path(out, directory=True) as tmp:
+            target = MergedTarget(tmp, dtype)
+            with _layer_bar(console, f"merge on {weights.device.type}") as progress:
+                stream_export(weights, [target], None, progress=progress)
+            target.writer.close()
+            write_config(tmp, weights, dtype)
+            tokenizer.save_pretrained(tmp)
+            manifest = card.write_manifest(tmp, "merged", 16 if dtype != "float32" else 32, None, base, dtype=dtype)
+            card.write_card(tmp, manifest, None, weights.recipe.model.path, out)
+    except KeyboardInterrupt:
+        raise ExportInterrupted(f"merge interrupted: {out} was not written; rerun: qtune merge {run_dir}") from None
     return out

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from qtune.registry.templates import TEMPLATE_CHOICES
 from qtune.registry.choices import HUB_PREFIX, KERNEL_MODES
 from qtune.recipe.distributed_rules import problems as distributed_problems
-from qtune.export.formats import DEFAULT_MERGE_BASE, EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
+from qtune.registry.exports import DEFAULT_MERGE_BASE, EXPORT_DEVICES, EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
 
 DType = Literal["bfloat16", "float16", "float32", "auto"]
 ComputeDType = Literal["bfloat16", "float16", "float32"]
@@ -198,6 +198,9 @@ class ExportSection(Section):
     grid_search: bool = Field(True, description="GPTQ: per group, the shrunk range with the least rounding error")
     gguf_types: list[GGUFType] = Field(default_factory=lambda: ["Q8_0"], min_length=1)
     calibration: CalibrationSection = CalibrationSection()
+    device: Literal[EXPORT_DEVICES] = Field("auto", description="where layers are merged, quantized and measured")
+    fidelity: bool = Field(True, description="measure perplexity and eval loss of every export")
+    fidelity_tokens: Optional[int] = Field(None, ge=1, description="eval-text tokens scored per model (default: qtune eval's)")
 
     @field_validator("group_size")
     @classmethod

@@ -21,10 +21,13 @@ def run_dir(tmp_path):
 
 def test_flags_override_recipe_section(run_dir):
     args = build_parser().parse_args(["export", str(run_dir), "--format", "awq", "gguf", "--bits", "4",
-                                      "--gguf-type", "Q4_0", "--calib-samples", "16", "--no-act-order"])
+                                      "--gguf-type", "Q4_0", "--calib-samples", "16", "--no-act-order",
+                                      "--device", "cpu", "--fidelity-tokens", "256", "--no-fidelity"])
     s = export_settings(args)
     assert s.formats == ["awq", "gguf"] and s.group_size == 32  # group size kept from the recipe
     assert s.gguf_types == ["Q4_0"] and s.calibration.samples == 16 and s.act_order is False
+    assert s.device == "cpu" and s.fidelity_tokens == 256 and s.fidelity is False
+    assert export_settings(build_parser().parse_args(["export", str(run_dir), "--format", "gptq"])).device == "auto"
 
 
 def test_bad_option_is_one_line_error(run_dir):

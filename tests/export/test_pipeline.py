@@ -6,7 +6,7 @@ import torch
 
 from qtune.export.card import FIDELITY, MANIFEST
 from qtune.export.checkpoint import load_dequantized
-from qtune.export.formats import DEFAULT_MERGE_BASE
+from qtune.registry.exports import DEFAULT_MERGE_BASE
 from qtune.export.gguf_export import load_gguf_dequantized
 from qtune.export.merge import merged_model
 from qtune.export.pipeline import export_run

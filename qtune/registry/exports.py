@@ -10,6 +10,7 @@ GGUF_REQUANT_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1")
 GGUF_LLAMA_CPP_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K")
 GGUF_TYPES = GGUF_CONVERTER_TYPES + GGUF_REQUANT_TYPES + GGUF_LLAMA_CPP_TYPES
 QUANT_BITS = (4, 8)
+EXPORT_DEVICES = ("auto", "cuda", "cpu")  # auto: the GPU when torch sees one
 
 
 def export_name(fmt: str, bits: int, group_size: int) -> str:

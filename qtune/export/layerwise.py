@@ -3,7 +3,7 @@
 ``skeleton(config)`` builds the transformers model on the meta device (shapes, no storage).
 ``materialize(module, tensors, device)`` gives one module storage (``to_empty``) and loads its
 tensors; ``release(module)`` sends it back to meta. Buffers that no checkpoint holds (rotary
-embeddings' ``inv_freq``) are recomputed by transformers' own ``_init_weights``.
+embeddings' ``inv_freq``, Gemma's ``embed_scale``) keep the values the model's constructor gave them.
 
 :class:`MergedWeights` is the run's merged model tensor by tensor: each weight read from the base's
 shards, for ``dequantized`` put through the bitsandbytes round trip training saw
@@ -29,18 +29,38 @@ from qtune.export.sequential import decoder_layers
 from qtune.export.shards import ShardReader
 
 
+_BUFFERS = "_qtune_buffers"  # plain attribute: survives .to("meta") and to_empty
+
+
 def skeleton(config, dtype: torch.dtype = torch.float32):
+    """The model with its parameters on the meta device; the buffers no checkpoint holds (rotary
+    ``inv_freq``, Gemma's ``embed_scale``) computed by the model's own constructor and kept aside, so
+    :func:`materialize` puts them back (``to_empty`` leaves them uninitialized)."""
+    from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
+    with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    for module in model.modules():
+        fixed = {n: b.detach().clone() for n, b in module.named_buffers(recurse=False) if b.device.type != "meta"}
+        if fixed:
+            setattr(module, _BUFFERS, fixed)
+    model.to("meta")
     return model.eval()
+
+
+def restore_buffers(module: torch.nn.Module, device) -> None:
+    """Put back the constructor's buffers of ``module`` and its children (see :func:`skeleton`)."""
+    for sub in module.modules():
+        for name, value in getattr(sub, _BUFFERS, {}).items():
+            sub._buffers[name] = value.to(device)
 
 
 def materialize(module: torch.nn.Module, tensors: dict[str, torch.Tensor], device) -> torch.nn.Module:
     """``module`` with storage on ``device`` holding ``tensors`` (cast to the module's dtype)."""
     module.to_empty(device=device)
     module.load_state_dict(tensors, strict=True)
+    restore_buffers(module, device)
     return module
 
 
@@ -80,7 +100,7 @@ def materialize_outer(model, name: str, module, weights: Callable[[str], torch.T
         materialize(module, {k: weights(f"{name}.{k}") for k in keys}, device)
     if any(True for _ in module.buffers(recurse=False)) and not keys:  # non-persistent only: rotary
         module.to_empty(device=device)
-        model._init_weights(module)
+        restore_buffers(module, device)
 
 
 def head_name(model) -> str | None:
@@ -100,6 +120,7 @@ class MergedWeights:
 
         from qtune import rundir
         from qtune.models.load import resolve_model_path
+        from qtune.recipe import load_run_recipe
 
         self.recipe = load_run_recipe(run_dir)
         path = resolve_model_path(self.recipe.model.path)

@@ -48,7 +48,7 @@ def merged_model(run_dir: str | Path, base: str = DEFAULT_BASE, device="cpu"):
     """
     from transformers import AutoTokenizer
 
-    from qtune.export.layerwise import MergedWeights, skeleton
+    from qtune.export.layerwise import MergedWeights, restore_buffers, skeleton
 
     if base not in MERGE_BASES:
         raise QtuneError(f"--base: '{base}' is not one of {', '.join(MERGE_BASES)}")
@@ -61,8 +61,6 @@ def merged_model(run_dir: str | Path, base: str = DEFAULT_BASE, device="cpu"):
     assert not result.unexpected_keys and set(result.missing_keys) <= {head}, result
     if weights.tied:
         model.tie_weights()
-    for module in model.modules():  # rotary buffers: in no checkpoint, recomputed
-        if any(True for _ in module.buffers(recurse=False)) and not module.state_dict():
-            model._init_weights(module)
+    restore_buffers(model, device)  # rotary inv_freq, Gemma's embed_scale: in no checkpoint
     tokenizer = AutoTokenizer.from_pretrained(str(Path(run_dir) / rundir.ADAPTER))
     return model.eval(), weights.recipe, tokenizer

@@ -11,6 +11,7 @@ from qtune import rundir
 from qtune.export.layerwise import MergedWeights, lazy_model
 from qtune.export.pipeline import ExportInterrupted, export_run
 from qtune.export.stream import MergedTarget, QuantTarget, stream_export
+from qtune.recipe import load_run_recipe
 from qtune.recipe.schema import ExportSection
 
 SETTINGS = dict(group_size=64, calibration={"samples": 8, "seq_len": 64}, fidelity=False, device="cpu")

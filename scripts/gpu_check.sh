@@ -13,12 +13,7 @@
 #
 # Without a GPU (no nvidia-smi) the same steps run as a dry run on CPU: tests under the interpreter, benchmarks
 # on small shapes, so the script can be checked anywhere.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/.gpu/out}
-mkdir -p "$OUT"
-export PYTHONPATH="$PWD/.gpu/site:$PWD" PYTHONUNBUFFERED=1
-PY=${PY:-python3}
+source "$(dirname "$0")/gpu_env.sh"
 status=0
 
 step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log to $OUT/NAME.log, remember failures

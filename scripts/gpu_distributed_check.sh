@@ -15,12 +15,7 @@
 #   # device tool: run(command="bash scripts/gpu_distributed_check.sh", carry=[".gpu"], timeout_s=300)
 # Without a GPU (no nvidia-smi) it is a dry run on CPU: DDP over 2 gloo processes, and the FSDP recipe refused
 # (FSDP needs CUDA), so the script can be checked anywhere.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/.gpu/out}
-mkdir -p "$OUT"
-export PYTHONPATH="$PWD/.gpu/site:$PWD" PYTHONUNBUFFERED=1
-PY=${PY:-python3}
+source "$(dirname "$0")/gpu_env.sh"
 status=0
 
 step() {  # step NAME SECONDS EXPECT CMD...: run CMD under a time limit, log to $OUT/NAME.log; EXPECT ok|refused

@@ -9,12 +9,7 @@
 #   device tool: run(command="bash scripts/gpu_export_check.sh gptq", carry=[".gpu"], timeout_s=560)
 #                run(command="bash scripts/gpu_export_check.sh awq",  carry=[".gpu"], timeout_s=560)
 # Logs: $OUT/export_<fmt>.log. Without a GPU it refuses (a 7B on 2 CPU cores is hours).
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/.gpu/out}
-mkdir -p "$OUT"
-export PYTHONPATH="$PWD/.gpu/site:$PWD" PYTHONUNBUFFERED=1
-PY=${PY:-python3}
+source "$(dirname "$0")/gpu_env.sh"
 fmt=${1:-gptq}
 SYN=${SYN:-/tmp/qtune-7b}
 

@@ -20,13 +20,11 @@ import importlib.metadata
 import os
 import shutil
 import sys
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from qtune.errors import QtuneError
+from qtune.rundir import atomic_path
 
 
 @dataclass(frozen=True)
@@ -98,26 +96,6 @@ def _key(files: list[Path]) -> str:
     return hashlib.sha256(stamp.encode()).hexdigest()[:12]
 
 
-@contextmanager
-def _staged(target: Path, directory: bool) -> Iterator[Path]:
-    """A temporary sibling of ``target`` renamed onto it when the block succeeds (a lost race is fine)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if directory:
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
-        os.close(fd)
-        staging = Path(name)
-    try:
-        yield staging
-        os.replace(staging, target)  # atomic: a half-written file is never seen as done
-    except OSError:
-        if not target.exists():  # another process did not win the race either
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True) if directory else staging.unlink(missing_ok=True)
-
-
 def gguf_path(name: str) -> Path:
     """The packaged model's GGUF file: the wheel's own file, or its parts joined once in the cache."""
     spec = PACKAGED_MODELS[name]
@@ -127,7 +105,7 @@ def gguf_path(name: str) -> Path:
     target = cache_root() / "gguf" / f"{name}-{_key(files)}.gguf"
     if target.is_file():
         return target
-    with _staged(target, directory=False) as tmp:
+    with atomic_path(target) as tmp:
         with open(tmp, "wb") as out:
             for f in files:
                 with open(f, "rb") as part:
@@ -154,7 +132,7 @@ def materialize(name: str) -> Path:
         return target
     print(f"qtune: converting packaged model '{name}' ({PACKAGED_MODELS[name].weights}) once into {target.parent}",
           file=sys.stderr, flush=True)
-    with _staged(target, directory=True) as staging:
+    with atomic_path(target, directory=True) as staging:
         _convert_gguf(source, staging)
     return target
 

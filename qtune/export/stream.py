@@ -38,17 +38,21 @@ from qtune.export.shards import ShardWriter
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-@dataclass
-class MergedTarget:
-    folder: Path
-    dtype: str = "float16"
-    writer: ShardWriter = field(init=False)
+class _Shards:
+    """A target's shard writer over its ``folder``, flushed once per layer."""
 
     def __post_init__(self):
         self.writer = ShardWriter(self.folder)
 
     def flush(self) -> None:
         self.writer.flush()
+
+
+@dataclass
+class MergedTarget(_Shards):
+    folder: Path
+    dtype: str = "float16"
+    writer: ShardWriter = field(init=False)
 
     def add(self, tensors: dict[str, torch.Tensor]) -> None:
         out = {}
@@ -63,19 +67,13 @@ class MergedTarget:
 
 
 @dataclass
-class QuantTarget:
+class QuantTarget(_Shards):
     fmt: str
     quantize_layer: Callable
     folder: Path
     inputs: list = field(default_factory=list)
     seconds: float = 0.0
     writer: ShardWriter = field(init=False)
-
-    def __post_init__(self):
-        self.writer = ShardWriter(self.folder)
-
-    def flush(self) -> None:
-        self.writer.flush()
 
     def add(self, tensors: dict[str, torch.Tensor]) -> None:
         self.writer.add({k: v.to(torch.float16) for k, v in tensors.items()})

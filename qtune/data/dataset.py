@@ -172,12 +172,14 @@ def build_datasets(data, tokenizer, seed: int, family_template: str | None = Non
     return Encoded(train=train, eval=splits["eval"], stats=stats, chat_template=template if chat else None)
 
 
-def recipe_datasets(recipe, tokenizer, data=None) -> Encoded:
+def recipe_datasets(recipe, tokenizer, data=None, family=None) -> Encoded:
     """:func:`build_datasets` of ``recipe`` (or its ``data`` section replaced), with its model family's template
-    for a model that has none of its own: every command renders the rows ``train`` trained on."""
+    for a model that has none of its own: every command renders the rows ``train`` trained on.
+    ``family``: the model's registry entry when the caller already looked it up."""
     from qtune.models.load import model_family
 
-    return build_datasets(data or recipe.data, tokenizer, recipe.train.seed, model_family(recipe.model).chat_template)
+    family = family or model_family(recipe.model)
+    return build_datasets(data or recipe.data, tokenizer, recipe.train.seed, family.chat_template)
 
 
 def collator_for(data, pad_token_id: int):

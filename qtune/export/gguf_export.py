@@ -189,7 +189,7 @@ class GGUFWeights:
         arch = {name: a for a, name in gguf.MODEL_ARCH_NAMES.items()}[self.fam.gguf_arch]
         names = gguf.get_tensor_name_map(arch, cfg["num_hidden_layers"])
         shards = ShardReader(ckpt)
-        self.shapes = {k: tuple(shards.shape(k)) for k in shards.keys()}
+        self.shapes = {k: tuple(v) for k, v in shards.shapes.items()}
         by_gguf = {names.get_name(k, try_suffixes=(".weight", ".bias")): k for k in self.shapes}
         self.heads = cfg["num_attention_heads"]
         self.kv = cfg.get("num_key_value_heads") or self.heads

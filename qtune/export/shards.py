@@ -29,23 +29,18 @@ class ShardReader:
         files = sorted(self.folder.glob("*.safetensors"))
         if not files:
             raise QtuneError(f"model.path: no *.safetensors files in {self.folder} (qtune exports from safetensors only)")
-        self.where = {}
+        self.where, self.shapes = {}, {}
         for f in files:
             with safe_open(str(f), "pt") as h:
-                self.where.update({k: f for k in h.keys()})
+                for k in h.keys():
+                    self.where[k] = f
+                    self.shapes[k] = list(h.get_slice(k).get_shape())
 
     def keys(self) -> list[str]:
         return list(self.where)
 
     def __contains__(self, name: str) -> bool:
         return name in self.where
-
-    def shape(self, name: str) -> list[int]:
-        """The stored shape of ``name``, from the file header (no data read)."""
-        from safetensors import safe_open
-
-        with safe_open(str(self.where[name]), "pt") as h:
-            return list(h.get_slice(name).get_shape())
 
     def get(self, name: str) -> torch.Tensor:
         """The tensor ``name`` as stored (dtype of the file, CPU)."""

@@ -96,7 +96,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     from qtune.train.resume import open_run
 
     t0 = time.perf_counter()
-    model_family(recipe.model)  # an unsupported family is refused before anything runs
+    family = model_family(recipe.model)  # an unsupported family is refused before anything runs
     device = resolve_device(recipe.train.device)
     if recipe.optimizer_is_paged and device != "cuda":
         raise QtuneError(f"train.optimizer: '{recipe.train.optimizer}' needs a CUDA GPU (running on {device}); use adamw_torch")
@@ -111,7 +111,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     with session.attempt(), tracking.environment(tracking_env):
         with distributed.main_first():  # the main process fills the data cache, the others read it
             tokenizer = load_tokenizer(recipe.model)
-            data = recipe_datasets(recipe, tokenizer)
+            data = recipe_datasets(recipe, tokenizer, family=family)
         say(f"data: {data.stats['train']['rows']} train / {data.stats['eval']['rows']} eval rows, "
             f"{data.stats['train']['trained_tokens']} trained tokens per epoch (cache {data.stats['cache']}, {data.stats['load_s']:.1f}s)"
             + (f", packed into {data.stats['packing']['rows']} rows" if recipe.data.packing else ""))

@@ -78,7 +78,27 @@ def check_convertible(model, gguf_types) -> None:
     base = Path(resolve_model_path(model.path))
     if base.is_dir():
         with tempfile.TemporaryDirectory() as tmp:
-            convert(base, Path(tmp) / "vocab-check.gguf", "F16", vocab_only=True)
+            convert(_with_architectures(base, Path(tmp)), Path(tmp) / "vocab-check.gguf", "F16", vocab_only=True)
+
+
+def _with_architectures(ckpt: Path, tmp: Path) -> Path:
+    """``ckpt``, or (when its config.json names no ``architectures``, as a config saved on its own
+    does) a folder of links to its files with that field filled in: the converter picks its writer by it."""
+    import json
+
+    from qtune.export.stream import causal_lm_class
+
+    config = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
+    if config.get("architectures"):
+        return ckpt
+    staged = tmp / f".{ckpt.name}-with-architectures"
+    staged.mkdir()
+    for f in ckpt.iterdir():
+        if f.name != "config.json":
+            (staged / f.name).symlink_to(f.resolve())
+    config["architectures"] = [causal_lm_class(config["model_type"])]
+    (staged / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return staged
 
 
 def convert(ckpt: Path, out_file: Path, qtype: str, name: str | None = None, vocab_only: bool = False) -> None:

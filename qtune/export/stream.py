@@ -138,6 +138,13 @@ def stream_export(weights: MergedWeights, targets: list, calib: torch.Tensor | N
             progress(i + 1, n)
 
 
+def causal_lm_class(model_type: str) -> str:
+    """transformers' causal-LM class name for ``model_type`` (``llama`` -> ``LlamaForCausalLM``)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]
+
+
 def write_config(folder: Path, weights: MergedWeights, dtype: str, quantization_config: dict | None = None) -> None:
     """config.json (with ``quantization_config``) and generation_config.json, as save_pretrained writes them."""
     from transformers import GenerationConfig
@@ -145,6 +152,8 @@ def write_config(folder: Path, weights: MergedWeights, dtype: str, quantization_
     from qtune.models.load import resolve_model_path
 
     config = copy.deepcopy(weights.config)
+    if not config.architectures:  # a base saved from a bare config; consumers (llama.cpp's converter) need it
+        config.architectures = [causal_lm_class(config.model_type)]
     if quantization_config is not None:
         config.quantization_config = quantization_config
     config.dtype = dtype

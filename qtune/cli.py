@@ -26,9 +26,18 @@ def _overrides_help() -> str:
 
 
 def cmd_validate(args) -> int:
+    from pathlib import Path
+
+    from qtune.data.dataset import check_sources
+    from qtune.models.load import resolve_model_path
     from qtune.recipe import load_recipe
+    from qtune.train.resume import holds_a_run
 
     recipe = load_recipe(args.recipe, args.overrides)
+    resolve_model_path(recipe.model.path, convert=False)  # the checks train makes, without converting anything
+    examples = check_sources(recipe.data)
+    if holds_a_run(Path(recipe.train.output_dir)):
+        print(f"note: {recipe.train.output_dir} already holds a run; train it with --resume or --overwrite")
     t = recipe.train
     nproc = args.nproc or recipe.distributed.nproc
     print(
@@ -36,7 +45,8 @@ def cmd_validate(args) -> int:
         f"(scaling {recipe.lora.scaling:g}), global batch {t.global_batch_size(nproc)} "
         f"(micro {t.micro_batch_size} x grad accumulation {t.grad_accumulation} x {nproc} process(es), "
         f"{recipe.distributed.strategy if nproc > 1 or recipe.distributed.strategy == 'fsdp' else 'one process'}), "
-        f"{'max_steps ' + str(t.max_steps) if t.max_steps else f'{t.epochs:g} epoch(s)'}"
+        f"{'max_steps ' + str(t.max_steps) if t.max_steps else f'{t.epochs:g} epoch(s)'}, "
+        f"{examples} examples read"
     )
     return 0
 

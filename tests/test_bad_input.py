@@ -131,9 +131,17 @@ CASES = [
     ("data-folder-empty", lambda c: ["train", _mkdir(c.tmp / "empty") and c.recipe(data={"train": [str(c.tmp / "empty")]})],
      "holds no"),
     # --- model paths
-    ("model-dir-missing", lambda c: ["train", c.recipe(model={"path": str(c.tmp / "no-model")})], "model.path: no such directory"),
+    ("model-dir-missing", lambda c: ["train", c.recipe(model={"path": str(c.tmp / "no-model")})], "model.path: no such file or directory"),
     ("model-dir-no-config", lambda c: ["train", c.recipe(model={"path": str(_mkdir(c.tmp / "m"))})], "has no config.json"),
     ("model-gguf-file", lambda c: ["train", c.recipe(model={"path": _write(c.tmp / "m.gguf", "GGUF")})], "model.path"),
+    ("model-not-a-gguf-file", lambda c: ["train", c.recipe(model={"path": _write(c.tmp / "weights.bin", "x")})],
+     "is a file but not a .gguf model"),
+    ("model-gguf-unsupported-arch", lambda c: ["train", c.recipe(model={"path": _gguf_of_arch(c.tmp / "m.gguf", "gpt2")})],
+     "is a 'gpt2' GGUF; qtune supports llama"),
+    ("model-checkpoint-from-gguf-by-hand", lambda c: ["train", c.recipe(model={"path": str(_quantization_config(c.model_copy(), "gguf"))})],
+     "is already quantized (gguf, config.json quantization_config); give the .gguf file itself"),
+    ("model-checkpoint-gptq", lambda c: ["train", c.recipe(model={"path": str(_quantization_config(c.model_copy(), "gptq"))})],
+     "is already quantized (gptq"),
     ("model-config-corrupt", lambda c: ["train", c.recipe(model={"path": str(_corrupt(c.model_copy(), "config.json", "{not json"))})],
      "config.json"),
     ("model-no-weights", lambda c: ["train", c.recipe(model={"path": str(c.model_copy(drop=("*.safetensors",)))})], "model.path"),
@@ -200,6 +208,25 @@ def _corrupt(model: Path, name: str, text: str) -> Path:
     return model
 
 
+def _gguf_of_arch(path: Path, arch: str) -> str:
+    """A GGUF file whose header names ``arch`` (no tensors)."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)
+
+
+def _quantization_config(model: Path, method: str) -> Path:
+    config = json.loads((model / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": method}
+    (model / "config.json").write_text(json.dumps(config))
+    return model
+
+
 def _truncate(model: Path, name: str) -> Path:
     data = (model / name).read_bytes()
     (model / name).write_bytes(data[: len(data) // 3])
@@ -240,6 +267,26 @@ def test_bad_input_is_one_line_exit_2(tmp_path, tiny_llama_dir, capsys, monkeypa
     assert len(errors) == 1, err[-3000:]
     assert expected in errors[0], errors[0]
     assert _listing(ctx.run) == before, "the failed attempt changed the run directory"
+
+
+# Cases ``validate`` cannot catch: they need the weights or the tokenizer loaded, or a run directory's state.
+NEEDS_MORE_THAN_VALIDATE = {"model-no-weights", "model-weights-corrupt", "model-no-tokenizer", "packaged-model-cache-corrupt",
+                            "data-empty-file"}
+TRAIN_RECIPE_CASES = [c for c in CASES if c[0] not in NEEDS_MORE_THAN_VALIDATE and not c[0].startswith(("run-", "resume-"))]
+
+
+@pytest.mark.parametrize("build, expected", [c[1:] for c in TRAIN_RECIPE_CASES], ids=[c[0] for c in TRAIN_RECIPE_CASES])
+def test_validate_refuses_what_train_refuses(tmp_path, tiny_llama_dir, capsys, monkeypatch, build, expected):
+    """What ``train RECIPE`` refuses, ``validate RECIPE`` refuses with the same line, without loading weights."""
+    monkeypatch.setenv("QTUNE_CACHE", str(tmp_path / "cache"))
+    argv = build(Ctx(tmp_path, tiny_llama_dir))
+    if argv[:1] != ["train"] or any(a.startswith("--") for a in argv):
+        pytest.skip("not a train RECIPE [overrides] case")
+    capsys.readouterr()
+    code = main(["validate", *argv[1:]])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and len(errors) == 1 and expected in errors[0], err[-2000:]
 
 
 def test_a_failed_start_does_not_block_the_retry(tmp_path, tiny_llama_dir, capsys):

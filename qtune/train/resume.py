@@ -230,14 +230,19 @@ def new_state() -> dict:
     return {"layout": RUN_LAYOUT, "run_id": uuid.uuid4().hex[:12], "eval_loss_before": None, "sessions": 0}
 
 
+def holds_a_run(run: Path) -> bool:
+    """Whether ``run`` (train.output_dir) holds files already; a one-line error when it is a file."""
+    if run.exists() and not run.is_dir():
+        raise QtuneError(f"train.output_dir: '{run}' is a file, not a directory; set train.output_dir=<new dir>")
+    return run.is_dir() and any(run.iterdir())
+
+
 def open_run(recipe, overwrite: bool, resume: bool, world_size: int = 1) -> RunSession:
     """Check that ``train`` may use ``train.output_dir`` as asked; writes nothing (see the module docstring)."""
     from qtune.recipe import dump_recipe
 
     run = Path(recipe.train.output_dir)
-    if run.exists() and not run.is_dir():
-        raise QtuneError(f"train.output_dir: '{run}' is a file, not a directory; set train.output_dir=<new dir>")
-    holds_files = run.is_dir() and any(run.iterdir())
+    holds_files = holds_a_run(run)
     if not holds_files or overwrite:
         return RunSession(run, overwrite, None, new_state())
     if not resume:

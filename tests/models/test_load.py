@@ -23,3 +23,32 @@ def test_float_storage_holds_the_same_weights_as_uint8(tiny_llama_dir):
     with torch.no_grad():
         out = {s: m(input_ids=ids).logits for s, m in models.items()}
     assert torch.equal(out["uint8"], out["float32"]), (out["uint8"] - out["float32"]).abs().max()
+
+
+def test_a_gguf_file_is_converted_once_and_every_command_takes_it(tmp_path, tiny_llama_dir, monkeypatch, capsys):
+    """One rule for a ``.gguf`` model.path: validate reads its header, data inspect and train convert it
+    once into the cache (as the packaged models are) and train on it; the second use hits the cache."""
+    from qtune.cli import main
+    from qtune.export.gguf_export import convert
+    from qtune.models.load import resolve_model_path
+    from tests.conftest import write_recipe
+
+    monkeypatch.setenv("QTUNE_CACHE", str(tmp_path / "cache"))
+    gguf_file = tmp_path / "tiny.gguf"
+    convert(tiny_llama_dir, gguf_file, "F32")
+    recipe = write_recipe(tmp_path / "r.yaml", model={"path": str(gguf_file)}, quant={"method": "nf4", "compute_dtype": "float32"},
+                          train={"max_steps": 1, "output_dir": str(tmp_path / "run"), "device": "cpu"})
+    assert main(["validate", str(recipe)]) == 0
+    assert not (tmp_path / "cache").exists(), "validate converted the GGUF"
+    assert main(["data", "inspect", str(recipe), "-n", "1"]) == 0
+    assert f"converting 'tiny.gguf' once" in capsys.readouterr().err
+    (converted,) = (tmp_path / "cache" / "models").iterdir()
+    assert resolve_model_path(str(gguf_file)) == str(converted)
+    assert main(["train", str(recipe), "--no-plan-check"]) == 0, capsys.readouterr().err[-2000:]
+    assert "converting" not in capsys.readouterr().err
+    with torch.no_grad():  # the converted weights are the tiny model's own (F32 GGUF: exact)
+        from transformers import AutoModelForCausalLM
+
+        a, b = (AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32) for p in (tiny_llama_dir, converted))
+        ids = torch.arange(1, 9).unsqueeze(0)
+        assert torch.equal(a(input_ids=ids).logits, b(input_ids=ids).logits)

@@ -61,8 +61,13 @@ def training_arguments(recipe: Recipe, run: Path, device: str, report_to: list[s
     )
     # Gradient checkpointing is switched on while attaching LoRA (prepare_model_for_kbit_training),
     # so the Trainer's own switch stays at its default (off).
-    known = {f.name for f in dataclasses.fields(TrainingArguments)}
-    return TrainingArguments(**{k: v for k, v in args.items() if k in known})
+    unknown = sorted(set(args) - {f.name for f in dataclasses.fields(TrainingArguments)})
+    if unknown:  # a transformers that renamed a field: refuse, never train with a setting silently dropped
+        import transformers
+
+        raise QtuneError(f"transformers {transformers.__version__}: TrainingArguments has no {', '.join(unknown)}; "
+                         f"install the tested versions: pip install -c constraints.txt -e .")
+    return TrainingArguments(**args)
 
 
 def build_model(recipe: Recipe, device: str):

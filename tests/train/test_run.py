@@ -87,3 +87,19 @@ def test_tracking_backends_write_offline(tmp_path, tiny_llama_dir, backend, monk
     else:
         offline = list((run / "wandb").glob("offline-run-*"))
         assert offline and list(offline[0].glob("*.wandb")), "wandb should leave a syncable offline run"
+
+
+def test_training_arguments_keep_every_setting_and_refuse_an_unknown_one(tmp_path, tiny_llama_dir, monkeypatch):
+    """Every qtune setting reaches TrainingArguments; a key this transformers lacks is an error, never dropped."""
+    from qtune.train import distributed
+    from qtune.train.run import training_arguments
+
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", model={"path": str(tiny_llama_dir)},
+                                      train={"lr": 3e-4, "max_steps": 7, "warmup_steps": 2, "seed": 5}))
+    args = training_arguments(recipe, tmp_path / "run", "cpu", [])
+    assert (args.learning_rate, args.max_steps, args.warmup_steps, args.seed, args.data_seed) == (3e-4, 7, 2, 5, 5)
+    assert args.include_num_input_tokens_seen == "non_padding" and args.use_cpu
+    real = distributed.trainer_arguments
+    monkeypatch.setattr(distributed, "trainer_arguments", lambda *a: {**real(*a), "ddp_bucket_size_mb": 25})
+    with pytest.raises(QtuneError, match="TrainingArguments has no ddp_bucket_size_mb; install the tested versions"):
+        training_arguments(recipe, tmp_path / "run", "cpu", [])

@@ -26,6 +26,26 @@ class ExportInterrupted(QtuneError):
     exit_code = 130
 
 
+@contextmanager
+def sigterm_interrupts():
+    """SIGTERM (a job scheduler's stop, ``kill``) unwinds like Ctrl-C: the temporary folders are removed."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _say(console):
     return console.print if console is not None else print
 
@@ -94,7 +114,7 @@ def export_run(run_dir: str | Path, settings, formats: list[str] | None = None, 
     if "gguf" in folders and "merged" not in folders:
         folders = {"merged": out_root / "merged", **folders}  # GGUF converts the merged shards
     try:
-        with ExitStack() as stack:
+        with sigterm_interrupts(), ExitStack() as stack:
             tmp = {f: stack.enter_context(rundir.atomic_path(p, directory=True)) for f, p in folders.items()}
             _export(run_dir, settings, tmp, folders, console, on_layer)
     except KeyboardInterrupt:
@@ -260,7 +280,7 @@ def merge_run(run_dir: str | Path, base: str, out: str | Path, dtype: str = "flo
     tokenizer = AutoTokenizer.from_pretrained(str(Path(run_dir) / rundir.ADAPTER))
     out = Path(out)
     try:
-        with rundir.atomic_path(out, directory=True) as tmp:
+        with sigterm_interrupts(), rundir.atomic_path(out, directory=True) as tmp:
             target = MergedTarget(tmp, dtype)
             with _layer_bar(console, f"merge on {weights.device.type}") as progress:
                 stream_export(weights, [target], None, progress=progress)

@@ -107,3 +107,16 @@ class LayoutGuard(TrainerCallback):
         check_training_layout(model)
 
     on_evaluate = on_train_begin
+
+
+class SessionLedger(TrainerCallback):
+    """After each checkpoint: the session's wall and training seconds so far and its skipped steps, into
+    run_state.json (:meth:`~qtune.train.resume.RunSession.record_progress`)."""
+
+    def __init__(self, session, wall, train, skipped, peak):
+        self.session, self.wall, self.train, self.skipped, self.peak = session, wall, train, skipped, peak
+
+    def on_save(self, args, state, control, **kw):
+        if state.is_world_process_zero:
+            self.session.record_progress(state.global_step, self.wall(), self.train(), self.skipped(), int(self.peak()))
+

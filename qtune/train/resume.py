@@ -207,6 +207,25 @@ class RunSession:
         self.state["eval_loss_before"] = loss
         self.save_state()
 
+    def record_progress(self, step: int, wall_s: float, train_s: float, skipped: list[int], peak_bytes: int) -> None:
+        """After checkpoint ``step`` is complete: this session's time and skipped steps so far, in run_state.json,
+        so that the summary of a run resumed after a crash still covers the sessions before it."""
+        entry = {"session": self.state["sessions"], "step": step, "wall_s": wall_s, "train_s": train_s, "peak_memory_bytes": peak_bytes,
+                 "nonfinite_steps_skipped": [s for s in skipped if s <= step]}
+        self.state["ledger"] = [e for e in self.state.get("ledger", []) if e["session"] != entry["session"]] + [entry]
+        self.save_state()
+
+    def whole_run(self, wall_s: float, train_s: float, tokens: int, skipped: list[int], peak_bytes: int) -> dict:
+        """Summary figures over every session: this one's plus what the earlier ones recorded at their last
+        checkpoint (work after it was lost and redone, so its time is not in ``train_s``)."""
+        earlier = [e for e in self.state.get("ledger", []) if e["session"] < self.state["sessions"]]
+        kept = sorted({s for e in earlier for s in e["nonfinite_steps_skipped"] if s <= self.resume_step} | set(skipped))
+        train_total = train_s + sum(e["train_s"] for e in earlier)
+        return {"wall_s": wall_s + sum(e["wall_s"] for e in earlier),
+                "tokens_per_s": tokens / train_total if train_total > 0 else None,
+                "peak_memory_bytes": max([peak_bytes] + [e["peak_memory_bytes"] for e in earlier]),
+                "nonfinite_steps_skipped": kept}
+
     def save_state(self) -> None:
         if self.writes:
             rundir.write_json(self.run / rundir.RUN_STATE, self.state)

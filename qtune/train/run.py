@@ -98,6 +98,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     from qtune.models.load import load_tokenizer, model_family, resolve_device
     from qtune.train.disk import base_parameters, check_free_disk, needed_bytes
     from qtune.train.plot import plot_loss
+    from qtune.train.callbacks import SessionLedger
     from qtune.train.resume import open_run
 
     t0 = time.perf_counter()
@@ -144,10 +145,13 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
             session.record_eval_before(eval_before)
         say(f"eval loss before training: {eval_before:.4f}" + (f" (stored; resuming from step {session.resume_step})" if session.resuming else ""))
         t_train, eval_s = time.perf_counter(), trainer.eval_seconds
+        trained_s = lambda: time.perf_counter() - t_train - (trainer.eval_seconds - eval_s)  # periodic evals excluded
+        trainer.add_callback(SessionLedger(session, lambda: time.perf_counter() - t0, trained_s,
+                                         lambda: trainer.nonfinite.bad_steps, probe))
         with trainer.signal_stop.installed():
             result = trainer.train(resume_from_checkpoint=str(session.checkpoint) if session.resuming else None)
         _refuse_stopped(trainer, run)
-        train_s = time.perf_counter() - t_train - (trainer.eval_seconds - eval_s)  # periodic evals excluded
+        train_s = trained_s()
         eval_after = trainer.final_eval_loss()
     say(f"eval loss after training:  {eval_after:.4f} ({(eval_after - eval_before) / eval_before:+.1%})")
 
@@ -160,15 +164,15 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
         model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
         tokenizer.save_pretrained(tmp)
     tokens = int(trainer.state.num_input_tokens_seen)
+    wall_s, session_tokens = time.perf_counter() - t0, tokens - trainer.metrics_log.tokens_at_start
     summary = {
         "eval_loss_before": eval_before,
         "eval_loss_after": eval_after,
         "steps": int(result.global_step),
         "train_tokens": tokens,
-        "tokens_per_s": (tokens - trainer.metrics_log.tokens_at_start) / train_s if train_s > 0 else None,
-        "peak_memory_bytes": int(probe()),
+        # wall_s, tokens_per_s, peak_memory_bytes, nonfinite_steps_skipped: over every session of the run
+        **session.whole_run(wall_s, train_s, tokens, trainer.nonfinite.bad_steps, int(probe())),
         "peak_memory_kind": "cuda_max_allocated" if device == "cuda" else "process_max_rss",
-        "wall_s": time.perf_counter() - t0,
         "device": device,
         "data": data.stats,
         "trainable_parameters": trainable,
@@ -177,7 +181,8 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
         "distributed": distributed.wrapping(trainer),
         "resumed_from_step": session.resume_step,
         "sessions": session.state["sessions"],
-        "nonfinite_steps_skipped": trainer.nonfinite.bad_steps,  # this session's
+        "this_session": {"wall_s": wall_s, "train_s": train_s, "tokens_per_s": session_tokens / train_s if train_s > 0 else None,
+                         "peak_memory_bytes": int(probe())},
     }
     rundir.write_json(run / rundir.SUMMARY, summary)
     plot_loss(rundir.read_metrics(run), run / rundir.LOSS_PLOT, f"{recipe.model.path} · {recipe.quant.method} · LoRA r={recipe.lora.rank}")

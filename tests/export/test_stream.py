@@ -129,14 +129,21 @@ def test_one_layer_at_a_time(tiny_run, tmp_path):
     assert alive == [1, 1] and all(p.device.type == "meta" for p in layers.parameters())
 
 
-def test_interrupted_export_leaves_no_folder(tiny_run, tmp_path):
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_interrupted_export_leaves_no_folder(tiny_run, tmp_path, how):
+    import os
+    import signal
+
     def interrupt(i, n):
-        if i == 1:
+        if i == 1 and how == "ctrl-c":
             raise KeyboardInterrupt
+        if i == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     out = tmp_path / "exports"
     out.mkdir()
     with pytest.raises(ExportInterrupted) as e:
         export_run(tiny_run, ExportSection(formats=["merged", "gptq"], **SETTINGS), out_root=out, on_layer=interrupt)
     assert "rerun the same command" in str(e.value) and e.value.exit_code == 130
-    assert list(out.iterdir()) == []
+    assert list(out.iterdir()) == [], "no export folder and no hidden temporary one"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

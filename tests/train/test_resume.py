@@ -34,7 +34,7 @@ def _start(recipe: Path, *overrides: str) -> subprocess.Popen:
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 600) -> None:  # a guard against hangs, not a speed test
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc.poll() is not None:
@@ -94,6 +94,12 @@ def test_kill_9_after_step_12_then_resume_equals_the_uninterrupted_run(tmp_path,
     assert summary["eval_loss_before"] == full_summary["eval_loss_before"], "the stored eval, not redone"
     assert summary["train_tokens"] == full_summary["train_tokens"], "tokens of the whole run"
     assert summary["eval_loss_after"] == full_summary["eval_loss_after"]
+    ledger = json.loads((run / rundir.RUN_STATE).read_text())["ledger"]
+    first = [e for e in ledger if e["session"] == 1]
+    assert len(first) == 1 and first[0]["step"] in (8, 12), ledger  # killed just after checkpoint 12 was renamed in
+    assert summary["wall_s"] == pytest.approx(summary["this_session"]["wall_s"] + first[0]["wall_s"]), "wall time of both sessions"
+    assert summary["tokens_per_s"] == pytest.approx(summary["train_tokens"] / (summary["this_session"]["train_s"] + first[0]["train_s"])), \
+        "whole-run tokens over both sessions' training time"
     assert [m["step"] for m in rundir.read_metrics(run) if "eval_loss" in m] == [0, 5, 10, 15, 20]
     assert not (ckpts / ".staging").exists()
 

@@ -264,7 +264,8 @@ def export_settings(args):
     base = recipe.export.model_dump() if recipe.export else {}
     flags = {"base": args.base, "bits": args.bits, "group_size": args.group_size, "sym": args.sym,
              "act_order": args.act_order, "damp": args.damp, "grid_search": args.grid_search, "gguf_types": args.gguf_type,
-             "device": args.device, "fidelity": args.fidelity, "fidelity_tokens": args.fidelity_tokens}
+             "device": args.device, "fidelity": args.fidelity, "fidelity_tokens": args.fidelity_tokens,
+             "threads": args.threads}
     calib = {"source": args.calib_source, "samples": args.calib_samples, "seq_len": args.calib_seq_len}
     base.update({k: v for k, v in flags.items() if v is not None})
     base["calibration"] = {**base.get("calibration", {}), **{k: v for k, v in calib.items() if v is not None}}
@@ -376,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-tokens", type=int, help="eval-text tokens scored per model for fidelity (default: eval's)")
     p.add_argument("--fidelity", action=argparse.BooleanOptionalAction, default=None,
                    help="measure perplexity / eval loss of every export (default on; --no-fidelity skips it)")
+    p.add_argument("--threads", type=int, help="CPU threads of the export (default: PyTorch's; the results do not depend on it)")
     p.add_argument("--out-root", help="where export folders go (default RUN_DIR/exports)")
     p.set_defaults(func=cmd_export)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from qtune.errors import QtuneError
 from qtune.export import card
+from qtune.export.threads import cpu_threads
 from qtune.registry.exports import export_name
 
 
@@ -94,7 +95,7 @@ def export_run(run_dir: str | Path, settings, formats: list[str] | None = None, 
     if "gguf" in folders and "merged" not in folders:
         folders = {"merged": out_root / "merged", **folders}  # GGUF converts the merged shards
     try:
-        with ExitStack() as stack:
+        with ExitStack() as stack, cpu_threads(settings.threads):
             tmp = {f: stack.enter_context(rundir.atomic_path(p, directory=True)) for f, p in folders.items()}
             _export(run_dir, settings, tmp, folders, console, on_layer)
     except KeyboardInterrupt:
@@ -111,9 +112,12 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
     from qtune.export.layerwise import MergedWeights
     from qtune.export.stream import MergedTarget, QuantTarget, stream_export, write_config
 
+    import torch
+
     say = _say(console)
     s = settings
     device = export_device(s.device)
+    threads = torch.get_num_threads()  # the quantizers' speed depends on it; their results do not
     weights = MergedWeights(run_dir, s.base, device)
     recipe = weights.recipe
     tokenizer = AutoTokenizer.from_pretrained(str(run_dir / rundir.ADAPTER))
@@ -154,7 +158,7 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
                 fidelity["reference"] = "the merged 16-bit model; the export is read back from its files (qtune's dequantized view)"
             cal = s.calibration
             _paperwork(target.folder, final[target.fmt], target.fmt, s.bits, s.group_size, s, recipe, fidelity,
-                       quantization_config=_qconfig(target.fmt, s), quantize_seconds=round(target.seconds, 1), device=device.type,
+                       quantization_config=_qconfig(target.fmt, s), quantize_seconds=round(target.seconds, 1), device=device.type, threads=threads,
                        calibration={"source": cal.source, "samples": int(calib.shape[0]), "seq_len": cal.seq_len, "seed": cal.seed},
                        **({"grid_search": s.grid_search} if target.fmt == "gptq" else {}))
             say(f"{target.fmt}: quantized in {target.seconds:.0f}s → {final[target.fmt]}")

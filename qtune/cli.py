@@ -272,6 +272,10 @@ def export_settings(args):
     base["formats"] = args.format
     if args.calib_source not in (None, "train", "eval"):
         base["calibration"]["source"] = str(Path(args.calib_source).resolve())
+    if args.calib_mix:
+        source, fraction = args.calib_mix
+        base["calibration"]["mix"] = {"source": str(Path(source).resolve()) if Path(source).exists() else source,
+                                      "fraction": fraction}
     try:
         return ExportSection.model_validate(base)
     except ValidationError as e:
@@ -371,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPTQ: per group, the shrunk range with the least rounding error (default on)")
     p.add_argument("--gguf-type", nargs="+", choices=GGUF_TYPES, help="GGUF file types (default Q8_0)")
     p.add_argument("--calib-source", help="train (default), eval, or a JSONL file in the recipe's data format")
+    p.add_argument("--calib-mix", nargs=2, metavar=("SOURCE", "FRACTION"),
+                   help="mix general text into calibration: a JSONL file, a text file/folder or python-docs, and its share")
     p.add_argument("--calib-samples", type=int, help="calibration blocks (default 128)")
     p.add_argument("--calib-seq-len", type=int, help="tokens per calibration block (default 256)")
     p.add_argument("--device", choices=EXPORT_DEVICES, help="where layers are merged, quantized and measured (default auto)")

@@ -106,13 +106,12 @@ def export_run(run_dir: str | Path, settings, formats: list[str] | None = None, 
 
 
 def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path], console, on_layer) -> None:
+    import torch
     from transformers import AutoTokenizer
 
     from qtune import rundir
     from qtune.export.layerwise import MergedWeights
     from qtune.export.stream import MergedTarget, QuantTarget, stream_export, write_config
-
-    import torch
 
     say = _say(console)
     s = settings
@@ -153,7 +152,6 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
             fidelity = None
             if fid:
                 from qtune.export.checkpoint import DequantizedWeights
-
                 from qtune.export.fidelity import calibrated_on_the_text
 
                 fidelity = fid.compare(fid.of(DequantizedWeights(target.folder, device)), reference)

@@ -201,7 +201,7 @@ class ExportSection(Section):
     base: MergeBase = DEFAULT_MERGE_BASE
     bits: QuantBits = 4
     group_size: int = Field(64, description="input columns per scale; -1 for one group per row")
-    sym: bool = False
+    sym: bool = Field(False, description="GPTQ symmetric grid: vLLM's Marlin kernels need it; it cost accuracy on SmolLM2 (docs/export.md)")
     act_order: bool = Field(True, description="GPTQ desc_act: quantize the most activated columns first")
     damp: float = Field(0.01, gt=0, lt=1)
     grid_search: bool = Field(True, description="GPTQ: per group, the shrunk range with the least rounding error")

@@ -274,13 +274,18 @@ def export_settings(args):
     base = recipe.export.model_dump() if recipe.export else {}
     flags = {"base": args.base, "bits": args.bits, "group_size": args.group_size, "sym": args.sym,
              "act_order": args.act_order, "damp": args.damp, "grid_search": args.grid_search, "gguf_types": args.gguf_type,
-             "device": args.device, "fidelity": args.fidelity, "fidelity_tokens": args.fidelity_tokens}
+             "device": args.device, "fidelity": args.fidelity, "fidelity_tokens": args.fidelity_tokens,
+             "threads": args.threads}
     calib = {"source": args.calib_source, "samples": args.calib_samples, "seq_len": args.calib_seq_len}
     base.update({k: v for k, v in flags.items() if v is not None})
     base["calibration"] = {**base.get("calibration", {}), **{k: v for k, v in calib.items() if v is not None}}
     base["formats"] = args.format
     if args.calib_source not in (None, "train", "eval"):
         base["calibration"]["source"] = str(Path(args.calib_source).resolve())
+    if args.calib_mix:
+        source, fraction = args.calib_mix
+        base["calibration"]["mix"] = {"source": str(Path(source).resolve()) if Path(source).exists() else source,
+                                      "fraction": fraction}
     try:
         return ExportSection.model_validate(base)
     except ValidationError as e:
@@ -380,12 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPTQ: per group, the shrunk range with the least rounding error (default on)")
     p.add_argument("--gguf-type", nargs="+", choices=GGUF_TYPES, help="GGUF file types (default Q8_0)")
     p.add_argument("--calib-source", help="train (default), eval, or a JSONL file in the recipe's data format")
+    p.add_argument("--calib-mix", nargs=2, metavar=("SOURCE", "FRACTION"),
+                   help="mix general text into calibration: a JSONL file, a text file/folder or python-docs, and its share")
     p.add_argument("--calib-samples", type=int, help="calibration blocks (default 128)")
     p.add_argument("--calib-seq-len", type=int, help="tokens per calibration block (default 256)")
     p.add_argument("--device", choices=EXPORT_DEVICES, help="where layers are merged, quantized and measured (default auto)")
     p.add_argument("--fidelity-tokens", type=int, help="eval-text tokens scored per model for fidelity (default: eval's)")
     p.add_argument("--fidelity", action=argparse.BooleanOptionalAction, default=None,
                    help="measure perplexity / eval loss of every export (default on; --no-fidelity skips it)")
+    p.add_argument("--threads", type=int, help="CPU threads of the export (default: PyTorch's; the results do not depend on it)")
     p.add_argument("--out-root", help="where export folders go (default RUN_DIR/exports)")
     p.set_defaults(func=cmd_export)
 

@@ -5,12 +5,17 @@ Two figures per model, from :mod:`qtune.eval.measure` with its CPU/GPU defaults:
 - ``eval_loss``: mean NLL of the assistant tokens of the recipe's eval split (the task loss training
   reported), token-weighted over the whole split;
 - ``perplexity``: strided-window perplexity of the eval text (the bundled prose excerpt unless
-  ``text`` names files), held-out text that neither training nor calibration saw.
+  ``text`` names files), general text that neither training nor calibration saw (unless
+  ``export.calibration.mix`` names it: :func:`calibrated_on_the_text` says so).
+
+``figures`` states in words which text each number is measured on.
 
 An export is compared with the model it was made from; ``delta`` is export - reference.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 def measure(model, tokenizer, recipe, text: list[str] | None = None, max_tokens: int | None = None) -> dict:
@@ -24,12 +29,33 @@ def measure(model, tokenizer, recipe, text: list[str] | None = None, max_tokens:
     with torch.no_grad():
         ppl = text_perplexity(model, tokenizer, settings)
         task = recipe_eval_loss(model, tokenizer, recipe, settings)
+    files = ppl["text"]["files"]
+    shown = files[0] if len(files) == 1 else f"{len(files)} files under {Path(files[0]).parent}"
     return {
         "eval_loss": task["eval_loss"],
         "perplexity": ppl["perplexity"],
         "eval_examples": task["eval_examples"],
         "text": {k: ppl[k] for k in ("scored_tokens", "window", "stride", "text")},
+        "figures": {  # what each number is measured on, in words
+            "eval_loss": f"task data: mean NLL of the assistant tokens of {task['eval_data'] or 'the eval split of data.train'} "
+                         f"({task['eval_examples']} conversations)",
+            "perplexity": f"general text: {ppl['scored_tokens']} tokens of {shown} (sha256 {ppl['text']['sha256'][:12]}), "
+                          f"window {ppl['window']}, stride {ppl['stride']}",
+        },
     }
+
+
+def calibrated_on_the_text(fidelity: dict, calibration: dict | None) -> str | None:
+    """A note when ``export.calibration.mix`` used the files the perplexity text is read from: that
+    figure is then no longer held out."""
+    mix = (calibration or {}).get("mix")
+    if not mix or "files" not in mix["text"]:
+        return None
+    shared = set(mix["text"]["files"]) & set(fidelity["export"]["text"]["text"]["files"])
+    if not shared:
+        return None
+    return (f"the perplexity text shares {len(shared)} file(s) with the calibration mix ({mix['source']}): "
+            "the general-text perplexity is not held out; the eval loss still is")
 
 
 def compare(export: dict, reference: dict) -> dict:

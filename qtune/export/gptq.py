@@ -30,10 +30,12 @@ from __future__ import annotations
 import torch
 
 from qtune.export.grid import QuantizedWeight, find_grid, quantize
+from qtune.export.threads import one_thread
 
 
 class HessianAccumulator:
-    """Running ``H = 2/n Σ x xᵀ`` over every token seen, in float32."""
+    """Running ``H = 2/n Σ x xᵀ`` over every token seen, in float32, on one CPU thread (the
+    product's reduction over tokens is split across threads otherwise: :mod:`qtune.export.threads`)."""
 
     def __init__(self, in_features: int, device: torch.device | str = "cpu"):
         self.H = torch.zeros(in_features, in_features, device=device)
@@ -45,7 +47,8 @@ class HessianAccumulator:
         self.H *= self.n / (self.n + m)
         self.n += m
         x = x * (2 / self.n) ** 0.5
-        self.H += x.T @ x
+        with one_thread(x.device):
+            self.H += x.T @ x
 
 
 def gptq_quantize(
@@ -59,7 +62,14 @@ def gptq_quantize(
     block_size: int = 128,
     grid_search: bool = False,
 ) -> QuantizedWeight:
-    """Quantize ``weight`` (out, in) against Hessian ``H`` (in, in); see the module docstring."""
+    """Quantize ``weight`` (out, in) against Hessian ``H`` (in, in); see the module docstring.
+
+    Runs on one CPU thread, so the result does not depend on the thread count (:mod:`qtune.export.threads`)."""
+    with one_thread(weight.device):
+        return _gptq_quantize(weight, H, bits, group_size, sym, act_order, damp, block_size, grid_search)
+
+
+def _gptq_quantize(weight, H, bits, group_size, sym, act_order, damp, block_size, grid_search) -> QuantizedWeight:
     W = weight.detach().float().clone()
     H = H.detach().float().clone()
     out, n = W.shape

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from qtune.errors import QtuneError
 from qtune.export import card
+from qtune.export.threads import cpu_threads
 from qtune.registry.exports import export_name
 
 
@@ -114,7 +115,7 @@ def export_run(run_dir: str | Path, settings, formats: list[str] | None = None, 
     if "gguf" in folders and "merged" not in folders:
         folders = {"merged": out_root / "merged", **folders}  # GGUF converts the merged shards
     try:
-        with sigterm_interrupts(), ExitStack() as stack:
+        with sigterm_interrupts(), ExitStack() as stack, cpu_threads(settings.threads):
             tmp = {f: stack.enter_context(rundir.atomic_path(p, directory=True)) for f, p in folders.items()}
             _export(run_dir, settings, tmp, folders, console, on_layer)
     except KeyboardInterrupt:
@@ -125,6 +126,7 @@ def export_run(run_dir: str | Path, settings, formats: list[str] | None = None, 
 
 
 def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path], console, on_layer) -> None:
+    import torch
     from transformers import AutoTokenizer
 
     from qtune import rundir
@@ -134,14 +136,15 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
     say = _say(console)
     s = settings
     device = export_device(s.device)
+    threads = torch.get_num_threads()  # the quantizers' speed depends on it; their results do not
     weights = MergedWeights(run_dir, s.base, device)
     recipe = weights.recipe
     tokenizer = AutoTokenizer.from_pretrained(str(run_dir / rundir.ADAPTER))
     quant = [f for f in tmp if f in ("gptq", "awq")]
     targets = [MergedTarget(tmp["merged"])] if "merged" in tmp else []
-    calib = None
+    calib = calib_record = None
     if quant:
-        calib = _calibration(weights, recipe, tokenizer, s, quant)
+        calib, calib_record = _calibration(weights, recipe, tokenizer, s, quant)
         targets += [QuantTarget(f, _quantizer(f, s), tmp[f]) for f in quant]
     t0 = time.perf_counter()
     what = f"merge{' + ' + ' + '.join(quant) if quant else ''} on {device.type}"
@@ -169,13 +172,16 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
             fidelity = None
             if fid:
                 from qtune.export.checkpoint import DequantizedWeights
+                from qtune.export.fidelity import calibrated_on_the_text
 
                 fidelity = fid.compare(fid.of(DequantizedWeights(target.folder, device)), reference)
                 fidelity["reference"] = "the merged 16-bit model; the export is read back from its files (qtune's dequantized view)"
-            cal = s.calibration
+                if note := calibrated_on_the_text(fidelity, calib_record):
+                    fidelity["note"] = note
+                    say(f"{target.fmt}: {note}")
             _paperwork(target.folder, final[target.fmt], target.fmt, s.bits, s.group_size, s, recipe, fidelity,
-                       quantization_config=_qconfig(target.fmt, s), quantize_seconds=round(target.seconds, 1), device=device.type,
-                       calibration={"source": cal.source, "samples": int(calib.shape[0]), "seq_len": cal.seq_len, "seed": cal.seed},
+                       quantization_config=_qconfig(target.fmt, s), quantize_seconds=round(target.seconds, 1), device=device.type, threads=threads,
+                       calibration=calib_record,
                        **({"grid_search": s.grid_search} if target.fmt == "gptq" else {}))
             say(f"{target.fmt}: quantized in {target.seconds:.0f}s → {final[target.fmt]}")
     if "gguf" in tmp:
@@ -195,7 +201,7 @@ def _paperwork(out, final, fmt, bits, group_size, s, recipe, fidelity, **details
 def _calibration(weights, recipe, tokenizer, s, quant: list[str]):
     import torch
 
-    from qtune.export.calibration import calibration_tokens
+    from qtune.export.calibration import calibration_set
     from qtune.export.grid import check_shape
     from qtune.export.layerwise import skeleton
     from qtune.export.sequential import decoder_layers
@@ -205,8 +211,7 @@ def _calibration(weights, recipe, tokenizer, s, quant: list[str]):
     for name, m in decoder_layers(skeleton(weights.config))[1][0].named_modules():
         if isinstance(m, torch.nn.Linear):
             check_shape(name, m.in_features, s.bits, s.group_size)
-    cal = s.calibration
-    return calibration_tokens(recipe, tokenizer, cal.samples, cal.seq_len, cal.source, cal.seed)
+    return calibration_set(recipe, tokenizer, s.calibration)
 
 
 def _quantizer(fmt: str, s):

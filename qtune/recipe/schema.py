@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from qtune.registry.templates import TEMPLATE_CHOICES
 from qtune.registry.choices import HUB_PREFIX, KERNEL_MODES
 from qtune.recipe.distributed_rules import problems as distributed_problems
-from qtune.registry.exports import DEFAULT_MERGE_BASE, EXPORT_DEVICES, EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
+from qtune.registry.exports import CALIBRATION_TEXTS, DEFAULT_MERGE_BASE, EXPORT_DEVICES, EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
 
 DType = Literal["bfloat16", "float16", "float32", "auto"]
 ComputeDType = Literal["bfloat16", "float16", "float32"]
@@ -180,11 +180,20 @@ class TrackingSection(Section):
     run_name: Optional[str] = None
 
 
+class CalibrationMix(Section):
+    """General text mixed into the calibration blocks, so the quantizer also fits inputs beyond the task."""
+
+    source: str = Field(description=f"a JSONL file in the recipe's data format, a text file or folder (.txt/.md/.rst), "
+                                    f"or a bundled text: {', '.join(CALIBRATION_TEXTS)}")
+    fraction: float = Field(gt=0, lt=1, description="share of export.calibration.samples cut from it (rounded to whole blocks)")
+
+
 class CalibrationSection(Section):
     source: str = Field("train", description="train, eval, or a JSONL file in the recipe's data format")
     samples: int = Field(128, ge=1)
     seq_len: int = Field(256, ge=16)
     seed: int = 0
+    mix: Optional[CalibrationMix] = Field(None, description="general text mixed in (default: none, the recipe's data only)")
 
 
 class ExportSection(Section):
@@ -192,7 +201,7 @@ class ExportSection(Section):
     base: MergeBase = DEFAULT_MERGE_BASE
     bits: QuantBits = 4
     group_size: int = Field(64, description="input columns per scale; -1 for one group per row")
-    sym: bool = False
+    sym: bool = Field(False, description="GPTQ symmetric grid: vLLM's Marlin kernels need it; it cost accuracy on SmolLM2 (docs/export.md)")
     act_order: bool = Field(True, description="GPTQ desc_act: quantize the most activated columns first")
     damp: float = Field(0.01, gt=0, lt=1)
     grid_search: bool = Field(True, description="GPTQ: per group, the shrunk range with the least rounding error")
@@ -201,6 +210,7 @@ class ExportSection(Section):
     device: Literal[EXPORT_DEVICES] = Field("auto", description="where layers are merged, quantized and measured")
     fidelity: bool = Field(True, description="measure perplexity and eval loss of every export")
     fidelity_tokens: Optional[int] = Field(None, ge=1, description="eval-text tokens scored per model (default: qtune eval's)")
+    threads: Optional[int] = Field(None, ge=1, description="CPU threads of the export (default: PyTorch's); changes speed, not results")
 
     @field_validator("group_size")
     @classmethod

@@ -69,3 +69,43 @@ def test_grid_search_never_rounds_worse_and_helps_heavy_tails(sym):
     # measured: the mean error falls to 0.948x (asymmetric) / 0.862x (symmetric) of the full range's
     assert searched.mean() < 0.97 * full.mean(), (searched.mean().item(), full.mean().item())
 
+
+
+_QUANTIZE_IN_A_PROCESS = """
+import sys, torch
+from safetensors.torch import save_file
+from qtune.export.gptq import HessianAccumulator, gptq_quantize
+from qtune.export.packing import pack_gptq
+torch.set_num_threads(int(sys.argv[1]))
+g = torch.Generator().manual_seed(0)
+d_in, d_out = 1536, 576  # SmolLM2's down_proj
+x = torch.randn(8192, d_in, generator=g) @ (torch.randn(d_in, d_in, generator=g) / d_in**0.5)
+w = torch.randn(d_out, d_in, generator=g) * 0.05
+acc = HessianAccumulator(d_in)
+acc.add(x)  # one batch of 8192 tokens: MKL splits this product's reduction across threads
+q = gptq_quantize(w, acc.H, 4, 64, sym=False, act_order=True, grid_search=True)
+save_file({k: v.contiguous() for k, v in {**pack_gptq(q), "H": acc.H}.items()}, sys.argv[2])
+"""
+
+
+def test_packed_tensors_do_not_depend_on_the_thread_count(tmp_path):
+    """The same layer quantized with 1 and with 2 torch threads, each in its own process, packs to
+    bit-identical tensors. Without :func:`qtune.export.threads.one_thread` this failed on the 2-core
+    dev machine: 79 qweight words, 1 qzeros word and 10 scales differed (the Cholesky factors differ
+    across thread counts; a 576-wide Hessian of 8192 tokens did too: :mod:`qtune.export.threads`)."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from tests.export.conftest import REPO
+
+    out = {}
+    for n in (1, 2):
+        path = tmp_path / f"threads{n}.safetensors"
+        env = {**os.environ, "OMP_NUM_THREADS": str(n), "PYTHONPATH": str(REPO)}
+        subprocess.run([sys.executable, "-c", _QUANTIZE_IN_A_PROCESS, str(n), str(path)], check=True, env=env, timeout=300)
+        out[n] = load_file(str(path))
+    differ = {k: int((out[1][k] != out[2][k]).sum()) for k in out[1] if not torch.equal(out[1][k], out[2][k])}
+    assert not differ, f"entries differing between 1 and 2 threads: {differ}"

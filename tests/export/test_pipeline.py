@@ -16,7 +16,7 @@ from qtune.recipe.schema import ExportSection
 def test_export_all_formats(tiny_run, tmp_path):
     settings = ExportSection(
         formats=["merged", "gptq", "awq", "gguf"], group_size=64, gguf_types=["F16", "Q8_0", "Q4_0"],
-        calibration={"samples": 8, "seq_len": 64},
+        calibration={"samples": 8, "seq_len": 64, "mix": {"source": "python-docs", "fraction": 0.25}},
     )
     done = export_run(tiny_run, settings, out_root=tmp_path)
     assert set(done) == {"merged", "gptq", "awq", "gguf"}
@@ -28,6 +28,11 @@ def test_export_all_formats(tiny_run, tmp_path):
         fid = json.loads((path / FIDELITY).read_text())
         assert fid
     gptq_meta = json.loads((done["gptq"] / MANIFEST).read_text())
+    cal = gptq_meta["calibration"]
+    assert cal["samples"] == 8 and cal["task_samples"] == 6 and cal["mix"]["samples"] == 2, cal
+    fid = json.loads((done["gptq"] / FIDELITY).read_text())
+    assert fid["export"]["figures"]["perplexity"].startswith("general text: ") and "task data" in fid["export"]["figures"]["eval_loss"]
+    assert "not held out" in fid["note"]  # the mix is the bundled prose the perplexity is measured on
     assert done["gptq"].name == "gptq-w4g64" and gptq_meta["bits"] == 4.0 and gptq_meta["grid_search"] is True
     cfg = json.loads((done["gptq"] / "config.json").read_text())["quantization_config"]
     assert cfg["quant_method"] == "gptq" and cfg["desc_act"] is True and cfg["checkpoint_format"] == "gptq"

@@ -101,15 +101,17 @@ def _snippets(fmt: str, path: str, manifest: dict) -> str:
     return _transformers_snippet(fmt, path, manifest["bits"]) + "\n" + _vllm_snippet(fmt, path)
 
 
-def _text_name(text: dict) -> str:
-    """The eval text in words: qtune's bundled excerpt, or the files' names."""
+def _eval_text(text: dict) -> str:
+    """The eval text in words: qtune's bundled excerpt (held out from everything), or the files' names."""
     from qtune.eval.text import DEFAULT_TEXT
 
     files = [Path(f) for f in text.get("files", [])]
     sha = f", sha256 {text['sha256'][:12]}" if text.get("sha256") else ""
     if files and all(f.is_relative_to(DEFAULT_TEXT) for f in files):
-        return f"qtune's bundled eval text (`{DEFAULT_TEXT.relative_to(DEFAULT_TEXT.parents[2]).as_posix()}`, {len(files)} files{sha})"
-    return f"`{', '.join(f.name for f in files)}`{sha}"
+        where = DEFAULT_TEXT.relative_to(DEFAULT_TEXT.parents[2]).as_posix()
+        return (f"qtune's bundled eval text (`{where}`, {len(files)} files{sha}), prose that neither training nor "
+                "calibration saw")
+    return f"the eval text `{', '.join(f.name for f in files)}`{sha}"
 
 
 def _fidelity_lines(fidelity: dict) -> list[str]:
@@ -120,14 +122,13 @@ def _fidelity_lines(fidelity: dict) -> list[str]:
     return [
         "## What the figures were measured on",
         "",
-        f"- **eval loss**: mean NLL of the assistant tokens of {first['eval_examples']} conversations of the "
-        f"fine-tune recipe's eval split ({data}), token-weighted;",
-        f"- **perplexity**: {t['scored_tokens']} scored tokens of {_text_name(t['text'])}, windows of {t['window']} "
-        f"tokens, stride {t['stride']}: prose neither training nor calibration saw, not the recipe's data;",
+        f"- **eval loss**: mean NLL of the trained tokens (`data.train_on`) of {first['eval_examples']} conversations "
+        f"of the fine-tune recipe's eval split ({data}), token-weighted;",
+        f"- **perplexity**: {t['scored_tokens']} scored tokens of {_eval_text(t['text'])}; windows of {t['window']} "
+        f"tokens, stride {t['stride']};",
         f"- **reference**: {fidelity.get('reference', 'the merged 16-bit model')}.",
         "",
-        "Both are qtune's measurements (`qtune eval`'s code) on the weights as stored; every figure and its inputs "
-        "are in `fidelity.json`.",
+        "Both are qtune's own measurements (`qtune eval`'s code); every figure and its inputs are in `fidelity.json`.",
         "",
     ]
 
@@ -149,7 +150,7 @@ def write_card(out: Path, manifest: dict, fidelity: dict | None, source_model: s
         "| --- | --- |",
         f"| format | {fmt} |",
         f"| bits per quantized weight | {manifest['bits']:g} |",
-        f"| group size | {manifest['group_size']} |",
+        f"| group size | {manifest['group_size'] if manifest['group_size'] is not None else '-'} |",
         f"| merged into | {manifest['base']} base |",
         f"| files | {', '.join(manifest['files'])} |",
     ]

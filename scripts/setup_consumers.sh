@@ -44,4 +44,4 @@ fi
 
 # gptqmodel compiles a CPU extension (torch cpp_extension, cached under ~/.cache/torch_extensions) the first
 # time it packs or runs some kernels; GPTQMODEL_CPU_WORKERS bounds its threads.
-GPTQMODEL_CPU_WORKERS="${GPTQMODEL_CPU_WORKERS:-$(nproc)}" "$py" -m pytest -q -p no:cacheprovider -m consumer tests/export
+GPTQMODEL_CPU_WORKERS="${GPTQMODEL_CPU_WORKERS:-$(nproc)}" "$py" -m pytest -q -rs -p no:cacheprovider -m consumer tests/export

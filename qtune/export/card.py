@@ -101,16 +101,16 @@ def _snippets(fmt: str, path: str, manifest: dict) -> str:
     return _transformers_snippet(fmt, path, manifest["bits"]) + "\n" + _vllm_snippet(fmt, path)
 
 
-def _eval_text(text: dict) -> str:
-    """The eval text in words: qtune's bundled excerpt (held out from everything), or the files' names."""
+def _eval_text(text: dict, held_out: bool) -> str:
+    """The eval text in words: qtune's bundled excerpt, or the files' names."""
     from qtune.eval.text import DEFAULT_TEXT
 
     files = [Path(f) for f in text.get("files", [])]
     sha = f", sha256 {text['sha256'][:12]}" if text.get("sha256") else ""
     if files and all(f.is_relative_to(DEFAULT_TEXT) for f in files):
         where = DEFAULT_TEXT.relative_to(DEFAULT_TEXT.parents[2]).as_posix()
-        return (f"qtune's bundled eval text (`{where}`, {len(files)} files{sha}), prose that neither training nor "
-                "calibration saw")
+        seen = ", prose that neither training nor calibration saw" if held_out else ""
+        return f"qtune's bundled eval text (`{where}`, {len(files)} files{sha}){seen}"
     return f"the eval text `{', '.join(f.name for f in files)}`{sha}"
 
 
@@ -119,13 +119,14 @@ def _fidelity_lines(fidelity: dict) -> list[str]:
     first = next(iter(fidelity.get("exports", {"": fidelity}).values()))["export"]
     t = first["text"]
     data = first.get("eval_data", "the recipe's eval split")
+    note = fidelity.get("note")  # e.g. the calibration mix read the perplexity text (fidelity.calibrated_on_the_text)
     return [
         "## What the figures were measured on",
         "",
         f"- **eval loss**: mean NLL of the trained tokens (`data.train_on`) of {first['eval_examples']} conversations "
         f"of the fine-tune recipe's eval split ({data}), token-weighted;",
-        f"- **perplexity**: {t['scored_tokens']} scored tokens of {_eval_text(t['text'])}; windows of {t['window']} "
-        f"tokens, stride {t['stride']};",
+        f"- **perplexity**: {t['scored_tokens']} scored tokens of {_eval_text(t['text'], note is None)}; windows of "
+        f"{t['window']} tokens, stride {t['stride']}{'; ' + note if note else ''};",
         f"- **reference**: {fidelity.get('reference', 'the merged 16-bit model')}.",
         "",
         "Both are qtune's own measurements (`qtune eval`'s code); every figure and its inputs are in `fidelity.json`.",

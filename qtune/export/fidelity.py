@@ -35,6 +35,7 @@ def measure(model, tokenizer, recipe, text: list[str] | None = None, max_tokens:
         "eval_loss": task["eval_loss"],
         "perplexity": ppl["perplexity"],
         "eval_examples": task["eval_examples"],
+        "eval_data": eval_split(recipe),
         "text": {k: ppl[k] for k in ("scored_tokens", "window", "stride", "text")},
         "figures": {  # what each number is measured on, in words
             "eval_loss": f"task data: mean NLL of the assistant tokens of {task['eval_data'] or 'the eval split of data.train'} "
@@ -56,6 +57,15 @@ def calibrated_on_the_text(fidelity: dict, calibration: dict | None) -> str | No
         return None
     return (f"the perplexity text shares {len(shared)} file(s) with the calibration mix ({mix['source']}): "
             "the general-text perplexity is not held out; the eval loss still is")
+
+
+def eval_split(recipe) -> str:
+    """Where the eval loss's conversations come from, in words: the ``data.eval`` file, or the share of
+    the training sources held out (``data.eval_fraction``)."""
+    d = recipe.data
+    if d.eval is not None:
+        return f"data.eval: {d.eval.path}"
+    return f"{d.eval_fraction:g} of data.train held out ({', '.join(s.path for s in d.train)})"
 
 
 def compare(export: dict, reference: dict) -> dict:

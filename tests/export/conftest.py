@@ -88,3 +88,20 @@ train: {{output_dir: {run}, device: cpu}}
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     return make_tiny_run(tmp_path_factory.mktemp("tinyrun"))
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tmp_path_factory):
+    """``(run, exports)``: every format of a tiny run (GGUF F16, Q8_0, Q4_0), calibrated on a 3:1 mix of task rows and bundled prose, exported once for the pipeline
+    and model-card tests, in a folder moved after writing (so nothing may lean on the path it was written at)."""
+    from qtune.export.pipeline import export_run
+    from qtune.recipe.schema import ExportSection
+
+    root = tmp_path_factory.mktemp("exports")
+    run = make_tiny_run(root)
+    settings = ExportSection(
+        formats=["merged", "gptq", "awq", "gguf"], group_size=64, gguf_types=["F16", "Q8_0", "Q4_0"],
+        calibration={"samples": 8, "seq_len": 64, "mix": {"source": "python-docs", "fraction": 0.25}},
+    )
+    export_run(run, settings, out_root=root / "written")
+    return run, (root / "written").rename(root / "moved")

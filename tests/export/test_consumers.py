@@ -2,7 +2,7 @@
 
 GPTQ and AWQ through transformers + optimum + gptqmodel (torch kernels, CPU), GGUF through
 llama-cpp-python. These need the optional extra ``qtune[verify]`` (and ``qtune[gguf]`` for
-llama-cpp-python) and skip without it; see docs/export.md for the install lines CI uses.
+llama-cpp-python) and skip without it; ``scripts/setup_consumers.sh`` makes that environment and runs them.
 """
 
 import pytest
@@ -10,6 +10,8 @@ import torch
 
 from qtune.export.checkpoint import load_dequantized, quantization_config, write_checkpoint
 from qtune.export.sequential import sweep
+
+pytestmark = pytest.mark.consumer
 
 
 class NoTokenizer:

@@ -9,16 +9,11 @@ from qtune.export.checkpoint import load_dequantized
 from qtune.registry.exports import DEFAULT_MERGE_BASE
 from qtune.export.gguf_export import load_gguf_dequantized
 from qtune.export.merge import merged_model
-from qtune.export.pipeline import export_run
-from qtune.recipe.schema import ExportSection
 
 
-def test_export_all_formats(tiny_run, tmp_path):
-    settings = ExportSection(
-        formats=["merged", "gptq", "awq", "gguf"], group_size=64, gguf_types=["F16", "Q8_0", "Q4_0"],
-        calibration={"samples": 8, "seq_len": 64, "mix": {"source": "python-docs", "fraction": 0.25}},
-    )
-    done = export_run(tiny_run, settings, out_root=tmp_path)
+def test_export_all_formats(tiny_exports):
+    tiny_run, root = tiny_exports  # conftest: merged, gptq, awq, gguf (F16, Q8_0, Q4_0), group 64, 8 x 64 calibration
+    done = {json.loads((d / MANIFEST).read_text())["format"]: d for d in root.iterdir()}
     assert set(done) == {"merged", "gptq", "awq", "gguf"}
     for fmt, path in done.items():
         m = json.loads((path / MANIFEST).read_text())

@@ -142,6 +142,8 @@ CASES = [
      "is already quantized (gguf, config.json quantization_config); give the .gguf file itself"),
     ("model-checkpoint-gptq", lambda c: ["train", c.recipe(model={"path": str(_quantization_config(c.model_copy(), "gptq"))})],
      "is already quantized (gptq"),
+    ("model-family-multimodal-gemma3", lambda c: ["train", c.recipe(model={"path": str(_model_type(c.model_copy(), "gemma3"))})],
+     "qtune does not support 'gemma3' models (supported: llama (Llama 2/3), mistral"),
     ("model-config-corrupt", lambda c: ["train", c.recipe(model={"path": str(_corrupt(c.model_copy(), "config.json", "{not json"))})],
      "config.json"),
     ("model-no-weights", lambda c: ["train", c.recipe(model={"path": str(c.model_copy(drop=("*.safetensors",)))})], "model.path"),
@@ -218,6 +220,13 @@ def _gguf_of_arch(path: Path, arch: str) -> str:
     w.write_tensors_to_file()
     w.close()
     return str(path)
+
+
+def _model_type(model: Path, model_type: str) -> Path:
+    config = json.loads((model / "config.json").read_text())
+    config["model_type"] = model_type  # Gemma 3 with its vision tower: only gemma3_text (the text model) is supported
+    (model / "config.json").write_text(json.dumps(config))
+    return model
 
 
 def _quantization_config(model: Path, method: str) -> Path:

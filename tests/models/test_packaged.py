@@ -32,3 +32,21 @@ def test_nf4_load_quantizes_every_decoder_linear(smollm2_dir):
     assert len(linears) == 30 * 7
     state = linears[0].weight.quant_state
     assert state.quant_type == "nf4" and state.nested and state.blocksize == 64
+
+
+def test_gguf_architecture_read_from_the_header_matches_the_full_reader(tmp_path):
+    """The fast path (first KV) and gguf.GGUFReader agree; a file leading with another key falls back to the reader."""
+    import gguf
+
+    from qtune.models.packaged import gguf_architecture, gguf_path
+
+    packaged = gguf_path("smollm2-135m-instruct")
+    assert gguf_architecture(packaged) == gguf.GGUFReader(str(packaged)).get_field("general.architecture").contents() == "llama"
+    w = gguf.GGUFWriter(str(tmp_path / "other-first.gguf"), "qwen2")
+    w.add_string("general.name", "x")
+    w.kv_data[0] = dict(reversed(w.kv_data[0].items()))  # general.name first, general.architecture second
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert gguf_architecture(tmp_path / "other-first.gguf") == "qwen2"

@@ -91,13 +91,17 @@ def _with_architectures(ckpt: Path, tmp: Path) -> Path:
     config = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
     if config.get("architectures"):
         return ckpt
-    staged = tmp / f".{ckpt.name}-with-architectures"
-    staged.mkdir()
-    for f in ckpt.iterdir():
-        if f.name != "config.json":
-            (staged / f.name).symlink_to(f.resolve())
+    staged = _linked(tmp / f".{ckpt.name}-with-architectures", [f for f in ckpt.iterdir() if f.name != "config.json"])
     config["architectures"] = [causal_lm_class(config["model_type"])]
     (staged / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return staged
+
+
+def _linked(staged: Path, files: list[Path]) -> Path:
+    """A new folder ``staged`` of links to ``files``: the converter's input, changed without copying weights."""
+    staged.mkdir()
+    for f in files:
+        (staged / f.name).symlink_to(f.resolve())
     return staged
 
 
@@ -262,11 +266,7 @@ def converter_input(merged: Path, base: Path, tmp: Path) -> Path:
     extra = [base / f for f in SPM_FILES if (base / f).is_file() and not (merged / f).exists()]
     if not extra:
         return merged
-    staged = tmp / f".{merged.name}-with-base-tokenizer"
-    staged.mkdir()
-    for f in [*merged.iterdir(), *extra]:
-        (staged / f.name).symlink_to(f.resolve())
-    return staged
+    return _linked(tmp / f".{merged.name}-with-base-tokenizer", [*merged.iterdir(), *extra])
 
 
 def export_gguf(merged: Path, recipe, tokenizer, settings, reference, out: Path, say, fidelity_of=None,

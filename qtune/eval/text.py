@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qtune.errors import QtuneError
+from qtune.registry.exports import CALIBRATION_TEXTS
 
-DEFAULT_TEXT = Path(__file__).resolve().parents[2] / "data" / "python-docs" / "tutorial"
+BUNDLED_ROOT = Path(__file__).resolve().parents[2]  # the checkout: bundled texts' paths are relative to it
+DEFAULT_TEXT = BUNDLED_ROOT / CALIBRATION_TEXTS["python-docs"]
 SUFFIXES = (".txt", ".md", ".rst")
 
 

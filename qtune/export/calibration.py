@@ -23,9 +23,6 @@ from pathlib import Path
 
 from qtune.errors import QtuneError
 
-REPO = Path(__file__).resolve().parents[2]
-
-
 def calibration_tokens(recipe, tokenizer, samples: int, seq_len: int, source: str = "train", seed: int = 0):
     """LongTensor (n, seq_len) with n = samples, or fewer if the source is too small."""
     import torch
@@ -63,10 +60,11 @@ def mixed_blocks(samples: int, fraction: float) -> int:
 
 def mix_source(source: str) -> tuple[str, Path]:
     """``("jsonl" | "text", path)`` of a mix source: a bundled text name, a JSONL file, or text files."""
+    from qtune.eval.text import BUNDLED_ROOT
     from qtune.registry.exports import CALIBRATION_TEXTS
 
     if source in CALIBRATION_TEXTS:
-        return "text", REPO / CALIBRATION_TEXTS[source]
+        return "text", BUNDLED_ROOT / CALIBRATION_TEXTS[source]
     path = Path(source).expanduser()
     if path.is_file() and path.suffix in (".jsonl", ".json"):
         return "jsonl", path

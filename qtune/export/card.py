@@ -111,12 +111,12 @@ def _snippets(fmt: str, path: str, manifest: dict, out: Path) -> str:
 
 def _eval_text(text: dict, held_out: bool) -> str:
     """The eval text in words: qtune's bundled excerpt, or the files' names."""
-    from qtune.eval.text import DEFAULT_TEXT
+    from qtune.eval.text import BUNDLED_ROOT, DEFAULT_TEXT
 
     files = [Path(f) for f in text.get("files", [])]
     sha = f", sha256 {text['sha256'][:12]}" if text.get("sha256") else ""
     if files and all(f.is_relative_to(DEFAULT_TEXT) for f in files):
-        where = DEFAULT_TEXT.relative_to(DEFAULT_TEXT.parents[2]).as_posix()
+        where = DEFAULT_TEXT.relative_to(BUNDLED_ROOT).as_posix()
         seen = ", prose that neither training nor calibration saw" if held_out else ""
         return f"qtune's bundled eval text (`{where}`, {len(files)} files{sha}){seen}"
     return f"the eval text `{', '.join(f.name for f in files)}`{sha}"

@@ -38,7 +38,7 @@ def measure(model, tokenizer, recipe, text: list[str] | None = None, max_tokens:
         "eval_data": eval_split(recipe),
         "text": {k: ppl[k] for k in ("scored_tokens", "window", "stride", "text")},
         "figures": {  # what each number is measured on, in words
-            "eval_loss": f"task data: mean NLL of the assistant tokens of {task['eval_data'] or 'the eval split of data.train'} "
+            "eval_loss": f"task data: mean NLL of the assistant tokens of {eval_split(recipe)} "
                          f"({task['eval_examples']} conversations)",
             "perplexity": f"general text: {ppl['scored_tokens']} tokens of {shown} (sha256 {ppl['text']['sha256'][:12]}), "
                           f"window {ppl['window']}, stride {ppl['stride']}",

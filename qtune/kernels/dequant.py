@@ -96,14 +96,19 @@ def nested_args(w: Packed4bit):
     return w.absmax, w.absmax, w.absmax
 
 
-def dequantize_triton(w: Packed4bit, dtype: torch.dtype, block: int = 2048, num_warps: int = 4) -> torch.Tensor:
+def dequantize_triton(w: Packed4bit, dtype: torch.dtype, block: int = 2048, num_warps: int = 4,
+                      out: torch.Tensor | None = None) -> torch.Tensor:
     """The Triton kernel: ``shape`` in ``dtype`` (bf16, fp16 or fp32), one launch, one pass.
 
-    Each program writes ``max(block, blocksize)`` values (whole quantization blocks).
+    Each program writes ``max(block, blocksize)`` values (whole quantization blocks). ``out``: a contiguous
+    tensor of ``shape`` and ``dtype`` to write into (a reused buffer) instead of a new one.
     """
     if dtype not in OUT_DTYPES:
         raise ValueError(f"dtype: {dtype} is not a dequantization output (allowed: {OUT_DTYPES})")
-    out = torch.empty(w.shape, dtype=dtype, device=w.device)
+    if out is None:
+        out = torch.empty(w.shape, dtype=dtype, device=w.device)
+    elif tuple(out.shape) != tuple(w.shape) or out.dtype != dtype or not out.is_contiguous():
+        raise ValueError(f"out: needs a contiguous {tuple(w.shape)} {dtype} tensor, got {tuple(out.shape)} {out.dtype}")
     rows = max(1, block // w.blocksize)
     absmax2, code2, offset = nested_args(w)
     _dequant_kernel[(triton.cdiv(w.n_blocks, rows),)](

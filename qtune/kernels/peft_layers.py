@@ -30,7 +30,7 @@ def _lora_4bit_layers(model):
     return [m for m in model.modules() if isinstance(m, Linear4bit)]
 
 
-def _single_adapter(layer, args, kwargs) -> str | None:
+def single_adapter(layer, args, kwargs) -> str | None:
     """The one vanilla-LoRA adapter this call can fuse, or None to defer to peft."""
     if layer.disable_adapters or layer.merged or args or kwargs:
         return None
@@ -42,7 +42,7 @@ def _single_adapter(layer, args, kwargs) -> str | None:
     return active[0]
 
 
-def _packed_weight(layer) -> Packed4bit:
+def packed_weight(layer) -> Packed4bit:
     """The layer's storage as :class:`Packed4bit`, rebuilt only when the weight moves."""
     weight = layer.base_layer.weight
     cached = getattr(layer, _PACKED, None)
@@ -63,7 +63,7 @@ def _gemv_forward(x, x_lora, weight: Packed4bit, lora_a, lora_b, scaling: float,
 
 
 def _fused_forward(layer, x: torch.Tensor, *args, backend: str, dequantize, **kwargs) -> torch.Tensor:
-    adapter = _single_adapter(layer, args, kwargs)
+    adapter = single_adapter(layer, args, kwargs)
     if adapter is None:
         return getattr(layer, _ORIGINAL)(x, *args, **kwargs)
     base = layer.base_layer
@@ -72,7 +72,7 @@ def _fused_forward(layer, x: torch.Tensor, *args, backend: str, dequantize, **kw
     # like peft: under autocast the adapter takes x as it comes, otherwise x in the adapter's dtype
     x_lora = layer.lora_dropout[adapter](x if torch.is_autocast_enabled(x.device.type) else x.to(lora_a.dtype))
     bias = None if base.bias is None else base.bias.to(compute)
-    weight = _packed_weight(layer)
+    weight = packed_weight(layer)
     one_row = x.numel() == x.shape[-1] and weight.shape[1] % weight.blocksize == 0
     if backend == "triton" and one_row and not torch.is_grad_enabled():
         return _gemv_forward(x.to(compute), x_lora, weight, lora_a, lora_b, layer.scaling[adapter], bias, x.dtype)

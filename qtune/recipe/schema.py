@@ -30,7 +30,7 @@ Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adam
 Device = Literal["auto", "cpu", "cuda"]
 TrackingBackend = Literal["wandb", "tensorboard", "none"]
 OnNonFinite = Literal["stop", "skip"]
-Kernels = Literal[tuple(KERNEL_MODES)]  # auto | triton | bitsandbytes
+Kernels = Literal[tuple(KERNEL_MODES)]  # auto | blocks | triton | bitsandbytes
 ExportFormat = Literal[EXPORT_FORMATS]
 MergeBase = Literal[MERGE_BASES]
 GGUFType = Literal[GGUF_TYPES]
@@ -152,7 +152,7 @@ class TrainSection(Section):
     )
     output_dir: str = "runs/qtune"
     device: Device = "auto"
-    kernels: Kernels = Field("auto", description="4-bit LoRA layers: Triton kernels, bitsandbytes, or auto (the path measured fastest: bitsandbytes today)")
+    kernels: Kernels = Field("auto", description="4-bit LoRA layers: whole-block autograd nodes (blocks), the per-linear Triton path, bitsandbytes, or auto (the mode measured fastest on that kind of device: bitsandbytes today)")
 
     @property
     def effective_batch_size(self) -> int:

@@ -7,7 +7,9 @@ Each is defined here once; the feature package imports it from here (kernels.dis
 from __future__ import annotations
 
 KERNEL_MODES: dict[str, str] = {  # train.kernels
-    "auto": "the path measured fastest on the device: bitsandbytes (see qtune.kernels.dispatch)",
+    "auto": "the path measured fastest on that kind of device (qtune.kernels.dispatch.MEASURED; else bitsandbytes)",
+    "blocks": "one autograd node per LoRA block (q/k/v together, the gated MLP with its activation), the other "
+              "linears fused one by one; Triton dequantization on CUDA, the torch reference elsewhere",
     "triton": "fused QLoRA linear with the Triton 4-bit dequantization kernel",
     "bitsandbytes": "peft's LoRA layers over bitsandbytes' Linear4bit, unchanged",
 }

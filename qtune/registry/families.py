@@ -17,6 +17,9 @@ A family is a transformers ``model_type``. Its entry names:
   stored as ``1 + w``);
 - what the family usually has (``tied_embeddings``, ``qkv_bias``; the checkpoint's config decides)
   and its known chat template (a key such as ``"chatml"``, for the template registry);
+- ``gated_mlp``: the MLP module and its gate, up and down linears when the MLP computes
+  ``down(act(gate(x)) * up(x))`` with ``act_fn`` (the fused-block kernels read it; Phi-3's fused ``gate_up_proj``
+  has none);
 - ``formats``: the export formats qtune writes for it; ``qtune export`` checks them first.
 
 This module is a leaf: it imports nothing heavy, so the recipe checks can read it.
@@ -53,6 +56,7 @@ class Family:
     norm_offset: float = 0.0
     tied_embeddings: bool = False
     qkv_bias: bool = False
+    gated_mlp: tuple[str, str, str, str] | None = ("mlp", "gate_proj", "up_proj", "down_proj")
     formats: frozenset = ALL_FORMATS
 
 
@@ -83,7 +87,7 @@ _FAMILIES = (
         LinearGroup(None, ("self_attn.o_proj",)),  # input: the v slice of qkv_proj's output
         LinearGroup("post_attention_layernorm", ("mlp.gate_up_proj",)),
         LinearGroup(None, ("mlp.down_proj",)),  # input: up · act(gate), both halves of gate_up_proj
-    ), "phi3", "phi3"),
+    ), "phi3", "phi3", gated_mlp=None),
 )
 FAMILIES: dict[str, Family] = {f.model_type: f for f in _FAMILIES}
 GGUF_FAMILIES = frozenset(f.gguf_arch for f in _FAMILIES)  # ``general.architecture`` values of GGUF files qtune takes

@@ -5,13 +5,15 @@ intermediate 11008, 32 layers, 32 heads, vocab 32000), a small one on CPU. Every
 bitsandbytes ``Linear4bit`` (NF4, blocksize 64, double quant) exactly as transformers' bnb quantizer builds
 it, then ``prepare_model_for_kbit_training`` (gradient checkpointing) and peft LoRA r=16 on all linears.
 
-The same model object runs first as HF peft + bitsandbytes (``train.kernels: bitsandbytes``), then with
-``qtune.kernels`` routing the LoRA layers through the fused QLoRA linear: Triton dequant on CUDA, the torch
-reference on CPU (Triton needs CUDA there). Printed per mode: tokens/s over the timed steps, peak memory
-(CUDA: ``max_memory_allocated`` since the mode began; CPU: peak bytes saved for backward), the losses;
-the modes alternate ``--repeats`` times and the ratios qtune / baseline use each mode's best run.
+The same model object runs as HF peft + bitsandbytes (``train.kernels: bitsandbytes``, the baseline) and in each
+qtune mode: ``triton`` (each LoRA linear one fused node) and ``blocks`` (q/k/v one node, the gated MLP one node;
+:mod:`qtune.kernels.blocks`), with Triton dequantization on CUDA, the torch reference on CPU. Printed per mode and
+micro batch: tokens/s over the timed steps, peak memory (CUDA: ``max_memory_allocated`` since the mode began; CPU:
+peak bytes saved for backward), the losses; the modes alternate ``--repeats`` times and the ratios mode /
+baseline use each mode's best run. Losses must equal the baseline's within ``--loss-tol`` (exit 1 otherwise).
+A ratio measured on a GPU enters ``train.kernels: auto`` through ``qtune.kernels.dispatch.MEASURED``.
 
-    python scripts/bench_train_step.py                      # CUDA: 7B shape, micro batch 4 x 1024
+    python scripts/bench_train_step.py                      # CUDA: 7B shape, micro batches 4 x 1024 and 1 x 2048
     python scripts/bench_train_step.py --size small         # CPU default: small shape, 2 x 128
 """
 
@@ -117,48 +119,107 @@ def run_mode(model, ids, device, dtype, warmup: int, steps: int):
     return ids.numel() * steps / seconds, peak, losses
 
 
-def main() -> None:
-    from qtune.kernels import peft_layers
+def layer_saved_bytes(model, ids, device, dtype) -> int:
+    """Bytes of the distinct storages one decoder layer saves for backward, checkpointing off (so they are seen)."""
+    base = model.get_base_model()
+    layer = base.model.layers[0]
+    storages: dict[int, int] = {}
 
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    handles = [layer.register_forward_pre_hook(lambda *a: hooks.__enter__()),
+               layer.register_forward_hook(lambda *a: hooks.__exit__(None, None, None))]
+    base.gradient_checkpointing_disable()
+    try:
+        with torch.autocast(device, dtype=dtype, enabled=device == "cuda"):
+            model(input_ids=ids, labels=ids)
+    finally:
+        for h in handles:
+            h.remove()
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})  # as peft set it
+    return sum(storages.values())
+
+
+MODES = ("bitsandbytes", "triton", "blocks")  # train.kernels modes; bitsandbytes (HF peft + bnb) is the baseline
+
+
+def apply_mode(model, mode: str, device: str) -> int:
+    """Route ``model`` through ``mode``; returns how many layers/blocks a qtune mode took."""
+    from qtune.kernels import blocks, peft_layers
+
+    blocks.unfuse(model)
+    if mode == "triton":
+        return peft_layers.fuse(model, "triton" if device == "cuda" else "torch")
+    if mode == "blocks":
+        counts = blocks.fuse(model, "triton" if device == "cuda" else "torch")
+        return counts["groups"] + counts["mlps"]
+    return 0
+
+
+def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", choices=list(SIZES), default="7b" if device == "cuda" else "small")
-    ap.add_argument("--batch", type=int, default=4 if device == "cuda" else 2)
-    ap.add_argument("--seq", type=int, default=1024 if device == "cuda" else 128)
+    ap.add_argument("--micro", nargs="+", default=["4x1024", "1x2048"] if device == "cuda" else ["2x128"],
+                    help="micro batches as BATCHxSEQ, each measured for every mode")
+    ap.add_argument("--batch", type=int, help="one micro batch: BATCH (with --seq), instead of --micro")
+    ap.add_argument("--seq", type=int)
+    ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5 if device == "cuda" else 3)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--loss-tol", type=float, default=2e-2 if device == "cuda" else 1e-4,
+                    help="largest |loss - baseline loss| called equal (bf16 on CUDA, fp32 on CPU)")
     args = ap.parse_args()
+    micros = [(args.batch or 4, args.seq or 1024)] if args.batch or args.seq else \
+        [tuple(int(v) for v in m.split("x")) for m in args.micro]
+    modes = ["bitsandbytes"] + [m for m in args.modes if m != "bitsandbytes"]
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     t0 = time.perf_counter()
     model = build(args.size, device, dtype, args.rank)
-    ids = torch.randint(0, SIZES[args.size]["vocab_size"], (args.batch, args.seq),
-                        generator=torch.Generator().manual_seed(0)).to(device)
     model.train()
     print(f"device: {device_name(device)}; {args.size} Llama, NF4 + double quant, LoRA r={args.rank} all-linear, "
-          f"micro batch {args.batch}x{args.seq}, gradient checkpointing, {dtype}; built in {time.perf_counter() - t0:.0f}s")
+          f"gradient checkpointing, {dtype}; built in {time.perf_counter() - t0:.0f}s")
     memory_kind = "peak CUDA allocated" if device == "cuda" else "peak saved-for-backward"
-    results = {"bitsandbytes": [], "qtune": []}
     start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    for _ in range(args.repeats):  # modes alternate, so a slow spell of a shared machine hits both
-        for mode in ("bitsandbytes", "qtune"):
-            with torch.no_grad():  # both modes train the same adapter from the same start: same losses expected
-                for n, p in model.named_parameters():
-                    if n in start:
-                        p.copy_(start[n])
-            if mode == "qtune":
-                layers = peft_layers.fuse(model, "triton" if device == "cuda" else "torch")
-            else:
-                peft_layers.unfuse(model)
-            tps, peak, losses = run_mode(model, ids, device, dtype, args.warmup, args.steps)
-            results[mode].append((tps, peak))
-            print(f"{mode:>13}: {tps:10.1f} tokens/s, {memory_kind} {peak / 2**30:.3f} GiB, "
-                  f"losses {[round(x, 4) for x in losses]}" + (f" ({layers} fused layers)" if mode == "qtune" else ""))
-    best = {mode: (max(t for t, _ in runs), max(m for _, m in runs)) for mode, runs in results.items()}
-    (b_tps, b_peak), (q_tps, q_peak) = best["bitsandbytes"], best["qtune"]
-    print(f"best of {args.repeats}: bitsandbytes {b_tps:.1f} tokens/s, qtune {q_tps:.1f} tokens/s")
-    print(f"ratio qtune/bitsandbytes: {q_tps / b_tps:.2f}x tokens/s, {q_peak / b_peak:.2f}x {memory_kind}")
+    status = 0
+    for batch, seq in micros:
+        ids = torch.randint(0, SIZES[args.size]["vocab_size"], (batch, seq),
+                            generator=torch.Generator().manual_seed(0)).to(device)
+        print(f"-- micro batch {batch}x{seq}")
+        results = {mode: [] for mode in modes}
+        for _ in range(args.repeats):  # modes alternate, so a slow spell of a shared machine hits all
+            for mode in modes:
+                with torch.no_grad():  # every mode trains the same adapter from the same start: same losses expected
+                    for n, p in model.named_parameters():
+                        if n in start:
+                            p.copy_(start[n])
+                taken = apply_mode(model, mode, device)
+                tps, peak, losses = run_mode(model, ids, device, dtype, args.warmup, args.steps)
+                results[mode].append((tps, peak, losses))
+                print(f"{mode:>13}: {tps:10.1f} tokens/s, {memory_kind} {peak / 2**30:.3f} GiB, "
+                      f"losses {[round(x, 4) for x in losses]}" + (f" ({taken} fused)" if taken else ""))
+        layer_bytes = {}
+        for mode in modes:
+            apply_mode(model, mode, device)
+            layer_bytes[mode] = layer_saved_bytes(model, ids, device, dtype)
+        print("saved for backward by one decoder layer (checkpointing off): " + ", ".join(
+            f"{m} {b / 2**20:.1f} MiB ({b / layer_bytes['bitsandbytes']:.2f}x)" for m, b in layer_bytes.items()))
+        base_tps = max(r[0] for r in results["bitsandbytes"])
+        base_peak = max(r[1] for r in results["bitsandbytes"])
+        base_losses = results["bitsandbytes"][0][2]
+        for mode in modes[1:]:
+            tps, peak = max(r[0] for r in results[mode]), max(r[1] for r in results[mode])
+            gap = max(abs(a - b) for a, b in zip(results[mode][0][2], base_losses))
+            equal = "equal" if gap <= args.loss_tol else "NOT equal"
+            status |= gap > args.loss_tol
+            print(f"ratio {mode}/bitsandbytes at {batch}x{seq}: {tps / base_tps:.2f}x tokens/s, "
+                  f"{peak / base_peak:.2f}x {memory_kind}; losses {equal} (max |Δ| {gap:.2g}, tol {args.loss_tol:g})")
+    raise SystemExit(status)
 
 
 if __name__ == "__main__":

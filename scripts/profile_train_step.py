@@ -13,8 +13,8 @@ quant, LoRA on all linears, gradient checkpointing), run in one ``train.kernels`
   logits' size for scale. On CPU the peak bytes saved for backward stand in for activations.
 
     python scripts/profile_train_step.py                          # CUDA: 7B, 4 x 1024, bitsandbytes
-    python scripts/profile_train_step.py --kernels blocks --batch 1 --seq 2048
-    python scripts/profile_train_step.py --size small --out docs/profile/cpu-small-bitsandbytes.txt
+    python scripts/profile_train_step.py --kernels bitsandbytes blocks --batch 1 --seq 2048
+    python scripts/profile_train_step.py --size small --kernels bitsandbytes blocks --out docs/profile/cpu-small.txt
 """
 
 from __future__ import annotations
@@ -112,42 +112,17 @@ def owners(model, opt) -> dict[str, int]:
     return out
 
 
-def main() -> None:
+def profile_mode(model, ids, mode: str, device, dtype, steps: int, built: int, say) -> None:
+    """Every figure of the module doc for ``model`` in ``mode``."""
     from qtune.kernels import apply
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--size", choices=list(SIZES), default="7b" if device == "cuda" else "small")
-    ap.add_argument("--batch", type=int, default=4 if device == "cuda" else 2)
-    ap.add_argument("--seq", type=int, default=1024 if device == "cuda" else 128)
-    ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--kernels", default="bitsandbytes", help="train.kernels mode (auto, blocks, triton, bitsandbytes)")
-    ap.add_argument("--steps", type=int, default=3 if device == "cuda" else 2)
-    ap.add_argument("--out", help="also write the printout to this file")
-    args = ap.parse_args()
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    lines = []
-
-    def say(line: str = "") -> None:
-        print(line, flush=True)
-        lines.append(line)
-
-    model = build(args.size, device, dtype, args.rank)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        built = torch.cuda.memory_allocated()
-    mode = apply(model, args.kernels, device)
-    ids = torch.randint(0, SIZES[args.size]["vocab_size"], (args.batch, args.seq),
-                        generator=torch.Generator().manual_seed(0)).to(device)
-    model.train()
+    mode = apply(model, mode, device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    say(f"device: {device_name(device)}; {args.size} Llama, NF4 + double quant, LoRA r={args.rank} all-linear, "
-        f"micro batch {args.batch}x{args.seq}, {dtype}, train.kernels: {mode}")
-
-    step_us, by_class, gaps = profile_time(model, ids, opt, device, dtype, args.steps)
-    with_ckpt = timed(model, ids, opt, device, dtype, args.steps)
+    say(f"== train.kernels: {mode}")
+    step_us, by_class, gaps = profile_time(model, ids, opt, device, dtype, steps)
+    with_ckpt = timed(model, ids, opt, device, dtype, steps)
     model.get_base_model().gradient_checkpointing_disable()
-    without = timed(model, ids, opt, device, dtype, args.steps)
+    without = timed(model, ids, opt, device, dtype, steps)
     model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
     say(f"step: {step_us / 1e3:.1f} ms under the profiler; {with_ckpt * 1e3:.1f} ms timed with checkpointing, "
         f"{without * 1e3:.1f} ms without")
@@ -179,8 +154,42 @@ def main() -> None:
     for k, v in sorted(owned.items(), key=lambda kv: -kv[1]):
         say(f"  {k:>40}: {v / 2**30:8.3f} GiB  {100 * v / peak:5.1f}%")
     say(f"  {'peak':>40}: {peak / 2**30:8.3f} GiB" + ("" if device == "cuda" else " (the sum above)"))
+    del opt
+
+
+def main() -> None:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", choices=list(SIZES), default="7b" if device == "cuda" else "small")
+    ap.add_argument("--batch", type=int, default=4 if device == "cuda" else 2)
+    ap.add_argument("--seq", type=int, default=1024 if device == "cuda" else 128)
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--kernels", nargs="+", default=["bitsandbytes"],
+                    help="train.kernels modes to profile one after the other on one model")
+    ap.add_argument("--steps", type=int, default=3 if device == "cuda" else 2)
+    ap.add_argument("--out", help="also write the printout to this file")
+    args = ap.parse_args()
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    lines = []
+
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    model = build(args.size, device, dtype, args.rank)
+    built = 0
+    if device == "cuda":
+        torch.cuda.synchronize()
+        built = torch.cuda.memory_allocated()
+    ids = torch.randint(0, SIZES[args.size]["vocab_size"], (args.batch, args.seq),
+                        generator=torch.Generator().manual_seed(0)).to(device)
+    model.train()
+    say(f"device: {device_name(device)}; {args.size} Llama, NF4 + double quant, LoRA r={args.rank} all-linear, "
+        f"micro batch {args.batch}x{args.seq}, {dtype}")
     logits = args.batch * args.seq * SIZES[args.size]["vocab_size"] * 4
-    say(f"  (float32 logits of one micro batch: {logits / 2**30:.3f} GiB, and as much again for their gradient)")
+    say(f"(float32 logits of one micro batch: {logits / 2**30:.3f} GiB, and as much again for their gradient)")
+    for mode in args.kernels:
+        profile_mode(model, ids, mode, device, dtype, args.steps, built, say)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Issue 15's GPU check, one command: the training step of every train.kernels mode against HF peft + bitsandbytes on
+# the Llama-2-7B shape (micro batches 4 x 1024 and 1 x 2048, side by side in one process), the step's profile in the
+# baseline and the blocks mode, and the 4-bit GEMV warm / cold-L2 / in a CUDA graph. Logs go to $OUT (4 files).
+# Estimated 6-7 minutes on one H100/H200 (a 7B build is ~1 minute, twice): run it with timeout_s=540.
+#
+# Prepare once on the CPU machine: scripts/prepare_gpu_site.sh (.gpu/site: bitsandbytes for CUDA 13.0), then
+#   # device tool: run(command="bash scripts/gpu_fast_path_check.sh", carry=[".gpu"], timeout_s=540)
+# A ratio it prints enters `train.kernels: auto` only by being written into qtune/kernels/dispatch.py MEASURED
+# (key: "cuda smXY" as printed on the env line) with the figure.
+source "$(dirname "$0")/gpu_env.sh"
+export TRITON_INTERPRET=0
+status=0
+step() {  # step NAME SECONDS CMD...
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name: $*"
+    timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+    local rc=${PIPESTATUS[0]}
+    echo "== $name exit $rc"
+    [ "$rc" -eq 0 ] || status=1
+}
+cd scripts
+step env 30 "$PY" -c "
+import torch, triton, transformers, peft, bitsandbytes
+cap = torch.cuda.get_device_capability()
+print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(), f'kind: cuda sm{cap[0]}{cap[1]}')
+print('triton', triton.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'bitsandbytes', bitsandbytes.__version__)
+"
+step bench_train_step 300 "$PY" bench_train_step.py
+step profile_train_step 150 "$PY" profile_train_step.py --kernels bitsandbytes blocks --out "$OUT/profile.txt"
+step bench_gemv 60 "$PY" bench_gemv.py
+echo "== summary"
+grep -h "^device\|^ratio\|^saved\|best qtune" "$OUT"/bench_*.log
+exit $status

@@ -31,14 +31,15 @@ def token_nll_sums(model, rows: list[dict], collate, batch_size: int = 8) -> tup
                 batch = collate(rows[start : start + batch_size])
                 batch = {k: v.to(device) for k, v in batch.items()}
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                shift_logits = logits[:, :-1].float()  # (B, T-1, V)
-                shift_labels = batch["labels"][:, 1:]  # (B, T-1)
-                nll = F.cross_entropy(
-                    shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-                    ignore_index=-100, reduction="sum",
-                )
-                total += nll.item()
-                count += int((shift_labels != -100).sum())
+                labels = batch["labels"][:, 1:]  # (B, T-1)
+                scored = labels != -100
+                # Only the labelled positions' logits are copied to float32: a full (B, T, V) copy and
+                # its log-softmax were two more logits-sized tensors (half the peak of a streamed export).
+                picked = logits[:, :-1][scored].float()  # (n, V)
+                del logits
+                total += F.cross_entropy(picked, labels[scored], reduction="sum").item()
+                count += picked.shape[0]
+                del picked
     finally:
         model.train(was_training)
     return total, count

@@ -45,20 +45,35 @@ def search_scale(x: torch.Tensor, x_mean: torch.Tensor, weight: torch.Tensor, bi
     return best
 
 
-def search_clip(x: torch.Tensor, weight: torch.Tensor, bits: int, group_size: int, n_grid: int = 20, max_shrink: float = 0.5) -> torch.Tensor:
-    """``weight`` (out, in) clipped per (row, group) to the range that minimises output error."""
+def search_clip(x: torch.Tensor, weight: torch.Tensor, bits: int, group_size: int, n_grid: int = 20, max_shrink: float = 0.5,
+                rows: int = 256) -> torch.Tensor:
+    """``weight`` (out, in) clipped per (row, group) to the range that minimises output error.
+
+    Rows are searched ``rows`` at a time (every (row, group) is independent), so the per-candidate
+    products are (n, rows, G) instead of (n, out, G): on a 0.5 B Llama's MLP (512 tokens) 32 MiB
+    each instead of 128 MiB, with four of them alive at once.
+    """
     out, n_in = weight.shape
     g = n_in if group_size == -1 else group_size
     xg = x.reshape(x.shape[0], n_in // g, g)  # (n, G, g)
-    wg = weight.reshape(out, n_in // g, g)  # (out, G, g)
+    return torch.cat([_clip_rows(xg, weight[r0 : r0 + rows], bits, group_size, n_grid, max_shrink)
+                      for r0 in range(0, out, rows)])
+
+
+def _clip_rows(xg: torch.Tensor, weight: torch.Tensor, bits: int, group_size: int, n_grid: int, max_shrink: float) -> torch.Tensor:
+    out, n_in = weight.shape
+    G, g = xg.shape[1], xg.shape[2]
+    wg = weight.reshape(out, G, g)  # (out, G, g)
     ref = torch.einsum("ngc,ogc->nog", xg, wg)
     m = wg.abs().amax(-1, keepdim=True)  # (out, G, 1)
-    best_err = torch.full((out, n_in // g), float("inf"), device=weight.device)
+    best_err = torch.full((out, G), float("inf"), device=weight.device)
     best_m = m.clone()
     for i in range(int(max_shrink * n_grid)):
         mi = m * (1 - i / n_grid)
-        wq = rtn(torch.clamp(wg, -mi, mi).reshape(out, n_in), bits, group_size).dequantize().reshape(out, n_in // g, g)
-        err = ((torch.einsum("ngc,ogc->nog", xg, wq) - ref) ** 2).mean(0)  # (out, G)
+        wq = rtn(torch.clamp(wg, -mi, mi).reshape(out, n_in), bits, group_size).dequantize().reshape(out, G, g)
+        d = torch.einsum("ngc,ogc->nog", xg, wq).sub_(ref)  # (n, out, G)
+        err = d.square_().mean(0)  # (out, G)
+        del d
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_m = torch.where(better.unsqueeze(-1), mi, best_m)

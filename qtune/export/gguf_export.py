@@ -227,6 +227,8 @@ class GGUFWeights:
             hf = hf if hf.endswith(suffix) else f"{hf.rsplit('.', 1)[0]}.{suffix}"
             self.tensors[hf] = (t.tensor_type, t.shape.tolist(), t.data_offset, t.data.dtype, t.data.shape)
 
+    CHUNK = 1 << 22  # float32 elements dequantized at once (16 MiB)
+
     def keys(self) -> list[str]:
         return list(self.tensors)
 
@@ -236,8 +238,14 @@ class GGUFWeights:
         import torch
 
         qtype, shape, offset, dtype, stored = self.tensors[hf]
-        raw = np.fromfile(self.path, dtype=dtype, count=int(np.prod(stored)), offset=offset).reshape(stored)
-        data = gguf.quants.dequantize(raw, qtype).astype(np.float32).reshape(shape[::-1])
+        data = np.empty(shape[::-1], np.float32)
+        flat = data.reshape(stored[0], -1)  # a view: one stored row is one row of the tensor's first dimension
+        row = int(np.prod(stored[1:]))  # elements of `dtype` per stored row
+        step = max(1, self.CHUNK // max(1, flat.shape[1]))
+        for r0 in range(0, stored[0], step):  # gguf's dequantize makes several float32 copies: a block of rows at a time
+            n = min(step, stored[0] - r0)
+            raw = np.fromfile(self.path, dtype=dtype, count=n * row, offset=offset + r0 * row * np.dtype(dtype).itemsize)
+            flat[r0 : r0 + n] = gguf.quants.dequantize(raw.reshape(n, *stored[1:]), qtype).reshape(n, -1)
         if self.fam.gguf_permute_qk and hf.endswith(("q_proj.weight", "q_proj.bias")):
             data = _unpermute(data, self.heads)
         elif self.fam.gguf_permute_qk and hf.endswith(("k_proj.weight", "k_proj.bias")):

@@ -71,20 +71,31 @@ def gptq_quantize(
 
 def _gptq_quantize(weight, H, bits, group_size, sym, act_order, damp, block_size, grid_search) -> QuantizedWeight:
     W = weight.detach().float().clone()
-    H = H.detach().float().clone()
     out, n = W.shape
     g = n if group_size == -1 else group_size
     block = max(g, block_size // g * g) if g <= block_size else g  # whole groups per block
 
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
+    # (in, in) matrices are the largest temporaries here (64 MiB each for in = 4096): at most two
+    # are alive at once — the damped copy of H and the factor being computed from it.
+    diag = torch.diag(H).float()
+    dead = diag == 0
+    diag[dead] = 1
     W[:, dead] = 0
     dev = W.device
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(n, device=dev)
-    W, H = W[:, perm], H[perm][:, perm]
-
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(n, device=dev)
-    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    if act_order:
+        perm = torch.argsort(diag, descending=True)
+        W, H = W[:, perm], H.detach().float()[perm][:, perm]
+    else:
+        perm = torch.arange(n, device=dev)
+        H = H.detach().float().clone()
+    diag = diag[perm]
+    H.diagonal().copy_(diag + damp * torch.mean(diag))  # dead inputs get 1, then every diagonal the damping
+    L = torch.linalg.cholesky(H)
+    del H
+    Hinv = torch.cholesky_inverse(L)
+    del L
+    U = torch.linalg.cholesky(Hinv, upper=True)
+    del Hinv
 
     Q = torch.zeros_like(W)
     scales = torch.zeros(out, n // g, device=dev)

@@ -56,10 +56,20 @@ def restore_buffers(module: torch.nn.Module, device) -> None:
             sub._buffers[name] = value.to(device)
 
 
-def materialize(module: torch.nn.Module, tensors: dict[str, torch.Tensor], device) -> torch.nn.Module:
-    """``module`` with storage on ``device`` holding ``tensors`` (cast to the module's dtype)."""
-    module.to_empty(device=device)
-    module.load_state_dict(tensors, strict=True)
+def materialize(module: torch.nn.Module, tensors: dict[str, torch.Tensor], device, adopt: bool = False) -> torch.nn.Module:
+    """``module`` with storage on ``device`` holding ``tensors`` (cast to the module's dtype).
+
+    ``adopt``: the module takes ``tensors`` as its storage (after the cast, a no-op when the dtype
+    and device already match) instead of copying them into storage of its own, so a weight does not
+    exist twice while it loads. Only for a module nobody changes in place: the quantizers fold scales
+    into the weights they were given, and those are shared between formats.
+    """
+    if adopt:
+        want = module.state_dict()  # meta tensors: the dtypes to cast to
+        module.load_state_dict({k: v.to(device, want[k].dtype) for k, v in tensors.items()}, strict=True, assign=True)
+    else:
+        module.to_empty(device=device)
+        module.load_state_dict(tensors, strict=True)
     restore_buffers(module, device)
     return module
 
@@ -95,9 +105,10 @@ def outer_parts(model) -> list[tuple[str, torch.nn.Module]]:
 
 
 def materialize_outer(model, name: str, module, weights: Callable[[str], torch.Tensor], device) -> None:
+    """Embeddings, final norm, head or rotary buffers, for reading only (they adopt ``weights``' tensors)."""
     keys = _own_state(module)
     if keys:
-        materialize(module, {k: weights(f"{name}.{k}") for k in keys}, device)
+        materialize(module, {k: weights(f"{name}.{k}") for k in keys}, device, adopt=True)
     if any(True for _ in module.buffers(recurse=False)) and not keys:  # non-persistent only: rotary
         module.to_empty(device=device)
         restore_buffers(module, device)
@@ -199,7 +210,7 @@ def lazy_model(config, weights: Callable[[str], torch.Tensor], device, dtype: to
         keys = _own_state(module)
 
         def load(m, args):
-            materialize(m, {k: weights(f"{name}.{k}") for k in keys}, device)
+            materialize(m, {k: weights(f"{name}.{k}") for k in keys}, device, adopt=True)
 
         def free(m, args, out):
             release(m)

@@ -44,6 +44,20 @@ def test_gptq_beats_rtn_output_mse(bits, group_size, sym, act_order, grid_search
     assert torch.bincount(q.g_idx.long()).eq(d_in if group_size == -1 else group_size).all()
 
 
+def test_gptq_leaves_its_hessian_unchanged():
+    """The damping and the factorizations work on a copy (in place on it, to bound memory): the caller's H,
+    shared by every linear of a group, is not touched."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 64, generator=g)
+    x[:, 3] = 0  # a dead input: its diagonal entry is set to 1 in the copy
+    acc = HessianAccumulator(64)
+    acc.add(x)
+    before = acc.H.clone()
+    for act_order in (False, True):
+        gptq_quantize(torch.randn(16, 64, generator=g), acc.H, 4, 32, act_order=act_order)
+        assert torch.equal(acc.H, before), act_order
+
+
 def test_gptq_without_error_feedback_equals_rtn_grid():
     """With H = I (no correlation, no damping effect on order) GPTQ has nothing to compensate."""
     torch.manual_seed(0)

@@ -52,3 +52,25 @@ def test_export_all_formats(tiny_exports):
     fid = json.loads((done["gptq"] / FIDELITY).read_text())
     # a random tiny model is fragile; 4-bit still keeps the eval loss within 10% here
     assert abs(fid["delta"]["eval_loss"]) < 0.1 * fid["merged"]["eval_loss"], fid
+
+
+def test_gguf_tensors_read_a_block_of_rows_at_a_time_equal_one_read(tiny_exports):
+    """GGUFWeights dequantizes a block of rows at a time (gguf's dequantize makes several float32 copies of
+    what it is given); every tensor of every file type equals the whole tensor read and dequantized at once."""
+    import gguf
+    import numpy as np
+
+    from qtune.export.gguf_export import GGUFWeights
+
+    _, root = tiny_exports
+    done = {json.loads((d / MANIFEST).read_text())["format"]: d for d in root.iterdir()}
+    for path in sorted(done["gguf"].glob("*.gguf")):
+        blocks = GGUFWeights(path, done["merged"])
+        blocks.CHUNK = 100  # a few rows per block, and a last block that is not full
+        for name, (qtype, shape, offset, dtype, stored) in blocks.tensors.items():
+            raw = np.fromfile(path, dtype=dtype, count=int(np.prod(stored)), offset=offset).reshape(stored)
+            whole = gguf.quants.dequantize(raw, qtype).astype(np.float32).reshape(shape[::-1])
+            got = blocks(name)
+            if not name.endswith(("q_proj.weight", "k_proj.weight", "norm.weight")):  # those are un-permuted / offset
+                assert np.array_equal(got.numpy(), whole), f"{path.name} {name}"
+            assert torch.equal(got, GGUFWeights(path, done["merged"])(name)), f"{path.name} {name}: block size changed it"

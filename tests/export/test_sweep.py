@@ -93,3 +93,17 @@ def test_awq_scales_fold_exactly_into_each_familys_ops(model_type, tmp_path):
     # measured: at most 4.2e-7 of the output's largest entry (float32 rounding); Gemma's norm offset
     # ignored gives 0.9 (Gemma 2) and 1.07 (Gemma 3)
     assert d.max() < 1e-5, f"{model_type} folded into {folded}: max {d.max():.3e} mean {d.mean():.3e} (relative)"
+
+
+def test_awq_clip_search_a_block_of_rows_at_a_time_equals_all_rows():
+    """search_clip searches rows in blocks to bound its (tokens, rows, groups) temporaries; each (row, group)
+    is independent, so any block size gives the all-rows search bit for bit (a last block not full too)."""
+    from qtune.export.awq import search_clip
+
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(96, 128, generator=g), torch.randn(37, 128, generator=g) * 0.02
+    w[3, :32] *= 8  # an outlier group, so clipping matters somewhere
+    whole = search_clip(x, w, 4, 32, rows=w.shape[0])
+    assert not torch.equal(whole, w), "the search clipped nothing: the test would not see a difference"
+    for rows in (1, 5, 36):
+        assert torch.equal(search_clip(x, w, 4, 32, rows=rows), whole), rows

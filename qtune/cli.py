@@ -165,7 +165,8 @@ def cmd_report(args) -> int:
     from qtune.eval.report import build_report, render_markdown, write_report
 
     run = Path(args.run_dir)
-    report = build_report(run, _eval_settings(args), args.device, console=lambda s: print(s, file=sys.stderr))
+    report = build_report(run, _eval_settings(args), args.device, console=lambda s: print(s, file=sys.stderr),
+                          fresh=args.fresh)
     paths = write_report(run, report)
     print(render_markdown(report))
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -413,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     _add_measure_args(p)
     p.add_argument("--gen-tokens", type=int, help="tokens generated to time batch-1 speed, 0 to skip (default 16 on CPU, 128 on GPU)")
+    p.add_argument("--fresh", action="store_true", help="measure every row again (default: reuse rows stored by an earlier "
+                   "report from the same files and settings)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("generate", help="complete one prompt (chat template, greedy by default)")

@@ -18,6 +18,12 @@ change of the last two against ``reference`` and ``fine-tuned``:
 
 Every stage is loaded and measured in its own fresh process (spawned), so peak load memory is
 that stage's alone and nothing (caches, compiled kernels, memory) leaks from one row into the next.
+
+A row is written to ``<run>/report-rows/`` as soon as it is measured, keyed by what it was measured
+from: the stage, the settings, the device, qtune's version and the name, size and modification time of
+every file the stage loads. A later ``qtune report`` of the same run reuses a row whose key is
+unchanged (on a 0.5 B model a row costs 10-30 CPU minutes) and measures the rest, so an interrupted
+report loses only the row it was in; ``--fresh`` measures every row again.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from qtune.models.packaged import PACKAGED_MODELS
 from qtune.recipe import load_run_recipe
 
 REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "report.png"
+REPORT_ROWS = "report-rows"  # one JSON file per measured row: {"key": ..., "row": ...}
 
 
 @dataclass
@@ -154,6 +161,56 @@ def measure_stage(stage: Stage, run_dir: str, settings: EvalSettings, device: st
     return row
 
 
+def stage_files(stage: Stage, recipe) -> list[Path]:
+    """The files a stage's measurement reads its weights from (their changes invalidate a stored row)."""
+    from qtune.models.load import resolve_model_path
+
+    if stage.kind == "base":
+        roots = [Path(resolve_model_path(recipe.model.path))]
+    elif stage.kind == "run":
+        roots = [Path(resolve_model_path(recipe.model.path)), Path(stage.path) / rundir.ADAPTER]
+    else:
+        roots = [Path(stage.path)]
+    return sorted(f for root in roots for f in ([root] if root.is_file() else root.rglob("*")) if f.is_file())
+
+
+def row_key(stage: Stage, recipe, settings: EvalSettings, device: str) -> dict:
+    """What a row was measured from: equal keys, equal figures (tokens/s aside, which is wall-clock)."""
+    from qtune.eval.text import DEFAULT_TEXT
+
+    texts = [Path(t) for t in settings.text] or [DEFAULT_TEXT]
+    sources = [*recipe.data.train, *([recipe.data.eval] if recipe.data.eval else [])]
+    data = [Path(src.path) for src in sources if not src.is_hub and Path(src.path).exists()]
+    read = [f for root in texts + data for f in ([root] if root.is_file() else sorted(root.rglob("*"))) if f.is_file()]
+    files = []
+    for f in stage_files(stage, recipe) + read:
+        st = f.stat()
+        files.append([str(f), st.st_size, st.st_mtime_ns])
+    return {"stage": asdict(stage), "settings": asdict(settings), "device": device, "qtune": __version__,
+            "data": recipe.data.model_dump(mode="json"), "files": files}
+
+
+def _row_file(run: Path, stage: Stage) -> Path:
+    import hashlib
+
+    return run / REPORT_ROWS / f"{hashlib.sha256(stage.name.encode()).hexdigest()[:16]}.json"
+
+
+def stored_row(run: Path, stage: Stage, key: dict) -> dict | None:
+    """The row measured earlier from exactly ``key``, or None."""
+    path = _row_file(run, stage)
+    try:
+        kept = rundir.read_json(path)
+    except (OSError, ValueError):
+        return None
+    return kept.get("row") if kept.get("key") == json.loads(json.dumps(key)) else None
+
+
+def store_row(run: Path, stage: Stage, key: dict, row: dict) -> None:
+    (run / REPORT_ROWS).mkdir(exist_ok=True)
+    rundir.write_json(_row_file(run, stage), {"key": key, "row": row})
+
+
 def run_isolated(fn, *args):
     """``fn(*args)`` in a freshly spawned process; its result (or its exception) comes back."""
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -180,15 +237,28 @@ def add_deltas(rows: list[dict]) -> None:
         row["deltas"] = deltas
 
 
-def build_report(run: Path, settings: EvalSettings, device: str, console=print) -> dict:
-    """Measure every stage of ``run`` (each in its own process) and return the report dict."""
+def build_report(run: Path, settings: EvalSettings, device: str, console=print, fresh: bool = False) -> dict:
+    """Measure every stage of ``run`` (each in its own process) and return the report dict.
+
+    Rows stored by an earlier report from the same inputs are reused unless ``fresh`` (module docstring)."""
+    import time
+
     from qtune.models.load import resolve_device
 
     recipe = load_run_recipe(run)
     device = resolve_device(device)
     settings = settings.for_device(device)
-    rows, skipped = [], []
+    rows, skipped, reused = [], [], []
     for stage in plan_stages(run, recipe, device):
+        key = row_key(stage, recipe, settings, device)
+        row = None if fresh else stored_row(run, stage, key)
+        if row is not None:
+            console(f"{stage.name}: reused the row measured {row['measured_at']} from the same files and settings "
+                    f"(--fresh measures it again)")
+            console(f"  {format_row_brief(row)}")
+            rows.append(row)
+            reused.append(stage.name)
+            continue
         console(f"measuring {stage.name} ...")
         try:
             row = run_isolated(measure_stage, stage, str(run.resolve()), settings, device)
@@ -196,6 +266,8 @@ def build_report(run: Path, settings: EvalSettings, device: str, console=print) 
             console(f"  skipped: {e}")
             skipped.append({"stage": stage.name, "error": str(e)})
             continue
+        row["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        store_row(run, stage, key, row)
         console(f"  {format_row_brief(row)}")
         rows.append(row)
     add_deltas(rows)
@@ -207,6 +279,7 @@ def build_report(run: Path, settings: EvalSettings, device: str, console=print) 
         ]
     return {
         "skipped": skipped,
+        "reused": reused,
         "run": str(run.resolve()),
         "base": recipe.model.path,
         "device": device,
@@ -262,6 +335,9 @@ def render_markdown(report: dict) -> str:
              "(every other number is deterministic)."]
     notes += [f"- {r['stage']}: {n}" for r in rows for n in r.get("notes", [])]
     notes += [f"- {r['stage']}: not measured — {r['error']}" for r in report.get("skipped", [])]
+    if report.get("reused"):
+        notes.append(f"- rows kept from an earlier `qtune report` of the same files and settings (tok/s as measured then): "
+                     f"{', '.join(report['reused'])}")
     return "\n".join(head + lines + notes) + "\n"
 
 

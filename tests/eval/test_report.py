@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from qtune.eval.measure import EvalSettings
-from qtune.eval.report import build_report, write_report
+from qtune.eval.report import build_report, render_markdown, write_report
 
 SETTINGS = EvalSettings(window=32, stride=16, max_tokens=200, gen_tokens=4)
 
@@ -97,6 +97,34 @@ def test_files_written(report, tiny_run):
     png = (tiny_run / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert not [p for p in tiny_run.iterdir() if p.name.startswith(".report")]  # no temp files left
+
+
+def test_a_second_report_reuses_its_rows_and_measures_what_changed(report, tiny_run, merged_export):
+    """Rows are stored as they are measured; a report of the same files and settings measures nothing again,
+    one whose export file changed measures that row alone, and fresh measures every row."""
+    import os
+
+    def figures(rows):
+        return [{k: v for k, v in r.items() if k not in ("deltas", "notes", "generation", "load_peak_bytes", "measured_at")} for r in rows]
+
+    said = []
+    again = build_report(tiny_run, SETTINGS, "cpu", console=said.append)
+    names = [r["stage"] for r in report["rows"]]
+    assert again["reused"] == names and not [s for s in said if s.startswith("measuring")], said
+    assert figures(again["rows"]) == figures(report["rows"])
+    assert "rows kept from an earlier `qtune report`" in render_markdown(again)
+
+    weights = merged_export / "model.safetensors"
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # the export rewritten
+    said.clear()
+    changed = build_report(tiny_run, SETTINGS, "cpu", console=said.append)
+    assert [s for s in said if s.startswith("measuring")] == ["measuring merged (merged) ..."], said
+    assert changed["reused"] == names[:-1]
+    assert figures(changed["rows"]) == figures(report["rows"])  # deterministic: the same file measures the same
+
+    other = build_report(tiny_run, SETTINGS, "cpu", console=said.append, fresh=True)
+    assert other["reused"] == []
 
 
 def test_each_gguf_file_is_its_own_row(tiny_run, tmp_path):

@@ -17,10 +17,11 @@ QTUNE=${QTUNE:-.venv/bin/qtune}
 export HF_HUB_OFFLINE=1
 
 if [ ! -f "$RUN/summary.json" ]; then
-    resume=()
-    [ -d "$RUN/checkpoints" ] && resume=(--resume)
+    again=()
+    if compgen -G "$RUN/checkpoints/checkpoint-*" >/dev/null; then again=(--resume)
+    elif [ -e "$RUN" ]; then again=(--overwrite); fi  # started, but no checkpoint yet: nothing to keep
     echo "== train ($RUN)"
-    "$QTUNE" train recipes/qwen2.5-coder-0.5b-nf4.yaml "train.output_dir=$RUN" export=null "${resume[@]}"
+    "$QTUNE" train recipes/qwen2.5-coder-0.5b-nf4.yaml "train.output_dir=$RUN" train.save_steps=5 export=null "${again[@]}"
 fi
 if [ ! -f "$RUN/exports/gguf/qtune_export.json" ]; then
     echo "== export merged, gptq, awq, gguf"

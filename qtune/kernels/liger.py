@@ -89,6 +89,18 @@ def rope(base, family: Family) -> int:
     return count
 
 
+def remove(model) -> None:
+    """Give ``model`` back transformers' own forward, norms and attention (undoes :func:`apply`)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    vars(base).pop("forward", None)
+    for m in base.modules():
+        if type(m).__name__.endswith("RMSNorm"):
+            for name in ("forward", "extra_repr", "_get_name"):
+                vars(m).pop(name, None)
+        if vars(m).pop(_ROPE, False):
+            vars(m).pop("forward", None)
+
+
 def apply(model, family: Family, cross_entropy: str, rms_norm: str, rope_mode: str) -> dict[str, int]:
     """Put the resolved ``liger`` choices on ``model`` (a peft model or a transformers one); what each took."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -79,12 +79,13 @@ def test_save_on_cpu_moves_nothing_on_cpu():
 
 
 # float32 compute on CPU under Triton's interpreter. Measured: liger's cross-entropy and RoPE with frozen_dtype=compute
-# (float32 here) and offload give the torch path's losses to 3e-7 relative; rtol 1e-5 leaves room.
+# (float32 here) and offload give the torch path's losses to 2e-7 relative (3 steps); rtol 1e-5 leaves room.
 def test_the_liger_switches_train_with_the_torch_losses(tmp_path, tiny_llama_dir):
     pytest.importorskip("liger_kernel")
     torch_path = _train_losses(_recipe(tmp_path, tiny_llama_dir, "torch", cross_entropy="torch", rope="torch"))
     fast = _train_losses(_recipe(tmp_path, tiny_llama_dir, "fast", cross_entropy="liger", rope="liger",
                                  frozen_dtype="compute", offload_activations=True))
+    print(f"losses torch {torch_path}, fast {fast}")
     assert fast == pytest.approx(torch_path, rel=1e-5), (fast, torch_path)
 
 

@@ -82,6 +82,14 @@ def resolve_switch(switch: str, choice: str, device: str | None) -> str:
     return choice
 
 
+def planned_choice(switch: str, choice: str, device: str) -> str:
+    """What ``choice`` resolves to for the memory planner, which knows the device type but not (without a GPU at
+    hand) its kind: ``auto`` is what is measured on ``cpu``; on ``cuda`` today's choice."""
+    if choice != "auto":
+        return choice
+    return auto_mode("cpu", MEASURED_SWITCHES[switch], TODAY[switch]) if device == "cpu" else TODAY[switch]
+
+
 def check_switches(train, device: str | None) -> dict[str, str]:
     """Every memory switch of the ``train`` section resolved for ``device``; the first that cannot run raises."""
     return {name: resolve_switch(name, getattr(train, name), device) for name in SWITCHES if name != "kernels"}

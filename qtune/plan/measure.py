@@ -158,7 +158,7 @@ def measure(recipe, device: str, shape, allocator: str = "fixed") -> dict:
                     + (", glibc mmap threshold 64 KiB" if fixed else ", default allocator")
                     + ("" if reset else " (peak not resettable: includes loading)"))
     planned = memory.train_peak(recipe, shape, collate.batch, collate.seq, device)
-    static = memory.static(recipe, shape)
+    static = memory.static(recipe, shape, device)
     resident = sum(i.bytes for i in static.items if i.key in ("weights", "quant_state", "float_parts", "lora"))
     return {
         "batch": collate.batch, "seq": collate.seq, "peak_bytes": int(peak), "peak_kind": kind,

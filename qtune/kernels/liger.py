@@ -10,7 +10,8 @@ Nothing is patched at import and nothing outside the instance is changed for goo
   (``lce_forward`` materialises them when not training or without labels);
 - RMSNorm: each ``*RMSNorm`` module of the instance gets liger's ``LigerRMSNorm.forward`` through liger's
   per-instance helper, with the family's norm offset (Gemma: ``x̂ · (1 + w)``, computed in float32 as Gemma does);
-- RoPE: transformers has no per-instance hook for ``apply_rotary_pos_emb`` (each attention's forward looks it up in
+- RoPE (refused on CPU for 16-bit activations: liger's kernel returns NaN for them in Triton's interpreter, liger-kernel
+  0.8.5 with triton 3.9; unmeasured on a GPU): transformers has no per-instance hook for ``apply_rotary_pos_emb`` (each attention's forward looks it up in
   its modeling module), so each attention module's forward is wrapped to see liger's function only while it runs
   (also in gradient checkpointing's recompute); the module's own function is back after every call.
 
@@ -79,7 +80,14 @@ def rope(base, family: Family) -> int:
     """Make each attention module of ``base`` apply liger's rotary embedding; returns how many."""
     from functools import partial
 
+    import torch
+
     _liger_name(family, "rope")
+    embeddings = base.get_input_embeddings().weight  # its dtype is the residual stream's, so q's and k's
+    if embeddings.device.type != "cuda" and embeddings.dtype != torch.float32:
+        raise QtuneError(f"train.rope: 'liger' with {str(embeddings.dtype).removeprefix('torch.')} activations needs a "
+                         "CUDA GPU (liger's rotary kernel returns NaN for 16-bit inputs in Triton's CPU interpreter); "
+                         "use train.rope=torch, or train.frozen_dtype=float32 on CPU")
     count = 0
     for m in base.modules():
         if type(m).__name__.endswith("Attention") and hasattr(sys.modules[type(m).__module__], "apply_rotary_pos_emb"):

@@ -142,3 +142,11 @@ def test_softcapping_on_cpu_is_refused(tmp_path):
     assert model.config.final_logit_softcapping
     with pytest.raises(QtuneError, match="final_logit_softcapping needs a CUDA GPU"):
         liger.apply(model, FAMILIES["gemma2"], "liger", "torch", "torch")
+
+
+def test_rope_with_16_bit_activations_on_cpu_is_refused(tmp_path):
+    """liger's rotary kernel gives NaN for bfloat16 q/k in Triton's interpreter (measured: every output NaN)."""
+    model = _model("llama", tmp_path)
+    model.get_base_model().get_input_embeddings().to(torch.bfloat16)
+    with pytest.raises(QtuneError, match="train.rope: 'liger' with bfloat16 activations needs a CUDA GPU"):
+        liger.apply(model, FAMILIES["llama"], "torch", "torch", "liger")

@@ -29,11 +29,14 @@ def cmd_validate(args) -> int:
     from pathlib import Path
 
     from qtune.data.dataset import check_sources
+    from qtune.kernels.dispatch import check_switches
     from qtune.models.load import resolve_model_path
     from qtune.recipe import load_recipe
     from qtune.train.resume import holds_a_run
 
     recipe = load_recipe(args.recipe, args.overrides)
+    # a liger choice without liger-kernel, or on the device train.device names (auto: known only when training)
+    check_switches(recipe.train, None if recipe.train.device == "auto" else recipe.train.device)
     resolve_model_path(recipe.model.path, convert=False)  # the checks train makes, without converting anything
     examples = check_sources(recipe.data)
     if holds_a_run(Path(recipe.train.output_dir)):

@@ -7,7 +7,11 @@ it, then ``prepare_model_for_kbit_training`` (gradient checkpointing) and peft L
 
 The same model object runs as HF peft + bitsandbytes (``train.kernels: bitsandbytes``, the baseline) and in each
 qtune mode: ``triton`` (each LoRA linear one fused node) and ``blocks`` (q/k/v one node, the gated MLP one node;
-:mod:`qtune.kernels.blocks`), with Triton dequantization on CUDA, the torch reference on CPU. Printed per mode and
+:mod:`qtune.kernels.blocks`), with Triton dequantization on CUDA, the torch reference on CPU; and ``fast``, the
+combined fast path: ``blocks`` + ``train.frozen_dtype: compute`` (the frozen embeddings, lm_head and norms cast back
+from peft's float32 to the compute dtype, in place and exactly: they were built in it) + liger-kernel's fused linear +
+cross-entropy, RMSNorm and RoPE (``cross_entropy / rms_norm / rope: liger``; RMSNorm stays torch on CPU, where liger's
+kernel does not run). ``--fast`` measures the baseline and ``fast`` only, side by side. Printed per mode and
 micro batch: tokens/s over the timed steps, peak memory (CUDA: ``max_memory_allocated`` since the mode began; CPU:
 peak bytes saved for backward), the losses; the modes alternate ``--repeats`` times and the ratios mode /
 baseline use each mode's best run. Losses must equal the baseline's within ``--loss-tol`` (exit 1 otherwise).
@@ -15,11 +19,13 @@ A ratio measured on a GPU enters ``train.kernels: auto`` through ``qtune.kernels
 
     python scripts/bench_train_step.py                      # CUDA: 7B shape, micro batches 4 x 1024 and 1 x 2048
     python scripts/bench_train_step.py --size small         # CPU default: small shape, 2 x 128
+    python scripts/bench_train_step.py --fast               # the combined fast path against the baseline only
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import weakref
 
@@ -143,24 +149,43 @@ def layer_saved_bytes(model, ids, device, dtype) -> int:
     return sum(storages.values())
 
 
-MODES = ("bitsandbytes", "triton", "blocks")  # train.kernels modes; bitsandbytes (HF peft + bnb) is the baseline
+# train.kernels modes (bitsandbytes, HF peft + bnb, is the baseline), and fast: blocks + the memory switches
+MODES = ("bitsandbytes", "triton", "blocks", "fast")
 
 
-def apply_mode(model, mode: str, device: str) -> int:
-    """Route ``model`` through ``mode``; returns how many layers/blocks a qtune mode took."""
-    from qtune.kernels import blocks, peft_layers
+def set_frozen_dtype(model, dtype: torch.dtype) -> None:
+    """The frozen float parameters that are not 4-bit (embeddings, lm_head, norms) in ``dtype``: what
+    ``prepare_model_for_kbit_training`` upcasts, and ``train.frozen_dtype: compute`` keeps."""
+    for name, p in model.named_parameters():
+        if not p.requires_grad and p.dtype.is_floating_point and type(p).__name__ != "Params4bit":
+            p.data = p.data.to(dtype)
+
+
+def apply_mode(model, mode: str, device: str, dtype: torch.dtype) -> int:
+    """Route ``model`` through ``mode``; returns how many layers/blocks/modules a qtune mode took."""
+    from qtune.kernels import blocks, liger, peft_layers
+    from qtune.registry.families import FAMILIES
 
     blocks.unfuse(model)
+    liger.remove(model)
+    set_frozen_dtype(model, torch.float32)  # peft's upcast, as build() prepared it
     if mode == "triton":
         return peft_layers.fuse(model, "triton" if device == "cuda" else "torch")
-    if mode == "blocks":
+    if mode in ("blocks", "fast"):
         counts = blocks.fuse(model, "triton" if device == "cuda" else "torch")
-        return counts["groups"] + counts["mlps"]
+        taken = counts["groups"] + counts["mlps"]
+        if mode == "fast":
+            set_frozen_dtype(model, dtype)
+            on = liger.apply(model, FAMILIES["llama"], "liger", "liger" if device == "cuda" else "torch", "liger")
+            taken += sum(on.values())
+        return taken
     return 0
 
 
 def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":  # liger's Triton kernels (the fast mode) run in Triton's CPU interpreter; set before they load
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", choices=list(SIZES), default="7b" if device == "cuda" else "small")
     ap.add_argument("--micro", nargs="+", default=["4x1024", "1x2048"] if device == "cuda" else ["2x128"],
@@ -168,6 +193,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, help="one micro batch: BATCH (with --seq), instead of --micro")
     ap.add_argument("--seq", type=int)
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    ap.add_argument("--fast", action="store_true", help="only the baseline and the combined fast path (--modes fast)")
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5 if device == "cuda" else 3)
@@ -177,7 +203,7 @@ def main() -> None:
     args = ap.parse_args()
     micros = [(args.batch or 4, args.seq or 1024)] if args.batch or args.seq else \
         [tuple(int(v) for v in m.split("x")) for m in args.micro]
-    modes = ["bitsandbytes"] + [m for m in args.modes if m != "bitsandbytes"]
+    modes = ["bitsandbytes"] + [m for m in (["fast"] if args.fast else args.modes) if m != "bitsandbytes"]
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     t0 = time.perf_counter()
     model = build(args.size, device, dtype, args.rank)
@@ -198,14 +224,14 @@ def main() -> None:
                     for n, p in model.named_parameters():
                         if n in start:
                             p.copy_(start[n])
-                taken = apply_mode(model, mode, device)
+                taken = apply_mode(model, mode, device, dtype)
                 tps, peak, losses = run_mode(model, ids, device, dtype, args.warmup, args.steps)
                 results[mode].append((tps, peak, losses))
                 print(f"{mode:>13}: {tps:10.1f} tokens/s, {memory_kind} {peak / 2**30:.3f} GiB, "
                       f"losses {[round(x, 4) for x in losses]}" + (f" ({taken} fused)" if taken else ""))
         layer_bytes = {}
         for mode in modes:
-            apply_mode(model, mode, device)
+            apply_mode(model, mode, device, dtype)
             layer_bytes[mode] = layer_saved_bytes(model, ids, device, dtype)
         print("saved for backward by one decoder layer (checkpointing off): " + ", ".join(
             f"{m} {b / 2**20:.1f} MiB ({b / layer_bytes['bitsandbytes']:.2f}x)" for m, b in layer_bytes.items()))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build .gpu/: what scripts/gpu_check.sh needs on the GPU image (which has torch, triton, transformers, peft,
 # accelerate, pytest, rich, pyyaml, but not bitsandbytes or pydantic):
-#   .gpu/site  bitsandbytes;
+#   .gpu/site  bitsandbytes, and liger-kernel when the given Python has it;
 #   .gpu/whl   pydantic's wheels for Python 3.12 (the recipe schema), installed there into /tmp/site;
 #   .gpu/tiny  a tiny random Llama with SmolLM2's tokenizer, trained end to end by `qtune train` there.
 # .gpu/site: Copies this venv's bitsandbytes package and its
@@ -16,6 +16,12 @@ SITE=$("$PY" -c 'import bitsandbytes, os; print(os.path.dirname(os.path.dirname(
 rm -rf .gpu/site && mkdir -p .gpu/site
 cp -r "$SITE/bitsandbytes" "$SITE"/bitsandbytes-*.dist-info .gpu/site/
 find .gpu/site/bitsandbytes -name 'libbitsandbytes_*.so' ! -name 'libbitsandbytes_cuda130.so' -delete
+# liger-kernel (train.cross_entropy / rms_norm / rope: liger; the fast mode of bench_train_step.py): pure Python + Triton
+if LIGER=$("$PY" -c 'import liger_kernel, os; print(os.path.dirname(os.path.dirname(liger_kernel.__file__)))' 2>/dev/null); then
+    cp -r "$LIGER/liger_kernel" "$LIGER"/liger_kernel-*.dist-info .gpu/site/
+else
+    echo "note: $PY has no liger-kernel (pip install -c constraints.txt liger-kernel); the fast mode will not run" >&2
+fi
 find .gpu/site -name __pycache__ -type d -prune -exec rm -rf {} +
 
 rm -rf .gpu/whl && mkdir -p .gpu/whl

@@ -25,9 +25,16 @@ from tests.conftest import DEMO_DATA, write_recipe
 class Ctx:
     """What a case may build on: a temp folder, a good recipe there, and the tiny model's files."""
 
-    def __init__(self, tmp: Path, tiny: Path):
-        self.tmp, self.tiny = tmp, tiny
+    def __init__(self, tmp: Path, tiny: Path, monkeypatch=None):
+        self.tmp, self.tiny, self.monkeypatch = tmp, tiny, monkeypatch
         self.run = tmp / "run"
+
+    def without(self, module: str) -> "Ctx":
+        """This test runs as if ``module`` were not installed (``importlib.util.find_spec`` answers None)."""
+        import sys
+
+        self.monkeypatch.setitem(sys.modules, module, None)
+        return self
 
     def recipe(self, name: str = "r.yaml", **sections) -> str:
         sections.setdefault("model", {"path": str(self.tiny)})
@@ -95,6 +102,17 @@ CASES = [
     ("keep-checkpoints-zero", lambda c: ["train", c.recipe(), "train.keep_checkpoints=0"], "train.keep_checkpoints:"),
     ("on-nan-choice", lambda c: ["train", c.recipe(), "train.on_nan=ignore"], "train.on_nan: 'ignore'"),
     ("eval-fraction", lambda c: ["train", c.recipe(), "data.eval_fraction=1.5"], "data.eval_fraction:"),
+    ("frozen-dtype-choice", lambda c: ["train", c.recipe(), "train.frozen_dtype=bf16"],
+     "train.frozen_dtype: 'bf16' is not an allowed value (allowed: auto, float32, compute)"),
+    ("cross-entropy-choice", lambda c: ["train", c.recipe(), "train.cross_entropy=ligr"], "train.cross_entropy: 'ligr'"),
+    ("rms-norm-choice", lambda c: ["train", c.recipe(), "train.rms_norm=fused"], "train.rms_norm: 'fused' is not an allowed value"),
+    ("rope-choice", lambda c: ["train", c.recipe(), "train.rope=triton"], "train.rope: 'triton' is not an allowed value (allowed: auto, torch, liger)"),
+    ("offload-not-bool", lambda c: ["train", c.recipe(), "train.offload_activations=maybe"], "train.offload_activations:"),
+    ("liger-not-installed", lambda c: ["train", c.without("liger_kernel").recipe(), "train.cross_entropy=liger"],
+     "train.cross_entropy: 'liger' needs the optional dependency 'liger-kernel': pip install 'qtune[fast]'"),
+    ("liger-rope-not-installed", lambda c: ["train", c.without("liger_kernel").recipe(), "train.rope=liger"],
+     "pip install 'qtune[fast]'"),
+    ("liger-rms-norm-on-cpu", lambda c: ["train", c.recipe(), "train.rms_norm=liger"], "train.rms_norm: 'liger' needs a CUDA GPU"),
     ("model-missing", lambda c: ["train", _write(c.tmp / "r.yaml", yaml.safe_dump({"data": {"train": [str(DEMO_DATA / "train.jsonl")]}}))],
      "model: required field is missing"),
     ("model-path-empty", lambda c: ["train", c.recipe(model={"path": " "})], "model.path:"),
@@ -261,7 +279,7 @@ def _listing(path: Path) -> dict[str, bytes] | None:
 @pytest.mark.parametrize("build, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2(tmp_path, tiny_llama_dir, capsys, monkeypatch, build, expected):
     monkeypatch.setenv("QTUNE_CACHE", str(tmp_path / "cache"))  # corrupted caches stay in this test
-    ctx = Ctx(tmp_path, tiny_llama_dir)
+    ctx = Ctx(tmp_path, tiny_llama_dir, monkeypatch)
     argv = build(ctx)
     before = _listing(ctx.run)
     capsys.readouterr()
@@ -288,7 +306,7 @@ TRAIN_RECIPE_CASES = [c for c in CASES if c[0] not in NEEDS_MORE_THAN_VALIDATE a
 def test_validate_refuses_what_train_refuses(tmp_path, tiny_llama_dir, capsys, monkeypatch, build, expected):
     """What ``train RECIPE`` refuses, ``validate RECIPE`` refuses with the same line, without loading weights."""
     monkeypatch.setenv("QTUNE_CACHE", str(tmp_path / "cache"))
-    argv = build(Ctx(tmp_path, tiny_llama_dir))
+    argv = build(Ctx(tmp_path, tiny_llama_dir, monkeypatch))
     if argv[:1] != ["train"] or any(a.startswith("--") for a in argv):
         pytest.skip("not a train RECIPE [overrides] case")
     capsys.readouterr()

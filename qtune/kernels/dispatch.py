@@ -10,6 +10,13 @@ QLoRA linear with the Triton dequantization kernel (a CUDA GPU, or Triton's CPU 
 On one H100 (``scripts/gpu_check.sh``) the Triton path trained a 7B-shaped NF4 model at 0.94-0.96x bitsandbytes'
 tokens/s (its dequantization is faster, 1.1-2.1x, but the step is matmul-bound). ``blocks`` has not been measured
 on a GPU yet (``scripts/gpu_fast_path_check.sh`` does it), so ``auto`` picks ``bitsandbytes`` everywhere today.
+
+The memory switches (``train.frozen_dtype``, ``cross_entropy``, ``rms_norm``, ``rope``; choices in
+:mod:`qtune.registry.choices`) resolve the same way through :func:`resolve_switch`: ``auto`` is today's choice
+(:data:`TODAY`) unless :data:`MEASURED_SWITCHES` records a faster one on that device kind — none is recorded yet.
+``liger`` needs liger-kernel (``qtune[fast]``) and, like ``triton``, a CUDA GPU or ``TRITON_INTERPRET=1``; liger's
+RMSNorm kernel does not run under Triton's CPU interpreter (liger-kernel 0.8.5, triton 3.9: it calls ``.to`` on the
+float ``eps``), so ``rms_norm: liger`` needs CUDA.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import importlib.util
 import os
 
 from qtune.errors import QtuneError, missing_dependency
-from qtune.registry.choices import KERNEL_MODES
+from qtune.registry.choices import CROSS_ENTROPY_MODES, FROZEN_DTYPES, KERNEL_MODES, RMS_NORM_MODES, ROPE_MODES
 
 # Device kind -> {mode: tokens/s of the mode / tokens/s of bitsandbytes}, as scripts/bench_train_step.py printed it
 # side by side on that kind of device (7B shape, micro batch 4 x 1024). A mode enters ``auto`` only through here.
@@ -37,11 +44,55 @@ def device_kind(device: str) -> str:
     return f"cuda sm{major}{minor}"
 
 
-def auto_mode(kind: str, measured: dict[str, dict[str, float]] = MEASURED) -> str:
-    """The mode ``measured`` fastest on ``kind``, if faster than bitsandbytes; else ``bitsandbytes``."""
+# train.<switch> -> its choices, and what ``auto`` means while nothing better is measured (today's behaviour).
+SWITCHES: dict[str, dict[str, str]] = {"kernels": KERNEL_MODES, "frozen_dtype": FROZEN_DTYPES,
+                                       "cross_entropy": CROSS_ENTROPY_MODES, "rms_norm": RMS_NORM_MODES, "rope": ROPE_MODES}
+TODAY: dict[str, str] = {"kernels": "bitsandbytes", "frozen_dtype": "float32", "cross_entropy": "torch",
+                         "rms_norm": "torch", "rope": "torch"}
+# train.<switch> -> device kind -> {choice: tokens/s of the choice / tokens/s of TODAY's}, from
+# scripts/bench_train_step.py --fast on that kind of device with equal losses. Nothing measured yet: on a GPU run
+# scripts/gpu_fast_path_check.sh and write its ratios here (docs/kernels.md, "Memory switches").
+MEASURED_SWITCHES: dict[str, dict[str, dict[str, float]]] = {
+    "kernels": MEASURED, "frozen_dtype": {}, "cross_entropy": {}, "rms_norm": {}, "rope": {},
+}
+
+
+def auto_mode(kind: str, measured: dict[str, dict[str, float]] = MEASURED, default: str = "bitsandbytes") -> str:
+    """The choice ``measured`` fastest on ``kind``, if faster than ``default``; else ``default``."""
     ratios = measured.get(kind, {})
     best = max(ratios, key=ratios.get, default=None)
-    return best if best is not None and ratios[best] > 1.0 else "bitsandbytes"
+    return best if best is not None and ratios[best] > 1.0 else default
+
+
+def resolve_switch(switch: str, choice: str, device: str | None) -> str:
+    """``train.<switch>``'s ``choice`` for ``device`` (None: not known yet, only what needs no device is checked)."""
+    if choice not in SWITCHES[switch]:
+        raise QtuneError(f"train.{switch}: '{choice}' is not one of {', '.join(SWITCHES[switch])}")
+    if choice == "auto":
+        return choice if device is None else auto_mode(device_kind(device), MEASURED_SWITCHES[switch], TODAY[switch])
+    if choice == "liger":
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise missing_dependency(f"train.{switch}: 'liger'", "liger-kernel", "fast")
+        if device is not None and device != "cuda" and switch == "rms_norm":
+            raise QtuneError(f"train.rms_norm: 'liger' needs a CUDA GPU (running on {device}): liger-kernel's RMSNorm "
+                             "kernel does not run under Triton's CPU interpreter; use train.rms_norm=torch or auto")
+        if device is not None and device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise QtuneError(f"train.{switch}: 'liger' needs a CUDA GPU (running on {device}); use train.{switch}=torch "
+                             "or auto (TRITON_INTERPRET=1 runs liger's kernels on CPU, slowly, for testing)")
+    return choice
+
+
+def planned_choice(switch: str, choice: str, device: str) -> str:
+    """What ``choice`` resolves to for the memory planner, which knows the device type but not (without a GPU at
+    hand) its kind: ``auto`` is what is measured on ``cpu``; on ``cuda`` today's choice."""
+    if choice != "auto":
+        return choice
+    return auto_mode("cpu", MEASURED_SWITCHES[switch], TODAY[switch]) if device == "cpu" else TODAY[switch]
+
+
+def check_switches(train, device: str | None) -> dict[str, str]:
+    """Every memory switch of the ``train`` section resolved for ``device``; the first that cannot run raises."""
+    return {name: resolve_switch(name, getattr(train, name), device) for name in SWITCHES if name != "kernels"}
 
 
 def resolve(mode: str, device: str) -> str:

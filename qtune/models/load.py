@@ -191,20 +191,36 @@ def lora_config(lora: "LoraSection"):
     )
 
 
-def attach_lora(base, lora: "LoraSection", quantized: bool, gradient_checkpointing: bool, sharded: bool = False):
+def attach_lora(base, lora: "LoraSection", quantized: bool, gradient_checkpointing: bool, sharded: bool = False,
+                upcast_frozen: bool = True):
     """Prepare a (k-bit) base for training and wrap it with fresh LoRA adapters.
 
     ``sharded`` (FSDP) keeps every weight in one dtype, as FSDP needs: no float32 upcast of norms
     and embeddings (prepare_model_for_kbit_training) and LoRA weights in the base's dtype.
+    ``upcast_frozen=False`` (``train.frozen_dtype: compute``) prepares a k-bit base as peft does but leaves its
+    frozen embeddings, lm_head and norms in the dtype they were loaded in (:func:`prepare_kbit`).
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    if quantized and not sharded:
+    if quantized and not sharded and upcast_frozen:
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+    elif quantized and not sharded:
+        prepare_kbit(base, gradient_checkpointing)
     elif gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
     return get_peft_model(base, lora_config(lora), autocast_adapter_dtype=not sharded)
+
+
+def prepare_kbit(base, gradient_checkpointing: bool) -> None:
+    """peft's ``prepare_model_for_kbit_training`` (peft 0.21) less its float32 cast: every base parameter frozen,
+    and with checkpointing the embeddings' output made to require grad and transformers' checkpointing switched on
+    with peft's (empty) arguments, so both preparations checkpoint the same way."""
+    for p in base.parameters():
+        p.requires_grad = False
+    if gradient_checkpointing:
+        base.enable_input_require_grads()  # reentrant checkpointing needs an input that requires grad
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={})
 
 
 def load_trained(run_adapter_dir: str, model: "ModelSection", quant: "QuantSection", device: str):

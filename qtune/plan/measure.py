@@ -1,8 +1,8 @@
 """``qtune plan --measure``: two real training steps of the recipe, measured beside the plan.
 
 The steps run the train code path itself: ``qtune.train.run.build_model`` (quantized base, k-bit
-preparation, LoRA, kernels), the recipe's collator and ``QtuneTrainer`` with the recipe's
-TrainingArguments — on the recipe's ``2 × micro_batch_size`` longest training rows, so the batches
+preparation, LoRA, kernels, the memory switches), the recipe's collator and ``QtuneTrainer`` with the recipe's
+TrainingArguments and ``train.offload_activations`` — on the recipe's ``2 × micro_batch_size`` longest training rows, so the batches
 are as long as the data allows (the plan is evaluated at the measured shape too).
 
 What "peak" means:
@@ -142,7 +142,8 @@ def measure(recipe, device: str, shape, allocator: str = "fixed") -> dict:
     collate = _ShapeRecorder(collator_for(recipe.data, tokenizer.pad_token_id))
     with tempfile.TemporaryDirectory() as tmp:
         trainer = QtuneTrainer(model=model, args=training_arguments(steps, Path(tmp), device, []), train_dataset=rows,
-                               data_collator=collate, callbacks=[LayoutGuard(), Clock()])
+                               data_collator=collate, callbacks=[LayoutGuard(), Clock()],
+                               offload_activations=recipe.train.offload_activations)
         trainer.remove_callback(PrinterCallback)  # the side-by-side table says what matters
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -157,7 +158,7 @@ def measure(recipe, device: str, shape, allocator: str = "fixed") -> dict:
                     + (", glibc mmap threshold 64 KiB" if fixed else ", default allocator")
                     + ("" if reset else " (peak not resettable: includes loading)"))
     planned = memory.train_peak(recipe, shape, collate.batch, collate.seq, device)
-    static = memory.static(recipe, shape)
+    static = memory.static(recipe, shape, device)
     resident = sum(i.bytes for i in static.items if i.key in ("weights", "quant_state", "float_parts", "lora"))
     return {
         "batch": collate.batch, "seq": collate.seq, "peak_bytes": int(peak), "peak_kind": kind,

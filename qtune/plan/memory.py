@@ -38,6 +38,14 @@ float32.
 
 Measured against two real training steps of recipes/smollm2-135m-nf4.yaml on CPU (``qtune plan
 --measure``, seq 128): plan/measured 1.044 at micro batch 1, 1.005 at 8, 0.934 at 32.
+
+The memory switches (docs/kernels.md, "Memory switches"), as estimated here: ``train.frozen_dtype: compute`` keeps
+the float parts and the residual stream in the compute dtype (a norm still saves its float32 upcast);
+``train.cross_entropy: liger`` replaces the three B·T·V blocks by liger's hidden-state gradient and one chunk of
+logits (about 2 × B·T·h float32); ``train.offload_activations`` on CUDA moves what the forward saves (with
+checkpointing: each layer's input) to host memory, listed but not counted. ``qtune plan --measure`` runs them for
+real (it builds the model and trains through ``train``'s code); the estimates of the switches are not yet checked
+against it.
 """
 
 from __future__ import annotations
@@ -118,14 +126,23 @@ class ActDtypes:
     copies: bool
 
 
+def frozen_in_compute_dtype(recipe, device: str = "cpu") -> bool:
+    """A k-bit base whose frozen float parts stay in the load dtype (``train.frozen_dtype: compute``)."""
+    from qtune.kernels.dispatch import planned_choice
+
+    return recipe.quant.method != "none" and planned_choice("frozen_dtype", recipe.train.frozen_dtype, device) == "compute"
+
+
 def act_dtypes(recipe, shape: ModelShape, device: str = "cpu") -> ActDtypes:
     base = 4 if recipe.quant.method != "none" else DTYPE_BYTES[load_dtype(recipe, shape)]
+    if frozen_in_compute_dtype(recipe, device):
+        base = DTYPE_BYTES[load_dtype(recipe, shape)]
     autocast = device == "cuda" and recipe.quant.compute_dtype != "float32"  # TrainingArguments bf16 / fp16
     matmul = DTYPE_BYTES[recipe.quant.compute_dtype] if autocast else base
     return ActDtypes(base, matmul, autocast and matmul != base)
 
 
-def weights(recipe, shape: ModelShape, bd: Breakdown) -> None:
+def weights(recipe, shape: ModelShape, bd: Breakdown, device: str = "cpu") -> None:
     q = recipe.quant
     dtype = load_dtype(recipe, shape)
     bias_numel = sum(l.out_features for l in shape.linears if l.bias)
@@ -144,6 +161,10 @@ def weights(recipe, shape: ModelShape, bd: Breakdown) -> None:
     what = ("absmax float32 /64" if not q.double_quant else "absmax uint8 /64 + double-quant float32 /256×64 + codes") \
         if bits == "4-bit" else "row scales float32 (SCB)"
     bd.add("quant_state", what, s)
+    if frozen_in_compute_dtype(recipe, device):
+        bd.add("float_parts", f"embeddings, norms{', lm_head' if not shape.tied else ''} ({dtype}, train.frozen_dtype compute)",
+               (other + bias_numel) * DTYPE_BYTES[dtype])
+        return
     bd.add("float_parts", f"embeddings, norms{', lm_head' if not shape.tied else ''} (float32 after k-bit preparation)",
            (other + bias_numel) * 4, note=f"loaded as {dtype}" if dtype != "float32" else "")
 
@@ -237,34 +258,51 @@ def activations(recipe, shape: ModelShape, batch: int, seq: int, bd: Breakdown, 
     rope = 2 * seq * shape.head_dim * d.residual  # cos and sin, shared by the layers
     labels = 8 * n
     final_norm = (shape.hidden * d.residual + 4) * n
+    offload = recipe.train.offload_activations and device == "cuda"  # on CPU host memory is where they are
     if recipe.train.gradient_checkpointing:
         kept = shape.layers * shape.hidden * d.residual * n  # each checkpointed layer's input
-        bd.add("activations", f"activations, checkpointed ({shape.layers} layer inputs + 1 layer recomputed)",
-               kept + per_token * n + final_norm + rope + labels)
+        bd.add("activations", f"activations, checkpointed ({shape.layers} layer inputs"
+               f"{' offloaded' if offload else ''} + 1 layer recomputed)",
+               (0 if offload else kept) + per_token * n + final_norm + rope + labels)
+        if offload:
+            bd.add("offloaded", "checkpointed layer inputs in pinned host memory (train.offload_activations)", kept,
+                   counted=False)
     else:
         total = ((shape.layers - 1) * per_token + first_layer_token_bytes(recipe, shape, device)) * n
+        if offload:  # backward brings them back a tensor at a time: about one layer's on the device
+            bd.add("activations", "activations, offloaded (one layer back on the device at a time)",
+                   per_token * n + final_norm + rope + labels)
+            bd.add("offloaded", "saved activations in pinned host memory (train.offload_activations)", total,
+                   counted=False)
+            return
         bd.add("activations", f"activations ({shape.layers} layers × {per_token / 1024:.1f} KiB/token)",
                total + final_norm + rope + labels)
 
 
 def logits(recipe, shape: ModelShape, batch: int, seq: int, bd: Breakdown, device: str = "cpu") -> None:
     """Three float32 B·T·V blocks, plus the 16-bit logits the float32 copy is made from (autocast, 16-bit base)."""
+    from qtune.kernels.dispatch import planned_choice
+
+    if planned_choice("cross_entropy", recipe.train.cross_entropy, device) == "liger":
+        bd.add("logits", "liger fused linear + cross-entropy (no B·T·V logits: hidden-state gradient + one chunk, "
+               "~2 × B·T·h float32)", 8 * batch * seq * shape.hidden)
+        return
     n = batch * seq * shape.vocab
     d = act_dtypes(recipe, shape, device)
     extra = 2 * n if (d.matmul != 4 or d.residual != 4) else 0
     bd.add("logits", f"logits + loss (3 × B·T·V float32{' + 16-bit logits' if extra else ''})", 12 * n + extra)
 
 
-def static(recipe, shape: ModelShape) -> Breakdown:
+def static(recipe, shape: ModelShape, device: str = "cpu") -> Breakdown:
     bd = Breakdown()
-    weights(recipe, shape, bd)
+    weights(recipe, shape, bd, device)
     lora(recipe, shape, bd)
     return bd
 
 
 def train_peak(recipe, shape: ModelShape, batch: int, seq: int, device: str = "cpu") -> Breakdown:
     """The allocator's peak in a training step: static storage + saved activations + the logits block."""
-    bd = static(recipe, shape)
+    bd = static(recipe, shape, device)
     activations(recipe, shape, batch, seq, bd, device)
     logits(recipe, shape, batch, seq, bd, device)
     return bd

@@ -52,6 +52,13 @@ def fsdp_has_no_triton_path(r: "Recipe") -> Optional[str]:
     return None
 
 
+def fsdp_keeps_one_dtype(r: "Recipe") -> Optional[str]:
+    if _fsdp(r) and r.train.frozen_dtype == "float32":
+        return ("train.frozen_dtype: fsdp keeps every weight in the compute dtype (no float32 upcast of embeddings, "
+                "lm_head and norms); use train.frozen_dtype=auto or compute")
+    return None
+
+
 def fsdp_has_no_bnb_optimizer(r: "Recipe") -> Optional[str]:
     if _fsdp(r) and r.train.optimizer in BNB_OPTIMIZERS:
         return (f"train.optimizer: '{r.train.optimizer}' (bitsandbytes) cannot step FSDP's sharded parameters; "
@@ -93,6 +100,7 @@ RULES: list[Callable[["Recipe"], Optional[str]]] = [
     fsdp_cannot_shard_int8,
     fsdp_needs_uniform_dtype,
     fsdp_has_no_triton_path,
+    fsdp_keeps_one_dtype,
     fsdp_has_no_bnb_optimizer,
     fsdp_needs_cuda,
     nccl_needs_cuda,

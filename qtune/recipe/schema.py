@@ -12,7 +12,7 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from qtune.registry.templates import TEMPLATE_CHOICES
-from qtune.registry.choices import HUB_PREFIX, KERNEL_MODES
+from qtune.registry.choices import CROSS_ENTROPY_MODES, FROZEN_DTYPES, HUB_PREFIX, KERNEL_MODES, RMS_NORM_MODES, ROPE_MODES
 from qtune.recipe.distributed_rules import problems as distributed_problems
 from qtune.registry.exports import CALIBRATION_TEXTS, DEFAULT_MERGE_BASE, EXPORT_DEVICES, EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
 
@@ -31,6 +31,10 @@ Device = Literal["auto", "cpu", "cuda"]
 TrackingBackend = Literal["wandb", "tensorboard", "none"]
 OnNonFinite = Literal["stop", "skip"]
 Kernels = Literal[tuple(KERNEL_MODES)]  # auto | blocks | triton | bitsandbytes
+FrozenDType = Literal[tuple(FROZEN_DTYPES)]  # auto | float32 | compute
+CrossEntropy = Literal[tuple(CROSS_ENTROPY_MODES)]  # auto | torch | liger
+RMSNorm = Literal[tuple(RMS_NORM_MODES)]
+Rope = Literal[tuple(ROPE_MODES)]
 ExportFormat = Literal[EXPORT_FORMATS]
 MergeBase = Literal[MERGE_BASES]
 GGUFType = Literal[GGUF_TYPES]
@@ -153,6 +157,11 @@ class TrainSection(Section):
     output_dir: str = "runs/qtune"
     device: Device = "auto"
     kernels: Kernels = Field("auto", description="4-bit LoRA layers: whole-block autograd nodes (blocks), the per-linear Triton path, bitsandbytes, or auto (the mode measured fastest on that kind of device: bitsandbytes today)")
+    frozen_dtype: FrozenDType = Field("auto", description="dtype of a 4-bit base's frozen embeddings, lm_head and norms: float32 (peft's upcast; the residual stream and every checkpointed layer input float32), compute (quant.compute_dtype: half those bytes in bf16), or auto (float32 until a measurement on that device kind says otherwise)")
+    cross_entropy: CrossEntropy = Field("auto", description="the loss: torch (float32 tokens x vocab logits materialised), liger (liger-kernel's fused linear + cross-entropy, no logits kept; pip install 'qtune[fast]'), or auto (torch until measured)")
+    rms_norm: RMSNorm = Field("auto", description="the RMSNorms: torch, liger (liger-kernel's fused kernel on the model instance; CUDA only), or auto (torch until measured)")
+    rope: Rope = Field("auto", description="the rotary embedding: torch, liger (liger-kernel's fused kernel in each attention module), or auto (torch until measured)")
+    offload_activations: bool = Field(False, description="keep the saved activations (with checkpointing: each layer's input) in pinned CPU memory until backward (torch.autograd.graph.save_on_cpu); on CPU the same hooks run and save nothing")
 
     @property
     def effective_batch_size(self) -> int:

@@ -13,4 +13,29 @@ KERNEL_MODES: dict[str, str] = {  # train.kernels
     "triton": "fused QLoRA linear with the Triton 4-bit dequantization kernel",
     "bitsandbytes": "peft's LoRA layers over bitsandbytes' Linear4bit, unchanged",
 }
+# The memory switches of the train section (docs/kernels.md, "Memory switches"). ``auto`` is the first choice after
+# it (today's behaviour) unless qtune.kernels.dispatch.MEASURED_SWITCHES records a measured win on that device kind.
+FROZEN_DTYPES: dict[str, str] = {  # train.frozen_dtype
+    "auto": "float32 unless a measurement on that kind of device says compute (qtune.kernels.dispatch.MEASURED_SWITCHES)",
+    "float32": "peft's prepare_model_for_kbit_training upcast: frozen embeddings, lm_head and norms in float32, so the "
+               "residual stream (and every checkpointed layer input) is float32",
+    "compute": "the frozen embeddings, lm_head and norms stay in quant.compute_dtype (bf16 on GPU); half the bytes per "
+               "checkpointed layer input",
+}
+CROSS_ENTROPY_MODES: dict[str, str] = {  # train.cross_entropy
+    "auto": "torch unless a measurement on that kind of device says liger (qtune.kernels.dispatch.MEASURED_SWITCHES)",
+    "torch": "transformers' lm_head then cross-entropy: the (tokens x vocab) logits are materialised in float32",
+    "liger": "liger-kernel's fused linear + cross-entropy, chunk by chunk: no (tokens x vocab) tensor is kept",
+}
+RMS_NORM_MODES: dict[str, str] = {  # train.rms_norm
+    "auto": "torch unless a measurement on that kind of device says liger",
+    "torch": "transformers' RMSNorm modules",
+    "liger": "liger-kernel's fused RMSNorm (Triton) on each norm of the model instance; CUDA only",
+}
+ROPE_MODES: dict[str, str] = {  # train.rope
+    "auto": "torch unless a measurement on that kind of device says liger",
+    "torch": "transformers' apply_rotary_pos_emb",
+    "liger": "liger-kernel's fused rotary embedding (Triton) in each attention module of the model instance",
+}
+LIGER_SWITCHES = ("cross_entropy", "rms_norm", "rope")  # train fields with a liger choice: need qtune[fast]
 HUB_PREFIX = "hf:"  # data.train / data.eval: a Hugging Face Hub dataset, hf:<org/name>

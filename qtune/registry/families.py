@@ -20,7 +20,9 @@ A family is a transformers ``model_type``. Its entry names:
 - ``gated_mlp``: the MLP module and its gate, up and down linears when the MLP computes
   ``down(act(gate(x)) * up(x))`` with ``act_fn`` (the fused-block kernels read it; Phi-3's fused ``gate_up_proj``
   has none);
-- ``formats``: the export formats qtune writes for it; ``qtune export`` checks them first.
+- ``formats``: the export formats qtune writes for it; ``qtune export`` checks them first;
+- ``liger``: the family's name in liger-kernel (``apply_liger_kernel_to_<liger>``, whose fused linear +
+  cross-entropy forward ``train.cross_entropy: liger`` puts on the model instance), None where liger has none.
 
 This module is a leaf: it imports nothing heavy, so the recipe checks can read it.
 """
@@ -58,6 +60,7 @@ class Family:
     qkv_bias: bool = False
     gated_mlp: tuple[str, str, str, str] | None = ("mlp", "gate_proj", "up_proj", "down_proj")
     formats: frozenset = ALL_FORMATS
+    liger: str | None = None
 
 
 def _separate_qkv(norm_offset: float = 0.0, post_attn_norm: str = "post_attention_layernorm") -> tuple[LinearGroup, ...]:
@@ -72,22 +75,26 @@ def _separate_qkv(norm_offset: float = 0.0, post_attn_norm: str = "post_attentio
 
 
 _FAMILIES = (
-    Family("llama", "Llama 2/3", "model.layers", _separate_qkv(), "llama", "llama3", gguf_permute_qk=True),
-    Family("mistral", "Mistral", "model.layers", _separate_qkv(), "llama", "mistral", gguf_permute_qk=True),
-    Family("qwen2", "Qwen2/2.5", "model.layers", _separate_qkv(), "qwen2", "chatml", tied_embeddings=True, qkv_bias=True),
-    Family("qwen3", "Qwen3", "model.layers", _separate_qkv(), "qwen3", "chatml", tied_embeddings=True),
+    Family("llama", "Llama 2/3", "model.layers", _separate_qkv(), "llama", "llama3", gguf_permute_qk=True,
+           liger="llama"),
+    Family("mistral", "Mistral", "model.layers", _separate_qkv(), "llama", "mistral", gguf_permute_qk=True,
+           liger="mistral"),
+    Family("qwen2", "Qwen2/2.5", "model.layers", _separate_qkv(), "qwen2", "chatml", tied_embeddings=True, qkv_bias=True,
+           liger="qwen2"),
+    Family("qwen3", "Qwen3", "model.layers", _separate_qkv(), "qwen3", "chatml", tied_embeddings=True,
+           liger="qwen3"),
     # Gemma 2/3: post_attention_layernorm normalizes the attention *output*; the MLP's input norm is
     # pre_feedforward_layernorm. Every norm computes x̂ · (1 + w).
     Family("gemma2", "Gemma 2", "model.layers", _separate_qkv(1.0, "pre_feedforward_layernorm"), "gemma2", "gemma",
-           norm_offset=1.0, tied_embeddings=True),
+           norm_offset=1.0, tied_embeddings=True, liger="gemma2"),
     Family("gemma3_text", "Gemma 3 text", "model.layers", _separate_qkv(1.0, "pre_feedforward_layernorm"), "gemma3",
-           "gemma", norm_offset=1.0, tied_embeddings=True),
+           "gemma", norm_offset=1.0, tied_embeddings=True, liger="gemma3_text"),
     Family("phi3", "Phi-3", "model.layers", (
         LinearGroup("input_layernorm", ("self_attn.qkv_proj",), no_clip=("self_attn.qkv_proj",)),
         LinearGroup(None, ("self_attn.o_proj",)),  # input: the v slice of qkv_proj's output
         LinearGroup("post_attention_layernorm", ("mlp.gate_up_proj",)),
         LinearGroup(None, ("mlp.down_proj",)),  # input: up · act(gate), both halves of gate_up_proj
-    ), "phi3", "phi3", gated_mlp=None),
+    ), "phi3", "phi3", gated_mlp=None, liger="phi3"),
 )
 FAMILIES: dict[str, Family] = {f.model_type: f for f in _FAMILIES}
 GGUF_FAMILIES = frozenset(f.gguf_arch for f in _FAMILIES)  # ``general.architecture`` values of GGUF files qtune takes

@@ -71,21 +71,36 @@ def training_arguments(recipe: Recipe, run: Path, device: str, report_to: list[s
 
 
 def build_model(recipe: Recipe, device: str):
-    """The model ``train`` trains: the base as the recipe quantizes it, LoRA attached, kernels routed.
+    """The model ``train`` trains: the base as the recipe quantizes it, LoRA attached, kernels routed, the memory
+    switches (``train.frozen_dtype``, ``cross_entropy``, ``rms_norm``, ``rope``) applied to this instance.
 
     Returns the model and the resolved kernel mode.
     """
     from qtune.data.packing import prepare_model
-    from qtune.kernels import apply as apply_kernels
+    from qtune.kernels import apply as apply_kernels, liger
+    from qtune.kernels.dispatch import check_switches
     from qtune.models.load import attach_lora, load_base_model
+    from qtune.registry.families import family_of
 
+    switches = check_switches(recipe.train, device)  # before any weight loads: a switch that cannot run is refused
     base = load_base_model(recipe.model, recipe.quant, distributed.placement(device))
     model = attach_lora(base, recipe.lora, quantized=recipe.quant.method != "none",
                         gradient_checkpointing=recipe.train.gradient_checkpointing,
-                        sharded=recipe.distributed.strategy == "fsdp")
+                        sharded=recipe.distributed.strategy == "fsdp",
+                        upcast_frozen=switches["frozen_dtype"] == "float32")
     if recipe.data.packing:
         prepare_model(model)
+    liger.apply(model, family_of(base), switches["cross_entropy"], switches["rms_norm"], switches["rope"])
     return model, apply_kernels(model, recipe.train.kernels, device)
+
+
+def describe_switches(recipe: Recipe, device: str) -> str:
+    """The memory switches as they resolve on ``device``, for the model line of ``train``."""
+    from qtune.kernels.dispatch import check_switches
+
+    s = check_switches(recipe.train, device)
+    return (f"frozen {s['frozen_dtype']}, cross-entropy {s['cross_entropy']}, RMSNorm {s['rms_norm']}, RoPE {s['rope']}"
+            + (", activations offloaded" if recipe.train.offload_activations else ""))
 
 
 def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console=None) -> dict:
@@ -95,6 +110,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
 
     from qtune import tracking
     from qtune.data.dataset import recipe_datasets, refuse_training
+    from qtune.kernels.dispatch import check_switches
     from qtune.models.load import load_tokenizer, model_family, resolve_device
     from qtune.train.disk import base_parameters, check_free_disk, needed_bytes
     from qtune.train.plot import plot_loss
@@ -104,6 +120,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     t0 = time.perf_counter()
     family = model_family(recipe.model)  # an unsupported family is refused before anything runs
     device = resolve_device(recipe.train.device)
+    check_switches(recipe.train, device)  # a liger choice without liger-kernel, or on a device it cannot run on
     if recipe.optimizer_is_paged and device != "cuda":
         raise QtuneError(f"train.optimizer: '{recipe.train.optimizer}' needs a CUDA GPU (running on {device}); use adamw_torch")
     world = distributed.init(recipe.distributed, device)
@@ -129,7 +146,8 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
 
         model, kernels = build_model(recipe, device)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        say(f"model: {recipe.model.path} ({recipe.quant.method}) on {device}, {trainable:,} trainable LoRA parameters, {kernels} kernels"
+        say(f"model: {recipe.model.path} ({recipe.quant.method}) on {device}, {trainable:,} trainable LoRA parameters, {kernels} kernels, "
+            f"{describe_switches(recipe, device)}"
             + (f", {recipe.distributed.strategy} over {world.size} processes" if world.size > 1 else ""))
         distributed.on_main(lambda: check_free_disk(run, needed_bytes(recipe, trainable, base_parameters(model))))
 
@@ -228,6 +246,7 @@ def _build_trainer(recipe: Recipe, model, data, tokenizer, run: Path, device: st
         eval_dataset=data.eval,
         data_collator=collator_for(recipe.data, tokenizer.pad_token_id),
         callbacks=[LayoutGuard(), metrics, RichProgressCallback(metrics, probe), signal_stop, nonfinite],
+        offload_activations=recipe.train.offload_activations,
     )
     trainer.remove_callback(PrinterCallback)  # the rich bar and metrics.jsonl replace its raw dict prints
     metrics.eval_clock = lambda: trainer.eval_seconds

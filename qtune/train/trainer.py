@@ -1,4 +1,4 @@
-"""``QtuneTrainer``: transformers' Trainer with atomic, rotated checkpoints and token-weighted eval loss."""
+"""``QtuneTrainer``: transformers' Trainer with atomic, rotated checkpoints, token-weighted eval loss and offloaded activations."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from transformers import Trainer
 from qtune.data.collate import PadCollator, real_tokens
 from qtune.eval.loss import token_nll_sums
 from qtune.train import distributed
+from qtune.train.offload import maybe_offloaded
 from qtune.train.resume import prune_checkpoints
 
 
 class QtuneTrainer(Trainer):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, offload_activations: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.offload_activations = offload_activations  # train.offload_activations (qtune.train.offload)
         self.eval_seconds = 0.0  # time spent in evaluate(), so throughput can leave it out
         self.last_eval: tuple[int, float] | None = None  # (step, loss) of the latest evaluation
         self.loss_finite = None  # a bool tensor: every micro batch's loss of the current step was finite
@@ -31,6 +33,12 @@ class QtuneTrainer(Trainer):
         finite = torch.isfinite(loss.detach()).all()  # stays a tensor: no device sync per micro batch
         self.loss_finite = finite if self.loss_finite is None else self.loss_finite & finite
         return loss
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        """The Trainer's loss; its forward's saved tensors go to host memory with ``train.offload_activations``."""
+        device_type = inputs["input_ids"].device.type
+        with maybe_offloaded(self.offload_activations and model.training, device_type):
+            return super().compute_loss(model, inputs, *args, **kwargs)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
         """Token-weighted mean NLL over the eval rows (see :mod:`qtune.eval.loss`), logged as ``eval_loss``.

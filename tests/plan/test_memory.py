@@ -121,3 +121,27 @@ def test_checkpointing_keeps_far_less_and_8bit_state_is_smaller(llama_dir):
     eight = memory.static(recipe_for(path, lora={"rank": 64}, train={"optimizer": "adamw_8bit"}), shape).get("optimizer")
     full = memory.static(recipe_for(path, lora={"rank": 64}), shape).get("optimizer")
     assert eight < full / 3
+
+
+def test_frozen_compute_weight_bytes_equal_the_loaded_models_storage(untied_llama_dir):
+    """train.frozen_dtype: compute — the float parts are planned in bfloat16, as build_model leaves them."""
+    path, config = untied_llama_dir
+    recipe = recipe_for(path, quant={"compute_dtype": "bfloat16"}, train={"frozen_dtype": "compute"})
+    model, _ = build_model(recipe, "cpu")
+    planned = memory.base_bytes(recipe, shape_of(config))
+    assert planned == storage_bytes(model), (planned, storage_bytes(model))
+    upcast = memory.base_bytes(recipe_for(path, quant={"compute_dtype": "bfloat16"}), shape_of(config))
+    assert planned < upcast
+
+
+def test_the_switches_in_the_plan(llama_dir):
+    """liger's cross-entropy drops the B·T·V blocks; offload on CUDA lists the checkpoints on the host, uncounted; on
+    CPU it changes nothing."""
+    path, config = llama_dir
+    shape = shape_of(config)
+    plan = lambda device="cuda", **train: memory.train_peak(recipe_for(path, train={"gradient_checkpointing": True, **train}),
+                                                            shape, 4, 128, device)
+    base, liger, offload = plan(), plan(cross_entropy="liger"), plan(offload_activations=True)
+    assert liger.get("logits") == 8 * 4 * 128 * shape.hidden < base.get("logits")
+    assert offload.total == base.total - offload.get("offloaded") and offload.get("offloaded") > 0
+    assert plan("cpu", offload_activations=True).total == plan("cpu").total

@@ -17,6 +17,7 @@ CASES = [
     (FSDP_OK + ("quant.method=int8", "quant.quant_storage=uint8"), "quant.method", "distributed.strategy=ddp"),
     (FSDP_OK + ("model.dtype=float16",), "model.dtype", "set model.dtype=auto"),
     (FSDP_OK + ("train.kernels=triton",), "train.kernels", "train.kernels=bitsandbytes"),
+    (FSDP_OK + ("train.frozen_dtype=float32",), "train.frozen_dtype", "train.frozen_dtype=auto or compute"),
     (FSDP_OK + ("train.optimizer=paged_adamw_8bit",), "train.optimizer", "train.optimizer=adamw_torch"),
     (FSDP_OK + ("train.device=cpu",), "distributed.strategy", "strategy=ddp"),
     (("distributed.backend=nccl", "train.device=cpu"), "distributed.backend", "backend=gloo"),

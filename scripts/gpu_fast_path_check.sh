@@ -6,6 +6,9 @@
 # mode is left out to keep the same time (its sm90 figure, 0.96x, is in qtune/kernels/dispatch.py MEASURED; add
 # "triton" to --modes to re-measure it). Logs go to $OUT (4 files).
 # Estimated 6-7 minutes on one H100/H200 (a 7B build is ~1 minute, twice): run it with timeout_s=540.
+# train.compile (the fast path with each decoder layer compiled) is a second call when time is left, as it adds a
+# compile to the warm-up: run(command="cd scripts && source gpu_env.sh && $PY bench_train_step.py --modes fast compiled
+# --micro 4x1024", carry=[".gpu"], timeout_s=400).
 #
 # Prepare once on the CPU machine: scripts/prepare_gpu_site.sh .venv/bin/python (.gpu/site: bitsandbytes for CUDA 13.0
 # and liger-kernel, from a venv that has both), then

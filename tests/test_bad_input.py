@@ -108,6 +108,7 @@ CASES = [
     ("rms-norm-choice", lambda c: ["train", c.recipe(), "train.rms_norm=fused"], "train.rms_norm: 'fused' is not an allowed value"),
     ("rope-choice", lambda c: ["train", c.recipe(), "train.rope=triton"], "train.rope: 'triton' is not an allowed value (allowed: auto, torch, liger)"),
     ("offload-not-bool", lambda c: ["train", c.recipe(), "train.offload_activations=maybe"], "train.offload_activations:"),
+    ("compile-choice", lambda c: ["train", c.recipe(), "train.compile=true"], "train.compile: "),
     ("liger-not-installed", lambda c: ["train", c.without("liger_kernel").recipe(), "train.cross_entropy=liger"],
      "train.cross_entropy: 'liger' needs the optional dependency 'liger-kernel': pip install 'qtune[fast]'"),
     ("liger-rope-not-installed", lambda c: ["train", c.without("liger_kernel").recipe(), "train.rope=liger"],

@@ -25,7 +25,8 @@ import importlib.util
 import os
 
 from qtune.errors import QtuneError, missing_dependency
-from qtune.registry.choices import CROSS_ENTROPY_MODES, FROZEN_DTYPES, KERNEL_MODES, RMS_NORM_MODES, ROPE_MODES
+from qtune.registry.choices import (COMPILE_MODES, CROSS_ENTROPY_MODES, FROZEN_DTYPES, KERNEL_MODES, RMS_NORM_MODES,
+                                    ROPE_MODES)
 
 # Device kind -> {mode: tokens/s of the mode / tokens/s of bitsandbytes}, as scripts/bench_train_step.py printed it
 # side by side on that kind of device (7B shape, micro batch 4 x 1024). A mode enters ``auto`` only through here.
@@ -46,14 +47,15 @@ def device_kind(device: str) -> str:
 
 # train.<switch> -> its choices, and what ``auto`` means while nothing better is measured (today's behaviour).
 SWITCHES: dict[str, dict[str, str]] = {"kernels": KERNEL_MODES, "frozen_dtype": FROZEN_DTYPES,
-                                       "cross_entropy": CROSS_ENTROPY_MODES, "rms_norm": RMS_NORM_MODES, "rope": ROPE_MODES}
+                                       "cross_entropy": CROSS_ENTROPY_MODES, "rms_norm": RMS_NORM_MODES, "rope": ROPE_MODES,
+                                       "compile": COMPILE_MODES}
 TODAY: dict[str, str] = {"kernels": "bitsandbytes", "frozen_dtype": "float32", "cross_entropy": "torch",
-                         "rms_norm": "torch", "rope": "torch"}
+                         "rms_norm": "torch", "rope": "torch", "compile": "off"}
 # train.<switch> -> device kind -> {choice: tokens/s of the choice / tokens/s of TODAY's}, from
 # scripts/bench_train_step.py --fast on that kind of device with equal losses. Nothing measured yet: on a GPU run
 # scripts/gpu_fast_path_check.sh and write its ratios here (docs/kernels.md, "Memory switches").
 MEASURED_SWITCHES: dict[str, dict[str, dict[str, float]]] = {
-    "kernels": MEASURED, "frozen_dtype": {}, "cross_entropy": {}, "rms_norm": {}, "rope": {},
+    "kernels": MEASURED, "frozen_dtype": {}, "cross_entropy": {}, "rms_norm": {}, "rope": {}, "compile": {},
 }
 
 

@@ -12,7 +12,7 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from qtune.registry.templates import TEMPLATE_CHOICES
-from qtune.registry.choices import CROSS_ENTROPY_MODES, FROZEN_DTYPES, HUB_PREFIX, KERNEL_MODES, RMS_NORM_MODES, ROPE_MODES
+from qtune.registry.choices import COMPILE_MODES, CROSS_ENTROPY_MODES, FROZEN_DTYPES, HUB_PREFIX, KERNEL_MODES, RMS_NORM_MODES, ROPE_MODES
 from qtune.recipe.distributed_rules import problems as distributed_problems
 from qtune.registry.exports import CALIBRATION_TEXTS, DEFAULT_MERGE_BASE, EXPORT_DEVICES, EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
 
@@ -35,6 +35,7 @@ FrozenDType = Literal[tuple(FROZEN_DTYPES)]  # auto | float32 | compute
 CrossEntropy = Literal[tuple(CROSS_ENTROPY_MODES)]  # auto | torch | liger
 RMSNorm = Literal[tuple(RMS_NORM_MODES)]
 Rope = Literal[tuple(ROPE_MODES)]
+Compile = Literal[tuple(COMPILE_MODES)]  # auto | off | layers
 ExportFormat = Literal[EXPORT_FORMATS]
 MergeBase = Literal[MERGE_BASES]
 GGUFType = Literal[GGUF_TYPES]
@@ -161,6 +162,7 @@ class TrainSection(Section):
     cross_entropy: CrossEntropy = Field("auto", description="the loss: torch (float32 tokens x vocab logits materialised), liger (liger-kernel's fused linear + cross-entropy, no logits kept; pip install 'qtune[fast]'), or auto (torch until measured)")
     rms_norm: RMSNorm = Field("auto", description="the RMSNorms: torch, liger (liger-kernel's fused kernel on the model instance; CUDA only), or auto (torch until measured)")
     rope: Rope = Field("auto", description="the rotary embedding: torch, liger (liger-kernel's fused kernel in each attention module), or auto (torch until measured)")
+    compile: Compile = Field("auto", description="torch.compile: layers (each decoder layer compiled in place), off, or auto (off until measured faster on that kind of device)")
     offload_activations: bool = Field(False, description="keep the saved activations (with checkpointing: each layer's input) in pinned CPU memory until backward (torch.autograd.graph.save_on_cpu); on CPU the same hooks run and save nothing")
 
     @property

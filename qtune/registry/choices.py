@@ -37,5 +37,10 @@ ROPE_MODES: dict[str, str] = {  # train.rope
     "torch": "transformers' apply_rotary_pos_emb",
     "liger": "liger-kernel's fused rotary embedding (Triton) in each attention module of the model instance",
 }
+COMPILE_MODES: dict[str, str] = {  # train.compile
+    "auto": "off unless a measurement on that kind of device says layers",
+    "off": "eager PyTorch",
+    "layers": "torch.compile of each decoder layer in place (regional compilation: one layer compiled, the others reuse it)",
+}
 LIGER_SWITCHES = ("cross_entropy", "rms_norm", "rope")  # train fields with a liger choice: need qtune[fast]
 HUB_PREFIX = "hf:"  # data.train / data.eval: a Hugging Face Hub dataset, hf:<org/name>

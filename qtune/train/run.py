@@ -81,6 +81,7 @@ def build_model(recipe: Recipe, device: str):
     from qtune.kernels.dispatch import check_switches
     from qtune.models.load import attach_lora, load_base_model
     from qtune.registry.families import family_of
+    from qtune.train.compile import compile_layers
 
     switches = check_switches(recipe.train, device)  # before any weight loads: a switch that cannot run is refused
     base = load_base_model(recipe.model, recipe.quant, distributed.placement(device))
@@ -91,7 +92,10 @@ def build_model(recipe: Recipe, device: str):
     if recipe.data.packing:
         prepare_model(model)
     liger.apply(model, family_of(base), switches["cross_entropy"], switches["rms_norm"], switches["rope"])
-    return model, apply_kernels(model, recipe.train.kernels, device)
+    mode = apply_kernels(model, recipe.train.kernels, device)
+    if switches["compile"] == "layers":
+        compile_layers(model)
+    return model, mode
 
 
 def describe_switches(recipe: Recipe, device: str) -> str:
@@ -100,7 +104,8 @@ def describe_switches(recipe: Recipe, device: str) -> str:
 
     s = check_switches(recipe.train, device)
     return (f"frozen {s['frozen_dtype']}, cross-entropy {s['cross_entropy']}, RMSNorm {s['rms_norm']}, RoPE {s['rope']}"
-            + (", activations offloaded" if recipe.train.offload_activations else ""))
+            + (", activations offloaded" if recipe.train.offload_activations else "")
+            + (", decoder layers compiled" if s["compile"] == "layers" else ""))
 
 
 def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console=None) -> dict:

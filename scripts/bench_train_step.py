@@ -11,7 +11,7 @@ qtune mode: ``triton`` (each LoRA linear one fused node) and ``blocks`` (q/k/v o
 combined fast path: ``blocks`` + ``train.frozen_dtype: compute`` (the frozen embeddings, lm_head and norms cast back
 from peft's float32 to the compute dtype, in place and exactly: they were built in it) + liger-kernel's fused linear +
 cross-entropy, RMSNorm and RoPE (``cross_entropy / rms_norm / rope: liger``; RMSNorm stays torch on CPU, where liger's
-kernel does not run); ``compiled``: ``fast`` with every decoder layer ``torch.compile``-d in place
+kernel does not run); ``compiled``: the baseline with every decoder layer ``torch.compile``-d in place
 (``train.compile: layers``; the warm-up steps include the compile). ``--fast`` measures the baseline and ``fast``
 only, side by side. Printed per mode and
 micro batch: tokens/s over the timed steps, peak memory (CUDA: ``max_memory_allocated`` since the mode began; CPU:
@@ -152,7 +152,7 @@ def layer_saved_bytes(model, ids, device, dtype) -> int:
 
 
 # train.kernels modes (bitsandbytes, HF peft + bnb, is the baseline); fast: blocks + the memory switches; compiled:
-# fast with every decoder layer torch.compile-d in place (train.compile: layers)
+# the baseline with every decoder layer torch.compile-d in place (train.compile: layers, which takes bitsandbytes only)
 MODES = ("bitsandbytes", "triton", "blocks", "fast", "compiled")
 
 
@@ -177,19 +177,19 @@ def apply_mode(model, mode: str, device: str, dtype: torch.dtype) -> int:
     set_frozen_dtype(model, torch.float32)  # peft's upcast, as build() prepared it
     if mode == "triton":
         return peft_layers.fuse(model, "triton" if device == "cuda" else "torch")
-    if mode in ("blocks", "fast", "compiled"):
+    if mode in ("blocks", "fast"):
         counts = blocks.fuse(model, "triton" if device == "cuda" else "torch")
         taken = counts["groups"] + counts["mlps"]
-        if mode in ("fast", "compiled"):
+        if mode == "fast":
             set_frozen_dtype(model, dtype)
             on = liger.apply(model, FAMILIES["llama"], "liger", "liger" if device == "cuda" else "torch", "liger")
             taken += sum(on.values())
-        if mode == "compiled":  # the warm-up steps absorb the compile; a fresh cache, so no recompile limit is hit
-            from qtune.train.compile import compile_layers
-
-            torch._dynamo.reset()
-            taken += compile_layers(model)
         return taken
+    if mode == "compiled":  # the warm-up steps absorb the compile; a fresh cache, so no recompile limit is hit
+        from qtune.train.compile import compile_layers
+
+        torch._dynamo.reset()
+        return compile_layers(model)
     return 0
 
 

@@ -6,9 +6,9 @@
 # mode is left out to keep the same time (its sm90 figure, 0.96x, is in qtune/kernels/dispatch.py MEASURED; add
 # "triton" to --modes to re-measure it). Logs go to $OUT (4 files).
 # Estimated 6-7 minutes on one H100/H200 (a 7B build is ~1 minute, twice): run it with timeout_s=540.
-# train.compile (the fast path with each decoder layer compiled) is a second call when time is left, as it adds a
-# compile to the warm-up: run(command="cd scripts && source gpu_env.sh && $PY bench_train_step.py --modes fast compiled
-# --micro 4x1024", carry=[".gpu"], timeout_s=400).
+# train.compile (the baseline with each decoder layer compiled, beside the baseline) is a second call when time is
+# left, as it adds a compile to the warm-up:
+#   run(command="bash scripts/gpu_fast_path_check.sh compile", carry=[".gpu"], timeout_s=400)
 #
 # Prepare once on the CPU machine: scripts/prepare_gpu_site.sh .venv/bin/python (.gpu/site: bitsandbytes for CUDA 13.0
 # and liger-kernel, from a venv that has both), then
@@ -35,6 +35,11 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_dev
 print('triton', triton.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'bitsandbytes', bitsandbytes.__version__)
 "
 step env_liger 30 "$PY" -c "import liger_kernel.transformers.monkey_patch as m; print('liger-kernel importable')"
+if [ "${1:-}" = compile ]; then
+    step bench_compiled 360 "$PY" bench_train_step.py --modes compiled --micro 4x1024
+    grep -h "^device\|^ratio" "$OUT"/bench_compiled.log
+    exit $status
+fi
 step bench_train_step 300 "$PY" bench_train_step.py --modes bitsandbytes blocks fast
 step profile_train_step 150 "$PY" profile_train_step.py --kernels bitsandbytes blocks --out "$OUT/profile.txt"
 step bench_gemv 60 "$PY" bench_gemv.py

@@ -109,6 +109,8 @@ CASES = [
     ("rope-choice", lambda c: ["train", c.recipe(), "train.rope=triton"], "train.rope: 'triton' is not an allowed value (allowed: auto, torch, liger)"),
     ("offload-not-bool", lambda c: ["train", c.recipe(), "train.offload_activations=maybe"], "train.offload_activations:"),
     ("compile-choice", lambda c: ["train", c.recipe(), "train.compile=true"], "train.compile: "),
+    ("compile-with-blocks", lambda c: ["train", c.recipe(), "train.compile=layers", "train.kernels=blocks"],
+     "train.compile: 'layers' runs with train.kernels=bitsandbytes only (given blocks)"),
     ("liger-not-installed", lambda c: ["train", c.without("liger_kernel").recipe(), "train.cross_entropy=liger"],
      "train.cross_entropy: 'liger' needs the optional dependency 'liger-kernel': pip install 'qtune[fast]'"),
     ("liger-rope-not-installed", lambda c: ["train", c.without("liger_kernel").recipe(), "train.rope=liger"],

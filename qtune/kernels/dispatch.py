@@ -94,7 +94,14 @@ def planned_choice(switch: str, choice: str, device: str) -> str:
 
 def check_switches(train, device: str | None) -> dict[str, str]:
     """Every memory switch of the ``train`` section resolved for ``device``; the first that cannot run raises."""
-    return {name: resolve_switch(name, getattr(train, name), device) for name in SWITCHES if name != "kernels"}
+    switches = {name: resolve_switch(name, getattr(train, name), device) for name in SWITCHES if name != "kernels"}
+    kernels = train.kernels if device is None else resolve(train.kernels, device)
+    if switches["compile"] == "layers" and kernels in ("blocks", "triton"):
+        raise QtuneError(f"train.compile: 'layers' runs with train.kernels=bitsandbytes only (given {train.kernels}): the "
+                         "fused kernels are bound to each layer's modules, so dynamo recompiles every layer and breaks "
+                         "its graph at them (SmolLM2: past dynamo's recompile limit, later layers eager); set train.kernels=bitsandbytes or "
+                         "train.compile=off")
+    return switches
 
 
 def resolve(mode: str, device: str) -> str:

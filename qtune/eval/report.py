@@ -161,6 +161,11 @@ def measure_stage(stage: Stage, run_dir: str, settings: EvalSettings, device: st
     return row
 
 
+def _files_under(roots: list[Path]) -> list[Path]:
+    """Every file of ``roots`` (each a file or a folder), sorted."""
+    return sorted(f for root in roots for f in ([root] if root.is_file() else root.rglob("*")) if f.is_file())
+
+
 def stage_files(stage: Stage, recipe) -> list[Path]:
     """The files a stage's measurement reads its weights from (their changes invalidate a stored row)."""
     from qtune.models.load import resolve_model_path
@@ -171,7 +176,7 @@ def stage_files(stage: Stage, recipe) -> list[Path]:
         roots = [Path(resolve_model_path(recipe.model.path)), Path(stage.path) / rundir.ADAPTER]
     else:
         roots = [Path(stage.path)]
-    return sorted(f for root in roots for f in ([root] if root.is_file() else root.rglob("*")) if f.is_file())
+    return _files_under(roots)
 
 
 def row_key(stage: Stage, recipe, settings: EvalSettings, device: str) -> dict:
@@ -181,9 +186,8 @@ def row_key(stage: Stage, recipe, settings: EvalSettings, device: str) -> dict:
     texts = [Path(t) for t in settings.text] or [DEFAULT_TEXT]
     sources = [*recipe.data.train, *([recipe.data.eval] if recipe.data.eval else [])]
     data = [Path(src.path) for src in sources if not src.is_hub and Path(src.path).exists()]
-    read = [f for root in texts + data for f in ([root] if root.is_file() else sorted(root.rglob("*"))) if f.is_file()]
     files = []
-    for f in stage_files(stage, recipe) + read:
+    for f in stage_files(stage, recipe) + _files_under(texts + data):
         st = f.stat()
         files.append([str(f), st.st_size, st.st_mtime_ns])
     return {"stage": asdict(stage), "settings": asdict(settings), "device": device, "qtune": __version__,

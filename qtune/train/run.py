@@ -98,11 +98,8 @@ def build_model(recipe: Recipe, device: str):
     return model, mode
 
 
-def describe_switches(recipe: Recipe, device: str) -> str:
-    """The memory switches as they resolve on ``device``, for the model line of ``train``."""
-    from qtune.kernels.dispatch import check_switches
-
-    s = check_switches(recipe.train, device)
+def describe_switches(recipe: Recipe, s: dict[str, str]) -> str:
+    """The switches as :func:`qtune.kernels.dispatch.check_switches` resolved them (``s``), for ``train``'s model line."""
     return (f"frozen {s['frozen_dtype']}, cross-entropy {s['cross_entropy']}, RMSNorm {s['rms_norm']}, RoPE {s['rope']}"
             + (", activations offloaded" if recipe.train.offload_activations else "")
             + (", decoder layers compiled" if s["compile"] == "layers" else ""))
@@ -125,7 +122,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     t0 = time.perf_counter()
     family = model_family(recipe.model)  # an unsupported family is refused before anything runs
     device = resolve_device(recipe.train.device)
-    check_switches(recipe.train, device)  # a liger choice without liger-kernel, or on a device it cannot run on
+    switches = check_switches(recipe.train, device)  # a liger choice without liger-kernel, or on a device it cannot run on
     if recipe.optimizer_is_paged and device != "cuda":
         raise QtuneError(f"train.optimizer: '{recipe.train.optimizer}' needs a CUDA GPU (running on {device}); use adamw_torch")
     world = distributed.init(recipe.distributed, device)
@@ -152,7 +149,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
         model, kernels = build_model(recipe, device)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         say(f"model: {recipe.model.path} ({recipe.quant.method}) on {device}, {trainable:,} trainable LoRA parameters, {kernels} kernels, "
-            f"{describe_switches(recipe, device)}"
+            f"{describe_switches(recipe, switches)}"
             + (f", {recipe.distributed.strategy} over {world.size} processes" if world.size > 1 else ""))
         distributed.on_main(lambda: check_free_disk(run, needed_bytes(recipe, trainable, base_parameters(model))))
 

@@ -65,3 +65,23 @@ def test_train_logs_no_library_noise(tiny_llama_dir, tmp_path):
     for noise in ("FutureWarning", "Warning:", "it/s]", "Loading weights", "gemm_4bit_forward", "Traceback"):
         assert noise not in proc.stderr, f"{noise!r} in stderr:\n{proc.stderr[-3000:]}"
     assert "eval loss after training" in proc.stderr
+
+
+def _log_bitsandbytes_warnings() -> None:
+    import logging
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'. "
+                   "Please make sure you already `pip install kernels` and the kernels >= 0.11.1")
+    logger.warning("another bitsandbytes warning, which qtune keeps")
+
+
+def test_a_report_row_measured_in_its_own_process_logs_no_library_noise(capfd):
+    """``qtune report`` measures each row in a spawned process, which starts without the CLI's filters: bitsandbytes'
+    words, as its CPU backend logs them on an AVX512-BF16 machine, from a child that ``run_isolated`` starts."""
+    from qtune.eval.report import run_isolated
+
+    run_isolated(_log_bitsandbytes_warnings)
+    err = capfd.readouterr().err
+    assert "gemm_4bit_forward" not in err, err
+    assert "another bitsandbytes warning, which qtune keeps" in err, err

@@ -40,6 +40,7 @@ from qtune.errors import QtuneError
 from qtune.eval.measure import EvalSettings
 from qtune.registry.exports import EXPORT_FORMATS
 from qtune.models.packaged import PACKAGED_MODELS
+from qtune.noise import quiet
 from qtune.recipe import load_run_recipe
 
 REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "report.png"
@@ -216,8 +217,10 @@ def store_row(run: Path, stage: Stage, key: dict, row: dict) -> None:
 
 
 def run_isolated(fn, *args):
-    """``fn(*args)`` in a freshly spawned process; its result (or its exception) comes back."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    """``fn(*args)`` in a freshly spawned process; its result (or its exception) comes back. The child drops the
+    same library noise the CLI does (:func:`qtune.noise.quiet`): a spawned process starts without the parent's
+    logging filters, and printed bitsandbytes' optional-kernel warning once per report row."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=quiet) as pool:
         return pool.submit(fn, *args).result()
 
 

@@ -98,8 +98,17 @@ def check_packaged(name: str) -> Path:
 
 
 def _key(files: list[Path]) -> str:
-    """Changes when any part is reinstalled at another size or time."""
+    """Changes when the user's file is rewritten at another size or time."""
     stamp = ";".join(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files)
+    return hashlib.sha256(stamp.encode()).hexdigest()[:12]
+
+
+def _release_key(spec: PackagedModel, files: list[Path]) -> str:
+    """Changes with the release of any part (distribution version, file name and size), not with when or into which
+    environment it was installed: a second venv (scripts/setup_consumers.sh) finds the same joined GGUF and converted
+    checkpoint in the cache, and ``qtune report`` reuses the rows measured from them."""
+    stamp = ";".join(f"{dist}=={importlib.metadata.version(dist)}:{f.name}:{f.stat().st_size}"
+                     for (dist, _), f in zip(spec.parts, files))
     return hashlib.sha256(stamp.encode()).hexdigest()[:12]
 
 
@@ -109,7 +118,7 @@ def gguf_path(name: str) -> Path:
     files = _part_files(spec)
     if len(files) == 1:
         return files[0]
-    target = cache_root() / "gguf" / f"{name}-{_key(files)}.gguf"
+    target = cache_root() / "gguf" / f"{name}-{_release_key(spec, files)}.gguf"
     if target.is_file():
         return target
     with atomic_path(target) as tmp:
@@ -126,9 +135,9 @@ def gguf_path(name: str) -> Path:
 
 
 def converted_path(name: str) -> Path:
-    """Where packaged model ``name``'s converted checkpoint lies in the cache (keyed by its GGUF file)."""
-    source = gguf_path(name)
-    return cache_root() / "models" / f"{name}-{_key([source])}"
+    """Where packaged model ``name``'s converted checkpoint lies in the cache (keyed by its release)."""
+    spec = PACKAGED_MODELS[name]
+    return cache_root() / "models" / f"{name}-{_release_key(spec, _part_files(spec))}"
 
 
 def materialize(name: str) -> Path:

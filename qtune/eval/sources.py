@@ -32,13 +32,15 @@ from pathlib import Path
 
 from qtune import rundir
 from qtune.recipe import load_run_recipe
-from qtune.errors import QtuneError, missing_dependency
+from qtune.errors import QtuneError
 from qtune.registry.exports import EXPORT_FORMATS
 from qtune.models.packaged import PACKAGED_MODELS
 
 EXPORT_META = "qtune_export.json"
 # What loading a quantized export through transformers needs, per format (optimum + gptqmodel for both).
-EXPORT_BACKENDS = {"gptq": ("gptqmodel", "verify"), "awq": ("gptqmodel", "verify")}
+# What transformers loads a GPTQ/AWQ export with, and the qtune extra that installs it (gptqmodel 7.6 pins numpy 2.2,
+# so scripts/setup_consumers.sh gives it a venv of its own).
+EXPORT_BACKENDS = {"gptq": ("optimum and gptqmodel", "verify"), "awq": ("optimum and gptqmodel", "verify")}
 
 
 @dataclass
@@ -176,11 +178,12 @@ def _load_export(src: ModelSource, device: str) -> Loaded:
         tok_dir = src.path if (src.path / "tokenizer_config.json").is_file() else None
         return _load_gguf(src, ggufs[0], device, tokenizer_dir=tok_dir)
     if fmt in EXPORT_BACKENDS:
-        package, extra = EXPORT_BACKENDS[fmt]
+        packages, extra = EXPORT_BACKENDS[fmt]
         try:
             model = _from_pretrained(src.path, src.spec, device)
-        except ImportError as e:
-            raise missing_dependency(f"loading a {fmt.upper()} export ({str(e).splitlines()[0]})", package, extra) from None
+        except ImportError as e:  # transformers' message names the one of them it missed first
+            raise QtuneError(f"loading the {fmt.upper()} export '{src.spec}' needs {packages} (transformers: "
+                             f"{str(e).splitlines()[0].rstrip('.')}): pip install 'qtune[{extra}]'") from None
     else:
         model = _from_pretrained(src.path, src.spec, device)
     return Loaded(model, _tokenizer(_tokenizer_dir(src), src.spec), src, "")

@@ -74,3 +74,25 @@ def test_gguf_tensors_read_a_block_of_rows_at_a_time_equal_one_read(tiny_exports
             if not name.endswith(("q_proj.weight", "k_proj.weight", "norm.weight")):  # those are un-permuted / offset
                 assert np.array_equal(got.numpy(), whole), f"{path.name} {name}"
             assert torch.equal(got, GGUFWeights(path, done["merged"])(name)), f"{path.name} {name}: block size changed it"
+
+
+def test_loading_a_gptq_or_awq_export_without_its_backend_says_what_to_install(tiny_exports):
+    """``qtune eval`` / ``report`` on a GPTQ or AWQ export where transformers cannot load it: one line naming the export,
+    the packages, what transformers found missing and the extra (the row of a report says the same)."""
+    import importlib.util
+
+    import pytest
+
+    from qtune.errors import QtuneError
+    from qtune.eval.sources import load_source, resolve_source
+
+    if importlib.util.find_spec("gptqmodel") and importlib.util.find_spec("optimum"):
+        pytest.skip("optimum and gptqmodel are installed: tests/export/test_consumers.py loads these exports")
+    _, root = tiny_exports
+    for fmt in ("gptq", "awq"):
+        path = next(d for d in root.iterdir() if json.loads((d / MANIFEST).read_text())["format"] == fmt)
+        with pytest.raises(QtuneError) as info:
+            load_source(resolve_source(str(path)), "cpu")
+        msg = str(info.value)
+        assert msg.startswith(f"loading the {fmt.upper()} export '{path}' needs optimum and gptqmodel (transformers: "), msg
+        assert msg.endswith("): pip install 'qtune[verify]'") and "\n" not in msg, msg

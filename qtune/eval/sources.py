@@ -37,7 +37,6 @@ from qtune.registry.exports import EXPORT_FORMATS
 from qtune.models.packaged import PACKAGED_MODELS
 
 EXPORT_META = "qtune_export.json"
-# What loading a quantized export through transformers needs, per format (optimum + gptqmodel for both).
 # What transformers loads a GPTQ/AWQ export with, and the qtune extra that installs it (gptqmodel 7.6 pins numpy 2.2,
 # so scripts/setup_consumers.sh gives it a venv of its own).
 EXPORT_BACKENDS = {"gptq": ("optimum and gptqmodel", "verify"), "awq": ("optimum and gptqmodel", "verify")}

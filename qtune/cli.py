@@ -133,7 +133,7 @@ def cmd_eval(args) -> int:
     import json
 
     from qtune.eval.measure import measure
-    from qtune.eval.sources import load_source, resolve_source
+    from qtune.models.sources import load_source, resolve_source
     from qtune.models.bnb_layout import describe
     from qtune.models.load import resolve_device
     from qtune.recipe import load_recipe
@@ -165,7 +165,7 @@ def cmd_eval(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from qtune.eval.report import build_report, render_markdown, write_report
+    from qtune.report.build import build_report, render_markdown, write_report
 
     run = Path(args.run_dir)
     report = build_report(run, _eval_settings(args), args.device, console=lambda s: print(s, file=sys.stderr),
@@ -178,7 +178,7 @@ def cmd_report(args) -> int:
 
 def _load_for_generation(args):
     """The model for ``generate``/``chat``, on bitsandbytes' bf16 CPU kernel where allowed (qtune.models.bnb_layout)."""
-    from qtune.eval.sources import load_source, resolve_source
+    from qtune.models.sources import load_source, resolve_source
     from qtune.models.bnb_layout import allow_cpu_inference_layout, describe
     from qtune.models.load import resolve_device
 

@@ -16,6 +16,7 @@ import os
 # machine). It must be set before qtune.kernels.dequant defines its kernels: here, ahead of every test.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import json
 import shutil
 from pathlib import Path
 
@@ -55,6 +56,55 @@ def tiny_llama_dir(tmp_path_factory, smollm2_dir) -> Path:
         if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
             shutil.copy(f, out / f.name)
     return out
+
+
+TINY_RUN_ROWS = [
+    [{"role": "user", "content": "What is a list?"}, {"role": "assistant", "content": "An ordered, mutable sequence."}],
+    [{"role": "user", "content": "What is a tuple?"}, {"role": "assistant", "content": "An ordered, immutable sequence."}],
+    [{"role": "user", "content": "What is a dict?"}, {"role": "assistant", "content": "A mapping from keys to values."}],
+    [{"role": "user", "content": "What is a set?"}, {"role": "assistant", "content": "An unordered collection of unique items."}],
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_llama_dir) -> Path:
+    """A 2-layer, 64-wide llama (random weights, float32) saved with SmolLM2's tokenizer."""
+    return tiny_llama_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_checkpoint) -> Path:
+    """A finished run on the tiny checkpoint: recipe.yaml (quant none) and a LoRA adapter with B != 0."""
+    import torch
+    from peft import get_peft_model
+
+    from qtune.models.load import lora_config
+    from qtune.recipe import dump_recipe
+    from qtune.recipe.schema import Recipe
+    from qtune.rundir import write_text
+
+    run = tmp_path_factory.mktemp("tiny-run")
+    data = run / "eval.jsonl"
+    data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in TINY_RUN_ROWS))
+    recipe = Recipe.model_validate({
+        "model": {"path": str(tiny_checkpoint)},
+        "quant": {"method": "none"},
+        "lora": {"rank": 4, "alpha": 8, "dropout": 0.0},
+        "data": {"train": [str(data)], "eval": str(data), "format": "chat", "max_length": 64},
+        "train": {"output_dir": str(run), "device": "cpu"},
+    })
+    write_text(run / "recipe.yaml", dump_recipe(recipe))
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    model = get_peft_model(base, lora_config(recipe.lora))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)  # B != 0, so the adapter really changes the output
+    model.save_pretrained(run / "adapter", safe_serialization=True)
+    return run
 
 
 # Per family: transformers' config class and the settings beyond the common tiny ones (2 layers,

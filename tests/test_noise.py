@@ -79,7 +79,7 @@ def _log_bitsandbytes_warnings() -> None:
 def test_a_report_row_measured_in_its_own_process_logs_no_library_noise(capfd):
     """``qtune report`` measures each row in a spawned process, which starts without the CLI's filters: bitsandbytes'
     words, as its CPU backend logs them on an AVX512-BF16 machine, from a child that ``run_isolated`` starts."""
-    from qtune.eval.report import run_isolated
+    from qtune.report.build import run_isolated
 
     run_isolated(_log_bitsandbytes_warnings)
     err = capfd.readouterr().err

@@ -1,1 +1,2 @@
-"""Base models: packaged models (``packaged``), quantized loading and LoRA (``load``)."""
+"""Base models: packaged models (``packaged``), quantized loading and LoRA (``load``), and what a MODEL argument
+means and how each kind loads (``sources``)."""

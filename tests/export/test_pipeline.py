@@ -84,7 +84,7 @@ def test_loading_a_gptq_or_awq_export_without_its_backend_says_what_to_install(t
     import pytest
 
     from qtune.errors import QtuneError
-    from qtune.eval.sources import load_source, resolve_source
+    from qtune.models.sources import load_source, resolve_source
 
     if importlib.util.find_spec("gptqmodel") and importlib.util.find_spec("optimum"):
         pytest.skip("optimum and gptqmodel are installed: tests/export/test_consumers.py loads these exports")

@@ -68,7 +68,7 @@ def stored_float_dtype(model_path: str) -> str:
 
 def plan_stages(run: Path, recipe, device: str) -> list[Stage]:
     """The rows of the report for ``run`` on ``device`` (see the module docstring)."""
-    from qtune.eval.sources import export_dirs, read_export_meta
+    from qtune.models.sources import export_dirs, read_export_meta
 
     ref_dtype = "bfloat16" if device == "cuda" else stored_float_dtype(recipe.model.path)
     compute = recipe.quant.compute_dtype if device == "cuda" else ref_dtype
@@ -92,7 +92,7 @@ def plan_stages(run: Path, recipe, device: str) -> list[Stage]:
 
 
 def load_stage(stage: Stage, run: Path, recipe, device: str):
-    from qtune.eval.sources import Loaded, ModelSource, load_source, resolve_source
+    from qtune.models.sources import Loaded, ModelSource, load_source, resolve_source
     from qtune.models.load import load_base_model, load_tokenizer
     from qtune.recipe.schema import ModelSection, QuantSection
 
@@ -350,7 +350,7 @@ def render_markdown(report: dict) -> str:
 
 def write_report(run: Path, report: dict) -> list[Path]:
     """Write report.md, report.json and report.png into ``run``, each atomically."""
-    from qtune.eval.chart import plot_report
+    from qtune.report.chart import plot_report
 
     rundir.write_json(run / REPORT_JSON, report)
     rundir.write_text(run / REPORT_MD, render_markdown(report))

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from qtune.errors import QtuneError
-from qtune.eval.sources import export_dirs, resolve_source
+from qtune.models.sources import export_dirs, resolve_source
 
 
 def test_each_kind_is_recognised(tiny_run, tiny_checkpoint, tmp_path):
@@ -39,7 +39,7 @@ def test_gguf_file_scores_like_the_checkpoint_converted_from_it():
     """The packaged checkpoint *is* the packaged GGUF dequantized to float32 by transformers, so
     loading the .gguf directly must give the same perplexity (measured: identical to ~1e-7)."""
     from qtune.eval.measure import EvalSettings, text_perplexity
-    from qtune.eval.sources import load_source
+    from qtune.models.sources import load_source
     from qtune.models.packaged import gguf_path
 
     settings = EvalSettings(window=64, stride=32, max_tokens=160)
@@ -60,7 +60,7 @@ def test_half_precision_checkpoint_runs_in_float32_on_cpu(tiny_llama_dir, tmp_pa
     import torch
     from transformers import AutoModelForCausalLM
 
-    from qtune.eval.sources import load_source
+    from qtune.models.sources import load_source
 
     half = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float16)
     shutil.copytree(tiny_llama_dir, tmp_path / "half")  # tokenizer files; the weights are replaced below

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from qtune.eval.measure import EvalSettings
-from qtune.eval.report import build_report, render_markdown, write_report
+from qtune.report.build import build_report, render_markdown, write_report
 
 SETTINGS = EvalSettings(window=32, stride=16, max_tokens=200, gen_tokens=4)
 
@@ -80,7 +80,7 @@ def test_merged_export_matches_fine_tuned_and_adapter_changes_the_model(report):
 def test_report_row_equals_eval_in_this_process(report, tiny_run):
     """Same inputs, same numbers: the fine-tuned row (spawned process) vs a fresh in-process eval."""
     from qtune.eval.measure import measure
-    from qtune.eval.sources import load_source, resolve_source
+    from qtune.models.sources import load_source, resolve_source
     from qtune.recipe import load_run_recipe
 
     loaded = load_source(resolve_source(str(tiny_run)), "cpu")
@@ -131,7 +131,7 @@ def test_each_gguf_file_is_its_own_row(tiny_run, tmp_path):
     """A gguf export holding several file types gives one row per file, with that file's bits and size."""
     import shutil
 
-    from qtune.eval.report import plan_stages, weight_file_bytes
+    from qtune.report.build import plan_stages, weight_file_bytes
     from qtune.recipe import load_run_recipe
 
     run = tmp_path / "run"

@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 from qtune import __version__
-from qtune.models.packaged import cache_root
+from qtune.cachedir import cache_root
 from qtune.rundir import atomic_path
 
 CACHE_VERSION = 2  # 2: chat rows start with the tokenizer's BOS where it adds one

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import os
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from qtune.cachedir import cache_root
 from qtune.errors import QtuneError
 from qtune.rundir import atomic_path
 
@@ -61,10 +61,6 @@ PACKAGED_MODELS = {
         ),
     ]
 }
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("QTUNE_CACHE", Path.home() / ".cache" / "qtune"))
 
 
 GGUF_MAGIC = b"GGUF"

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from qtune.cachedir import cache_root
 from qtune.errors import QtuneError
 from qtune.models import packaged
 
@@ -80,7 +81,7 @@ def test_parts_that_do_not_form_a_gguf_are_refused(split_model):
     (site / spec.parts[0][1]).write_bytes(b"nope" + b"a" * 10)
     with pytest.raises(QtuneError, match="do not form a GGUF file; reinstall qtune-test-part1"):
         packaged.gguf_path(spec.name)
-    assert not list((packaged.cache_root() / "gguf").glob("*.gguf"))
+    assert not list((cache_root() / "gguf").glob("*.gguf"))
 
 
 def test_both_real_packaged_models_are_registered_with_their_grid():

@@ -1,4 +1,4 @@
-"""Kernel tests run Triton's CPU interpreter unless TRITON_INTERPRET=0 is set (scripts/gpu_check.sh
+"""Kernel tests run Triton's CPU interpreter unless TRITON_INTERPRET=0 is set (scripts/gpu_all.py
 does, on a CUDA machine); the root conftest sets the default before any kernel is defined."""
 
 import os

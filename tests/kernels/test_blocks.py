@@ -10,7 +10,7 @@ from tests.conftest import tiny_family_dir
 from tests.kernels.test_lora_blocks import Saved
 
 
-def build(path, gradient_checkpointing: bool = True, dropout: float = 0.0):
+def build(path, gradient_checkpointing: bool = True, dropout: float = 0.0, device: str = "cpu"):
     """NF4 + double quant with float32 compute, peft's k-bit preparation, LoRA r=8 on all linears, B non-zero."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -18,7 +18,7 @@ def build(path, gradient_checkpointing: bool = True, dropout: float = 0.0):
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.float32)
     base = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=torch.float32,
-                                                device_map={"": "cpu"})
+                                                device_map={"": device})
     base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules="all-linear",
                                             task_type="CAUSAL_LM"))

@@ -37,12 +37,15 @@ class Shapes:
         return [(s, d) for s, d in self.saved if len(s) >= 2 and s[-1] == vocab and torch.Size(s[:-1]).numel() >= tokens]
 
 
-def _model(model_type: str, tmp_path, gradient_checkpointing: bool = False):
-    return build(tiny_family_dir(model_type, tmp_path / model_type), gradient_checkpointing=gradient_checkpointing)
+def _model(model_type: str, tmp_path, gradient_checkpointing: bool = False, device: str = "cpu"):
+    """On ``device``: the kernel fixture's (CPU under Triton's interpreter, CUDA under TRITON_INTERPRET=0, where
+    liger's kernels cannot take CPU tensors); the refusal tests stay on CPU, the case they refuse."""
+    return build(tiny_family_dir(model_type, tmp_path / model_type), gradient_checkpointing=gradient_checkpointing,
+                 device=device)
 
 
-def _ids(vocab: int):
-    return torch.randint(3, vocab, (2, 16), generator=torch.Generator().manual_seed(0))
+def _ids(vocab: int, device: str = "cpu"):
+    return torch.randint(3, vocab, (2, 16), generator=torch.Generator().manual_seed(0)).to(device)
 
 
 def _gap(grads: dict, ref: dict) -> dict:
@@ -57,14 +60,14 @@ RTOL = 1e-4
 
 
 @pytest.mark.parametrize("model_type", list(TINY_FAMILIES))
-def test_fused_cross_entropy_equals_torch(model_type, tmp_path):
+def test_fused_cross_entropy_equals_torch(model_type, tmp_path, device):
     """Loss and LoRA gradients through liger's fused linear + cross-entropy equal transformers' (measured: losses to
     1e-7 relative, gradients to 1e-6 of their size or better), and no (N, vocab) tensor is saved."""
-    model = _model(model_type, tmp_path)
+    model = _model(model_type, tmp_path, device=device)
     if model_type == "gemma2":  # liger's softcapping kernel path fails under the interpreter: tested without it
         model.config.final_logit_softcapping = None
     vocab = model.config.vocab_size
-    ids = _ids(vocab)
+    ids = _ids(vocab, device)
     torch_shapes, liger_shapes = Shapes(), Shapes()
     with torch.autograd.graph.saved_tensors_hooks(torch_shapes.pack, torch_shapes.unpack):
         loss_ref, grads_ref = step(model, ids)
@@ -82,7 +85,7 @@ def test_fused_cross_entropy_equals_torch(model_type, tmp_path):
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen3", "gemma2", "phi3"])
-def test_rope_equals_torch(model_type, tmp_path, monkeypatch):
+def test_rope_equals_torch(model_type, tmp_path, monkeypatch, device):
     """liger's rotary embedding in every attention module (each layer's call counted): loss and LoRA gradients equal
     (measured: bit-identical on all four — the kernel computes q·cos + rotate(q)·sin in float32 as torch does)."""
     from liger_kernel.transformers import rope as liger_rope
@@ -90,8 +93,8 @@ def test_rope_equals_torch(model_type, tmp_path, monkeypatch):
     calls = []
     kernel = liger_rope.liger_rotary_pos_emb
     monkeypatch.setattr(liger_rope, "liger_rotary_pos_emb", lambda *a, **k: calls.append(1) or kernel(*a, **k))
-    model = _model(model_type, tmp_path)
-    ids = _ids(model.config.vocab_size)
+    model = _model(model_type, tmp_path, device=device)
+    ids = _ids(model.config.vocab_size, device)
     loss_ref, grads_ref = step(model, ids)
     taken = liger.apply(model, FAMILIES[model_type], "torch", "torch", "liger")
     assert taken == {"rope": model.config.num_hidden_layers}
@@ -103,7 +106,7 @@ def test_rope_equals_torch(model_type, tmp_path, monkeypatch):
     assert max(gaps.values()) < RTOL, max(gaps.items(), key=lambda kv: kv[1])
 
 
-def test_liger_changes_only_the_instance(tmp_path):
+def test_liger_changes_only_the_instance(tmp_path, device):
     """After liger's cross-entropy, RMSNorm and RoPE go on one model, transformers' classes and module functions are
     the originals: a second model of the family, built after, runs transformers' own code; with gradient
     checkpointing (the layer recomputed in backward) the rope still trains, and the module function is restored."""
@@ -111,7 +114,7 @@ def test_liger_changes_only_the_instance(tmp_path):
 
     forward, rope, norm = modeling_llama.LlamaForCausalLM.forward, modeling_llama.apply_rotary_pos_emb, \
         modeling_llama.LlamaRMSNorm.forward
-    model = _model("llama", tmp_path, gradient_checkpointing=True)
+    model = _model("llama", tmp_path, gradient_checkpointing=True, device=device)
     taken = liger.apply(model, FAMILIES["llama"], "liger", "liger", "liger")
     layers = model.config.num_hidden_layers
     assert taken == {"cross_entropy": 1, "rms_norm": 2 * layers + 1, "rope": layers}
@@ -120,7 +123,7 @@ def test_liger_changes_only_the_instance(tmp_path):
     assert type(model.get_base_model()).forward is forward and model.get_base_model().forward.__func__ is not forward
     other = _model("llama", tmp_path / "other")
     assert "forward" not in vars(other.get_base_model()) and "forward" not in vars(other.get_base_model().model.norm)
-    ids = _ids(model.config.vocab_size)
+    ids = _ids(model.config.vocab_size, device)
     liger.remove(model)
     assert not any("forward" in vars(m) for m in model.get_base_model().modules() if not hasattr(m, "base_layer"))
     loss_ref, grads_ref = step(model, ids)

@@ -10,9 +10,10 @@ from qtune.kernels.storage import from_quant_state
 from tests.kernels.conftest import diff, quantize
 
 
-def projection(out_f: int, in_f: int, rank: int, seed: int, bias: bool = False) -> Projection:
+def projection(out_f: int, in_f: int, rank: int, seed: int, bias: bool = False, device: str = "cpu") -> Projection:
+    """Quantized on ``device``; the adapter and bias stay on CPU (the tests that take them run the torch reference)."""
     g = torch.Generator().manual_seed(seed)
-    packed, state = quantize(torch.randn(out_f, in_f, generator=g) * 0.1, "nf4", 64, True)
+    packed, state = quantize((torch.randn(out_f, in_f, generator=g) * 0.1).to(device), "nf4", 64, True)
     a = (torch.randn(rank, in_f, generator=g) * 0.1).requires_grad_()
     b = (torch.randn(out_f, rank, generator=g) * 0.1).requires_grad_()  # non-zero, so the adapter shows
     return Projection(from_quant_state(packed, state), a, b, 2.0, torch.randn(out_f, generator=g) if bias else None)
@@ -89,9 +90,10 @@ def test_mlp_matches_autograd_and_saves_only_x_e_u(dropout):
     assert saved.bytes == expected, (saved.bytes, expected)
 
 
-def test_workspace_reuses_one_buffer_and_equals_a_fresh_dequantization():
+def test_workspace_reuses_one_buffer_and_equals_a_fresh_dequantization(device):
+    """The Triton kernel on the kernel fixture's device: CUDA tensors under TRITON_INTERPRET=0."""
     ws = Workspace(dequantize_triton, writes_out=True)
-    big, small = projection(128, 64, 4, 0), projection(32, 64, 4, 1)
+    big, small = projection(128, 64, 4, 0, device=device), projection(32, 64, 4, 1, device=device)
     w_big = ws.weight(big.weight, torch.float32).clone()
     w_small = ws.weight(small.weight, torch.float32)
     assert w_small.data_ptr() == ws.weight(big.weight, torch.float32).data_ptr()  # the same memory, reused

@@ -74,12 +74,13 @@ def init(section: "DistributedSection", device: str) -> World:
         import torch
 
         per_node, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", w.local_rank + 1)), torch.cuda.device_count()
-        if per_node > gpus:  # checked alike on every rank, so every rank stops with the one error
+        if per_node > gpus and backend_for(section, device) == "nccl":  # alike on every rank: all stop with one error
             raise QtuneError(
                 f"distributed.nproc: {per_node} processes on this node but {gpus} GPU(s) visible; launch at most "
-                "one process per GPU (NCCL puts no two ranks on one device)"
+                "one process per GPU (NCCL puts no two ranks on one device), or set distributed.backend=gloo to "
+                "let ranks share GPUs (slower: gloo stages CUDA tensors through the host)"
             )
-        torch.cuda.set_device(w.local_rank)
+        torch.cuda.set_device(gpu_of(w.local_rank))
     if w.size > 1:
         from accelerate import PartialState
 
@@ -87,9 +88,16 @@ def init(section: "DistributedSection", device: str) -> World:
     return w
 
 
+def gpu_of(local_rank: int) -> int:
+    """The GPU of a local rank: its own when there are enough, else shared round-robin (gloo only, see :func:`init`)."""
+    import torch
+
+    return local_rank % max(torch.cuda.device_count(), 1)
+
+
 def placement(device: str) -> str:
     """Where this rank loads the model: its own GPU (``cuda:LOCAL_RANK``), never one GPU for all ranks."""
-    return f"cuda:{world().local_rank}" if device == "cuda" else device
+    return f"cuda:{gpu_of(world().local_rank)}" if device == "cuda" else device
 
 
 def _group_open() -> bool:
@@ -143,7 +151,7 @@ def all_sum(values: list[float]) -> list[float]:
     import torch
     import torch.distributed as dist
 
-    device = f"cuda:{world().local_rank}" if dist.get_backend() == "nccl" else "cpu"
+    device = f"cuda:{gpu_of(world().local_rank)}" if dist.get_backend() == "nccl" else "cpu"
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()

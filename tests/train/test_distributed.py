@@ -157,3 +157,26 @@ def test_validate_shows_the_global_batch(tmp_path, capsys):
     path = write_recipe(tmp_path / "r.yaml", model={"path": "unused"}, train={"micro_batch_size": 3, "grad_accumulation": 2})
     assert main(["validate", str(path), "--nproc", "4"]) == 0
     assert "global batch 24 (micro 3 x grad accumulation 2 x 4 process(es), ddp)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("backend", ["auto", "gloo"])
+def test_two_ranks_share_one_gpu_only_through_gloo(backend, monkeypatch):
+    """The CUDA branch of ``init`` and ``placement`` with the device faked (one GPU, rank 1 of 2 on this node): NCCL
+    is refused in one line that names the way out; gloo pins rank 1 to GPU 0, where its model loads."""
+    import torch
+
+    from qtune.recipe.schema import DistributedSection
+
+    pinned = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", pinned.append)
+    for k, v in {"RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(k, v)  # WORLD_SIZE 1: no process group is opened, only the device logic runs
+    section = DistributedSection(backend=backend)
+    if backend == "auto":
+        with pytest.raises(Exception, match=r"2 processes on this node but 1 GPU\(s\).*distributed.backend=gloo"):
+            distributed.init(section, "cuda")
+        assert pinned == []
+    else:
+        distributed.init(section, "cuda")
+        assert pinned == [0] and distributed.placement("cuda") == "cuda:0"

@@ -30,6 +30,7 @@ import argparse
 import os
 import time
 import weakref
+from contextlib import nullcontext
 
 import torch
 from timing import device_name
@@ -41,6 +42,8 @@ SIZES = {
     # length is not (e.g. 1376), which would make the baseline compute a different model
     "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
                   num_key_value_heads=8, vocab_size=32000),
+    "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=1024),  # scripts/gpu_all.py --tiny (the CI rehearsal)
 }
 
 
@@ -112,8 +115,10 @@ def run_mode(model, ids, device, dtype, warmup: int, steps: int):
             if device == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
+        # the saved-bytes hooks cost host time per saved tensor, more in modes that save more: CPU only, where they
+        # are the memory figure; CUDA reads max_memory_allocated
         with torch.autocast(device, dtype=dtype, enabled=device == "cuda"), \
-                torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+                (torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack) if device == "cpu" else nullcontext()):
             loss = model(input_ids=ids, labels=ids).loss
             loss.backward()
         opt.step()

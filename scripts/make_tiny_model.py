@@ -1,6 +1,6 @@
 """A tiny random Llama with a real model's tokenizer and chat template, for smoke runs of ``qtune train``.
 
-The GPU check (scripts/gpu_check.sh) trains it end to end on the device machine, where the packaged
+The GPU run (scripts/gpu_all.sh) trains it end to end on the device machine, where the packaged
 SmolLM2 checkpoint (540 MB as float32) is too large to carry. Sizes are multiples of 64 so every linear
 splits into whole NF4 blocks.
 

@@ -170,11 +170,13 @@ def main() -> None:
     ap.add_argument("--out", help="also write the printout to this file")
     args = ap.parse_args()
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    lines = []
+    out = open(args.out, "w", encoding="utf-8") if args.out else None  # noqa: SIM115 - written line by line
 
-    def say(line: str = "") -> None:
+    def say(line: str = "") -> None:  # each line reaches --out at once: a run killed at its limit keeps what it measured
         print(line, flush=True)
-        lines.append(line)
+        if out:
+            out.write(line + "\n")
+            out.flush()
 
     model = build(args.size, device, dtype, args.rank)
     built = 0
@@ -190,9 +192,8 @@ def main() -> None:
     say(f"(float32 logits of one micro batch: {logits / 2**30:.3f} GiB, and as much again for their gradient)")
     for mode in args.kernels:
         profile_mode(model, ids, mode, device, dtype, args.steps, built, say)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
+    if out:
+        out.close()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-# Triton's CPU interpreter, unless TRITON_INTERPRET=0 is set (scripts/gpu_check.sh does, on a CUDA
+# Triton's CPU interpreter, unless TRITON_INTERPRET=0 is set (scripts/gpu_all.py does, on a CUDA
 # machine). It must be set before qtune.kernels.dequant defines its kernels: here, ahead of every test.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 

@@ -7,9 +7,9 @@ QLoRA linear with the Triton dequantization kernel (a CUDA GPU, or Triton's CPU 
 (:mod:`qtune.kernels.blocks`; Triton dequantization on CUDA, the torch reference on CPU); ``auto`` is the mode
 :data:`MEASURED` records as fastest on this kind of device, if it beat bitsandbytes there, else ``bitsandbytes``.
 
-On one H100 (``scripts/gpu_check.sh``) the Triton path trained a 7B-shaped NF4 model at 0.94-0.96x bitsandbytes'
+On one H100 (``scripts/gpu_check.sh``, since folded into ``scripts/gpu_all.sh``) the Triton path trained a 7B-shaped NF4 model at 0.94-0.96x bitsandbytes'
 tokens/s (its dequantization is faster, 1.1-2.1x, but the step is matmul-bound). ``blocks`` has not been measured
-on a GPU yet (``scripts/gpu_fast_path_check.sh`` does it), so ``auto`` picks ``bitsandbytes`` everywhere today.
+on a GPU yet (``scripts/gpu_all.sh`` does it, step train_step_7b), so ``auto`` picks ``bitsandbytes`` everywhere today.
 
 The memory switches (``train.frozen_dtype``, ``cross_entropy``, ``rms_norm``, ``rope``; choices in
 :mod:`qtune.registry.choices`) resolve the same way through :func:`resolve_switch`: ``auto`` is today's choice
@@ -53,7 +53,7 @@ TODAY: dict[str, str] = {"kernels": "bitsandbytes", "frozen_dtype": "float32", "
                          "rms_norm": "torch", "rope": "torch", "compile": "off"}
 # train.<switch> -> device kind -> {choice: tokens/s of the choice / tokens/s of TODAY's}, from
 # scripts/bench_train_step.py --fast on that kind of device with equal losses. Nothing measured yet: on a GPU run
-# scripts/gpu_fast_path_check.sh and write its ratios here (docs/kernels.md, "Memory switches").
+# scripts/gpu_all.sh and write its ratios here (docs/kernels.md, "Memory switches").
 MEASURED_SWITCHES: dict[str, dict[str, dict[str, float]]] = {
     "kernels": MEASURED, "frozen_dtype": {}, "cross_entropy": {}, "rms_norm": {}, "rope": {}, "compile": {},
 }

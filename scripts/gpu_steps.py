@@ -186,11 +186,13 @@ def last_error(text: str) -> str:
     return (errors or lines or [""])[-1][:300]
 
 
-def first_error(log: Path) -> str:
+def first_error(log: Path, status: str, limit_s: int) -> str:
     for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
         if line.startswith("error:"):
             return line
-    return f"error: env check failed; see {log}"
+    if status == "timeout":
+        return f"error: the environment check took more than its {limit_s} s (imports stuck?); see {log}"
+    return f"error: the environment check failed without an error line; see {log}"
 
 
 def brief(r: dict) -> str:

@@ -91,7 +91,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_plan(args) -> int:
+def cmd_plan(args) -> int | dict:
     from qtune.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
@@ -129,9 +129,7 @@ def _eval_settings(args):
     )
 
 
-def cmd_eval(args) -> int:
-    import json
-
+def cmd_eval(args) -> int | dict:
     from qtune.eval.measure import measure
     from qtune.models.sources import load_source, resolve_source
     from qtune.models.bnb_layout import describe
@@ -146,8 +144,7 @@ def cmd_eval(args) -> int:
     result = {"model": args.model, "kind": source.kind, "quant": args.quant, "device": device, "compute_dtype": loaded.dtype,
               "kernel": describe(loaded.model), "notes": loaded.notes, **measure(loaded, settings, recipe)}
     if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
+        return result
     p = result["perplexity"]
     k = result["kernel"]
     print(f"{args.model} ({source.kind}{', ' + args.quant if args.quant else ''}, {loaded.dtype} compute on {device}; "
@@ -191,9 +188,7 @@ def _load_for_generation(args):
     return loaded, kernel
 
 
-def cmd_generate(args) -> int:
-    import json
-
+def cmd_generate(args) -> int | dict:
     from qtune.eval.generate import encode_prompt, generate
 
     loaded, kernel = _load_for_generation(args)
@@ -202,11 +197,10 @@ def cmd_generate(args) -> int:
     stream = None if args.json else (lambda s: print(s, end="", flush=True))
     g = generate(loaded.model, loaded.tokenizer, ids, args.max_new_tokens, args.temperature, args.seed, on_text=stream)
     if args.json:
-        print(json.dumps({"model": args.model, "prompt": args.prompt, "text": g.text, "prompt_tokens": g.prompt_tokens,
-                          "new_tokens": g.new_tokens, "tokens_per_s": g.tokens_per_s, "greedy": args.temperature == 0,
-                          "temperature": args.temperature, "seed": args.seed, "kernel": kernel}, indent=2))
-    else:
-        print()
+        return {"model": args.model, "prompt": args.prompt, "text": g.text, "prompt_tokens": g.prompt_tokens,
+                "new_tokens": g.new_tokens, "tokens_per_s": g.tokens_per_s, "greedy": args.temperature == 0,
+                "temperature": args.temperature, "seed": args.seed, "kernel": kernel}
+    print()
     return 0
 
 
@@ -441,6 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = sys.argv[1:] if argv is None else list(argv)
     quiet()
     try:
+        if getattr(args, "json", False):  # every --json command: one JSON object on stdout, nothing else
+            from qtune.json_stdout import run_json
+
+            return run_json(args.func, args)
         return args.func(args)
     except QtuneError as e:
         from qtune.train.distributed import is_main

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from qtune.errors import QtuneError
 
 GiB = 2**30
@@ -29,7 +27,8 @@ def plan_device(recipe, budget: int | None, measure: bool) -> tuple[str, bool]:
     return resolve_device(recipe.train.device), True
 
 
-def run_plan(recipe, args) -> int:
+def run_plan(recipe, args) -> int | dict:
+    """The plan printed for a reader, or with ``--json`` the object :func:`qtune.json_stdout.run_json` prints."""
     from qtune.plan.report import make_plan, render
 
     budget = _budget(args)
@@ -41,8 +40,7 @@ def run_plan(recipe, args) -> int:
 
         measured = measure(recipe, device, plan.shape, args.measure_allocator)
     if args.json:
-        print(json.dumps({**plan.as_dict(), **({"measured": measured} if measured else {})}, indent=2))
-        return 0
+        return {**plan.as_dict(), **({"measured": measured} if measured else {})}
     print(render(plan))
     if measured:
         print(side_by_side(recipe, plan, measured))

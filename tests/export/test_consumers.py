@@ -5,11 +5,17 @@ llama-cpp-python. These need the optional extra ``qtune[verify]`` (and ``qtune[g
 llama-cpp-python) and skip without it; ``scripts/setup_consumers.sh`` makes that environment and runs them.
 """
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from qtune.export.checkpoint import load_dequantized, quantization_config, write_checkpoint
 from qtune.export.sequential import sweep
+from tests.export.conftest import REPO
 
 pytestmark = pytest.mark.consumer
 
@@ -120,3 +126,29 @@ def test_llama_cpp_scores_smollm2_gguf_like_qtune(qtype, smollm2_dir, tmp_path):
     msg = (f"{qtype}: NLL gap {ours.mean():+.4f} (control {control.mean():+.4f}), mean |Δ| {ours.abs().mean():.3f} "
            f"(control {control.abs().mean():.3f}), max {ours.abs().max():.3f}")
     assert abs(ours.mean()) < 0.05 and ours.abs().mean() < 1.5 * control.abs().mean(), msg
+
+
+@pytest.mark.parametrize("fmt", ["gptq", "awq"])
+def test_eval_and_generate_json_on_export_is_the_only_stdout(fmt, tiny_run, tmp_path):
+    """gptqmodel prints a banner and INFO lines to stdout when transformers imports it to load the export: with
+    ``--json`` they go to stderr and stdout is the one object (tests/test_json_stdout.py has the other kinds).
+    A fresh process each, so the import, and its banner, happens inside the command."""
+    pytest.importorskip("optimum")
+    pytest.importorskip("gptqmodel")
+    from qtune.export.pipeline import export_run
+    from qtune.recipe.schema import ExportSection
+
+    done = export_run(tiny_run, ExportSection(formats=[fmt], group_size=64, fidelity=False,
+                                              calibration={"samples": 8, "seq_len": 64}), out_root=tmp_path)
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "PYTHONPATH": str(REPO),
+           "GPTQMODEL_CPU_WORKERS": "2"}
+    for argv in (["eval", str(done[fmt]), "--max-tokens", "48", "--window", "32"],
+                 ["generate", str(done[fmt]), "--prompt", "Hi", "--max-new-tokens", "2"]):
+        proc = subprocess.run([sys.executable, "-m", "qtune.cli", *argv, "--device", "cpu", "--json"], capture_output=True,
+                              text=True, cwd=REPO, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        try:
+            out = json.loads(proc.stdout)
+        except json.JSONDecodeError as e:
+            raise AssertionError(f"qtune {argv[0]} on the {fmt} export: stdout is not one JSON object ({e}):\n{proc.stdout[:2000]}") from None
+        assert out["model"] == str(done[fmt])

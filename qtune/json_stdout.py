@@ -4,7 +4,7 @@ Scripts pipe ``qtune eval MODEL --json`` into ``json.load``, so a single stray l
 libraries that load models print plenty of them: gptqmodel writes a banner and INFO lines to stdout when it
 is imported and when it loads a GPTQ/AWQ export; other libraries print from C (``printf``, ``write(1, ...)``),
 through logging handlers or tqdm bars that bound ``sys.stdout`` when they were imported, or from child
-processes (``qtune report`` measures in spawned ones, :func:`qtune.eval.report.run_isolated`). Patching
+processes (``qtune report`` measures in spawned ones, :func:`qtune.report.build.run_isolated`). Patching
 each of them is a race with their next release, so the redirect is made where they all end up:
 
 - while the command runs, the process's file descriptor 1 is a duplicate of descriptor 2 (``os.dup2``): C

@@ -116,7 +116,7 @@ bar_stream = sys.stdout
 load = transformers.AutoModelForCausalLM.from_pretrained.__func__
 
 def noisy_load(cls, *args, **kwargs):
-    from qtune.eval.report import run_isolated
+    from qtune.report.build import run_isolated
 
     print("NOISE python print")
     logger.info("NOISE logging handler bound at import")

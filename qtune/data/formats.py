@@ -55,9 +55,13 @@ def _checked_messages(messages, where: str, column: str, role_key: str, content_
         if not isinstance(m, dict) or role_key not in m or content_key not in m:
             found = sorted(m) if isinstance(m, dict) else repr(m)
             raise QtuneError(f"{where}: {column}[{i}] needs '{role_key}' and '{content_key}' (found {found})")
-        if m[role_key] not in roles:
-            raise QtuneError(f"{where}: {column}[{i}].{role_key} '{m[role_key]}' is not a known role (allowed: {', '.join(roles)})")
-        out.append({"role": roles[m[role_key]], "content": "" if m[content_key] is None else str(m[content_key])})
+        if not isinstance(m[role_key], str) or m[role_key] not in roles:
+            raise QtuneError(f"{where}: {column}[{i}].{role_key} {m[role_key]!r} is not a known role (allowed: {', '.join(roles)})")
+        content = m[content_key]
+        if not isinstance(content, str):  # null included: a turn with no text is "" (a null is a broken export)
+            raise QtuneError(f"{where}: {column}[{i}].{content_key} must be text, got "
+                             f"{'null' if content is None else type(content).__name__}; write the turn's text (\"\" for none)")
+        out.append({"role": roles[m[role_key]], "content": content})
     return out
 
 

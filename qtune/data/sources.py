@@ -17,26 +17,41 @@ from qtune.registry.choices import HUB_PREFIX
 Row = tuple[dict, str]  # (row, where)
 
 
+def _utf8(raw: bytes, where: str) -> str:
+    """``raw`` as text; bytes that are not UTF-8 (a binary file, latin-1, UTF-16) are one error naming the first."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise QtuneError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                         f"save the file as UTF-8 (a binary file is not a data file)") from None
+
+
+def _parse(text: str, where: str, whole_file: bool = False):
+    """One JSON document (a line, or ``whole_file``: the error names its line); malformed or nested too deep is one error."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        line = f":{e.lineno}" if whole_file else ""
+        raise QtuneError(f"{where}{line}: malformed JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise QtuneError(f"{where}: JSON nested too deeply to read (rows are objects of text and lists of messages)") from None
+
+
 def _jsonl(path: Path) -> Iterator[Row]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            line = _utf8(raw, where).removeprefix("\ufeff")  # a BOM (Windows editors write one) is not data
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise QtuneError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+            row = _parse(line, where)
             if not isinstance(row, dict):
                 raise QtuneError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
             yield row, where
 
 
 def _json(path: Path) -> Iterator[Row]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise QtuneError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    data = _parse(_utf8(path.read_bytes(), str(path)).removeprefix("\ufeff"), str(path), whole_file=True)
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):

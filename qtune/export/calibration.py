@@ -49,6 +49,23 @@ def calibration_tokens(recipe, tokenizer, samples: int, seq_len: int, source: st
     return torch.tensor(stream[: n * seq_len]).view(n, seq_len)
 
 
+def check_calibration(recipe, cal) -> None:
+    """Read the calibration files (``source``, and ``mix.source`` when it is JSONL) with the reader of the recipe's
+    splits, before an export writes anything: a bad file is the one error it would be for ``data.train``."""
+    from qtune.data.dataset import read_examples
+    from qtune.recipe.schema import DataSource
+
+    files = [] if cal.source in ("train", "eval") else [("export.calibration.source", cal.source)]
+    if cal.mix is not None:
+        mixed_blocks(cal.samples, cal.mix.fraction)
+        kind, path = mix_source(cal.mix.source)
+        files += [("export.calibration.mix.source", str(path))] if kind == "jsonl" else []
+    for field, path in files:
+        if not Path(path).is_file():
+            raise QtuneError(f"{field}: no such file '{path}' (give train, eval or a JSONL path)")
+        read_examples(DataSource(path=path), field, recipe.data.format)
+
+
 def mixed_blocks(samples: int, fraction: float) -> int:
     """How many of ``samples`` blocks come from the mixed-in text."""
     n = round(samples * fraction)

@@ -105,8 +105,13 @@ def export_run(run_dir: str | Path, settings, formats: list[str] | None = None, 
     run_dir = Path(run_dir)
     out_root = Path(out_root) if out_root else run_dir / "exports"
     formats = list(dict.fromkeys(formats or settings.formats))
-    base = load_run_recipe(run_dir).model
+    recipe = load_run_recipe(run_dir)
+    base = recipe.model
     check_formats(model_family(base), formats)  # before any merging or measuring
+    if {"gptq", "awq"} & set(formats):
+        from qtune.export.calibration import check_calibration
+
+        check_calibration(recipe, settings.calibration)
     if "gguf" in formats:
         from qtune.export.gguf_export import check_convertible
 

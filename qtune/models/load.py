@@ -51,12 +51,9 @@ def resolve_model_path(path: str, convert: bool = True) -> str:
 def check_not_prequantized(checkpoint: Path) -> None:
     """A checkpoint whose config carries a ``quantization_config`` (GGUF, GPTQ, AWQ...) cannot be loaded
     again in NF4/INT8: transformers would die comparing two quantizers. Say what to give instead."""
-    import json
+    from qtune.registry.families import read_config
 
-    try:
-        q = json.loads((checkpoint / "config.json").read_text(encoding="utf-8")).get("quantization_config")
-    except (OSError, ValueError) as e:
-        raise QtuneError(f"model.path: cannot read {checkpoint / 'config.json'} ({e})") from None
+    q = read_config(checkpoint).get("quantization_config")
     if not q:
         return
     method = q.get("quant_method", "?") if isinstance(q, dict) else "?"
@@ -174,6 +171,13 @@ def load_tokenizer(model: "ModelSection"):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def linear_names(model) -> list[str]:
+    """Module names of every linear layer of ``model`` (4- and 8-bit ones included: they subclass ``nn.Linear``)."""
+    import torch
+
+    return [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
 
 
 def lora_config(lora: "LoraSection"):

@@ -148,7 +148,7 @@ def gguf_checkpoint(file: Path) -> Path:
     return _converted(file, cache_root() / "models" / f"{file.stem}-{_key([file])}", f"'{file.name}'")
 
 
-def gguf_architecture(file: Path) -> str:
+def gguf_architecture(file: Path, where: str = "model.path") -> str:
     """The ``general.architecture`` a GGUF file names; a one-line error otherwise.
 
     llama.cpp's writers put that key first, so it is read straight from the header (microseconds);
@@ -158,12 +158,13 @@ def gguf_architecture(file: Path) -> str:
 
     with open(file, "rb") as f:
         if f.read(4) != GGUF_MAGIC:
-            raise QtuneError(f"model.path: '{file}' is not a GGUF file (no GGUF magic); give a .gguf model or a checkpoint directory")
+            raise QtuneError(f"{where}: '{file}' is not a GGUF file (no GGUF magic); give a .gguf model or a checkpoint directory")
         # version u32, tensor count u64, KV count u64; then the first KV: key (u64 length, bytes), type u32, value
         head = f.read(4 + 8 + 8 + 8)
         key_len = struct.unpack_from("<Q", head, 20)[0] if len(head) == 28 else 0
         if 0 < key_len < 256 and f.read(key_len) == b"general.architecture" and f.read(4) == struct.pack("<I", GGUF_STRING):
-            size = struct.unpack("<Q", f.read(8))[0]
+            raw = f.read(8)
+            size = struct.unpack("<Q", raw)[0] if len(raw) == 8 else 256  # truncated: the reader below says so
             if size < 256:
                 return f.read(size).decode("utf-8", errors="replace")
     import gguf
@@ -172,8 +173,21 @@ def gguf_architecture(file: Path) -> str:
         field = gguf.GGUFReader(str(file)).get_field("general.architecture")
         return field.contents()
     except Exception as e:  # a truncated or damaged file: the reader's own error types vary
-        raise QtuneError(f"model.path: cannot read the GGUF header of '{file}' ({type(e).__name__}: {e}); "
+        raise QtuneError(f"{where}: cannot read the GGUF header of '{file}' ({type(e).__name__}: {e}); "
                          "the file is damaged or incomplete, download it again") from None
+
+
+def check_gguf_lora_targets(recipe, resolved: str) -> None:
+    """``lora.target_modules`` against the linears of the family a GGUF model (a packaged one's too) names,
+    read from its header (``qtune validate``, which converts nothing)."""
+    from qtune.registry.families import FAMILIES, check_lora_targets, layer_linears
+
+    if not Path(resolved).is_file():
+        return
+    arch = gguf_architecture(Path(resolved))
+    linears = [name for f in FAMILIES.values() if f.gguf_arch == arch for name in layer_linears(f)]
+    if linears:
+        check_lora_targets(recipe.lora.target_modules, linears, f"'{recipe.model.path}' ({arch})")
 
 
 def _converted(source: Path, target: Path, what: str) -> Path:

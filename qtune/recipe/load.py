@@ -58,10 +58,11 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     ]
     model_dir = Path(recipe.model.path).expanduser()
     if (model_dir / "config.json").is_file():  # a local checkpoint: its family must be one qtune supports
-        from qtune.registry.families import family_of_dir
+        from qtune.registry.families import check_lora_targets, family_of_dir, layer_linears
 
         try:
-            family_of_dir(model_dir)
+            fam = family_of_dir(model_dir)
+            check_lora_targets(recipe.lora.target_modules, layer_linears(fam), f"{fam.title} ({fam.model_type})")
         except QtuneError as e:
             missing.append(str(e))
     if missing:
@@ -76,7 +77,9 @@ def load_run_recipe(run_dir: str | Path) -> Recipe:
     run = Path(run_dir)
     if not rundir.is_finished_run(run):
         raise QtuneError(f"RUN_DIR: '{run}' is not a finished qtune run (needs {rundir.RECIPE} and {rundir.ADAPTER}/)")
-    return load_recipe(run / rundir.RECIPE)
+    recipe = load_recipe(run / rundir.RECIPE)
+    rundir.check_adapter(run)
+    return recipe
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -154,13 +157,19 @@ def _format_one(err: dict, raw: dict) -> str:
         allowed = _literal_choices(loc)
         hint = _did_you_mean(str(given), allowed)
         tail = "; ".join(x for x in (f"allowed: {', '.join(allowed)}" if allowed else "", hint) if x)
-        return f"{path}: {given!r} is not an allowed value ({tail})"
+        return f"{path}: {_shown(given)} is not an allowed value ({tail})"
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     if not path:  # a model-level rule that names its own fields
         return msg
-    return f"{path}: {msg[0].lower() + msg[1:]} (given {given!r})"
+    return f"{path}: {msg[0].lower() + msg[1:]} (given {_shown(given)})"
+
+
+def _shown(value, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error line stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:

@@ -117,14 +117,24 @@ def family_of(model) -> Family:
     return family(config.model_type)
 
 
+def read_config(path: str | Path, where: str = "model.path") -> dict:
+    """The config.json of checkpoint directory ``path``: every command reads it here, so a file that is not
+    a JSON object (unreadable, not UTF-8, malformed, a list) is one error naming it."""
+    cfg_file = Path(path) / "config.json"
+    try:
+        config = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise QtuneError(f"{where}: cannot read {cfg_file} ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(config, dict):
+        raise QtuneError(f"{where}: {cfg_file} holds a JSON {type(config).__name__}, not a transformers config (an object)")
+    return config
+
+
 def family_of_dir(path: str | Path) -> Family:
     """The entry of the checkpoint directory ``path``, read from its config.json only (no weights)."""
     cfg_file = Path(path) / "config.json"
-    try:
-        model_type = json.loads(cfg_file.read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError) as e:
-        raise QtuneError(f"model.path: cannot read {cfg_file} ({e})") from None
-    if not model_type:
+    model_type = read_config(path).get("model_type")
+    if not isinstance(model_type, str) or not model_type:
         raise QtuneError(f"model.path: {cfg_file} names no model_type (supported: {supported()})")
     return family(model_type, f"model.path ({cfg_file})")
 
@@ -135,3 +145,23 @@ def check_formats(fam: Family, formats) -> None:
     if missing:
         raise QtuneError(f"export.formats: {', '.join(missing)} export is not supported for {fam.title} "
                          f"({fam.model_type}) models (supported for it: {', '.join(sorted(fam.formats))})")
+
+
+def layer_linears(fam: Family) -> list[str]:
+    """The linears of one decoder layer (``self_attn.q_proj``...), in forward order, and the output layer."""
+    return [name for g in fam.groups for name in g.linears] + ["lm_head"]
+
+
+def check_lora_targets(targets, linears: list[str], model: str) -> None:
+    """Refuse ``lora.target_modules`` names that match none of ``linears`` (module names of ``model``, full or
+    layer-relative); peft matches a name or a dotted suffix of one, and raises only when no name matches at all,
+    so a typo beside good names would otherwise train without a word."""
+    if targets == "all-linear":
+        return
+    short = sorted({name.rsplit(".", 1)[-1] for name in linears})
+    if not targets:
+        raise QtuneError(f"lora.target_modules: the list is empty; name linears of {model} ({', '.join(short)}) or all-linear")
+    missing = [t for t in targets if not any(p == t or p.endswith("." + t) or t.endswith("." + p) for p in linears)]
+    if missing:
+        raise QtuneError(f"lora.target_modules: {', '.join(repr(t) for t in missing)} match(es) no linear layer of {model}; "
+                         f"its linears are {', '.join(short)} (or give all-linear)")

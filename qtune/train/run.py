@@ -79,12 +79,13 @@ def build_model(recipe: Recipe, device: str):
     from qtune.data.packing import prepare_model
     from qtune.kernels import apply as apply_kernels, liger
     from qtune.kernels.dispatch import check_switches
-    from qtune.models.load import attach_lora, load_base_model
-    from qtune.registry.families import family_of
+    from qtune.models.load import attach_lora, linear_names, load_base_model
+    from qtune.registry.families import check_lora_targets, family_of
     from qtune.train.compile import compile_layers
 
     switches = check_switches(recipe.train, device)  # before any weight loads: a switch that cannot run is refused
     base = load_base_model(recipe.model, recipe.quant, distributed.placement(device))
+    check_lora_targets(recipe.lora.target_modules, linear_names(base), f"'{recipe.model.path}'")  # before peft raises
     model = attach_lora(base, recipe.lora, quantized=recipe.quant.method != "none",
                         gradient_checkpointing=recipe.train.gradient_checkpointing,
                         sharded=recipe.distributed.strategy == "fsdp",

@@ -12,13 +12,7 @@ import sys
 
 from qtune import __version__
 from qtune.errors import QtuneError
-
-
-def _process_count(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (given {n})")
-    return n
+from qtune.flags import real, size, whole
 
 
 def _overrides_help() -> str:
@@ -31,13 +25,15 @@ def cmd_validate(args) -> int:
     from qtune.data.dataset import check_sources
     from qtune.kernels.dispatch import check_switches
     from qtune.models.load import resolve_model_path
+    from qtune.models.packaged import check_gguf_lora_targets
     from qtune.recipe import load_recipe
     from qtune.train.resume import holds_a_run
 
     recipe = load_recipe(args.recipe, args.overrides)
     # a liger choice without liger-kernel, or on the device train.device names (auto: known only when training)
     check_switches(recipe.train, None if recipe.train.device == "auto" else recipe.train.device)
-    resolve_model_path(recipe.model.path, convert=False)  # the checks train makes, without converting anything
+    model = resolve_model_path(recipe.model.path, convert=False)  # the checks train makes, without converting anything
+    check_gguf_lora_targets(recipe, model)  # a checkpoint directory's are checked with the recipe
     examples = check_sources(recipe.data)
     if holds_a_run(Path(recipe.train.output_dir)):
         print(f"note: {recipe.train.output_dir} already holds a run; train it with --resume or --overwrite")
@@ -225,17 +221,17 @@ def cmd_chat(args) -> int:
 
 def _add_measure_args(p) -> None:
     p.add_argument("--text", nargs="+", metavar="FILE|DIR", help="plain text for perplexity (default: the bundled Python-tutorial excerpt)")
-    p.add_argument("--window", type=int, help="tokens per window (default 512 on CPU, 2048 on GPU)")
-    p.add_argument("--stride", type=int, help="tokens the window advances (default window/2); = window means plain chunks")
-    p.add_argument("--max-tokens", type=int, help="cap on eval-text tokens, 0 for none (default 4096 on CPU, 65536 on GPU)")
+    p.add_argument("--window", type=whole(2), help="tokens per window (default 512 on CPU, 2048 on GPU)")
+    p.add_argument("--stride", type=whole(1), help="tokens the window advances (default window/2); = window means plain chunks")
+    p.add_argument("--max-tokens", type=whole(0, " (0: no cap)"), help="cap on eval-text tokens, 0 for none (default 4096 on CPU, 65536 on GPU)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
 
 def _add_generation_args(p) -> None:
     p.add_argument("model", help="run dir, export dir, .gguf file, checkpoint dir, packaged name or Hub id")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed when --temperature > 0")
+    p.add_argument("--max-new-tokens", type=whole(1), default=256)
+    p.add_argument("--temperature", type=real(0), default=0.0, help="0 (default) decodes greedily")
+    p.add_argument("--seed", type=whole(0), default=0, help="sampling seed when --temperature > 0")
     p.add_argument("--system", help="system prompt")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--fast-cpu", action=argparse.BooleanOptionalAction, default=True,
@@ -307,7 +303,7 @@ def cmd_export(args) -> int:
 
 
 def _add_memory_arg(p) -> None:
-    p.add_argument("--memory", "--gpu-memory", dest="memory", metavar="SIZE",
+    p.add_argument("--memory", "--gpu-memory", dest="memory", metavar="SIZE", type=size,
                    help="memory budget, e.g. 24GiB (default: the device's: CUDA total memory, or host RAM on CPU)")
 
 
@@ -323,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a recipe and report every error at once")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*", help=_overrides_help())
-    p.add_argument("--nproc", type=_process_count, metavar="N", help="processes the global batch is counted over (default distributed.nproc)")
+    p.add_argument("--nproc", type=whole(1), metavar="N", help="processes the global batch is counted over (default distributed.nproc)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("train", help="fine-tune with LoRA as a recipe says")
@@ -332,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.output_dir")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run in train.output_dir")
-    p.add_argument("--nproc", type=_process_count, metavar="N", help="processes (GPUs) on this node, launched through torchrun "
+    p.add_argument("--nproc", type=whole(1), metavar="N", help="processes (GPUs) on this node, launched through torchrun "
                    "(default distributed.nproc); under torchrun or accelerate launch it is the launcher's")
     p.add_argument("--no-plan-check", action="store_true",
                    help="train even when `qtune plan` says the recipe's peak memory does not fit")
@@ -356,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = data_sub.add_parser("inspect", help="render examples with trained tokens marked, length stats, cache hit/miss")
     q.add_argument("recipe")
     q.add_argument("overrides", nargs="*", help=_overrides_help())
-    q.add_argument("-n", type=int, default=3, help="how many train rows to show (default 3)")
+    q.add_argument("-n", type=whole(0), default=3, help="how many train rows to show (default 3)")
     q.set_defaults(func=cmd_data_inspect)
 
     p = sub.add_parser("merge", help="merge a run's LoRA adapter into a 16-bit checkpoint")
@@ -403,14 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_measure_args(p)
     p.add_argument("--data", metavar="RECIPE", help="recipe whose eval split gives the eval loss")
     p.add_argument("--quant", choices=[m for m in QUANT_METHODS if m != "none"], help="quantize a checkpoint/packaged/Hub model at load time")
-    p.add_argument("--gen-tokens", type=int, default=0, help="also time greedy generation of N tokens at batch 1")
+    p.add_argument("--gen-tokens", type=whole(0), default=0, help="also time greedy generation of N tokens at batch 1")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("report", help="fidelity table of a run: reference, NF4, INT8, fine-tuned and exports")
     p.add_argument("run_dir")
     _add_measure_args(p)
-    p.add_argument("--gen-tokens", type=int, help="tokens generated to time batch-1 speed, 0 to skip (default 16 on CPU, 128 on GPU)")
+    p.add_argument("--gen-tokens", type=whole(0), help="tokens generated to time batch-1 speed, 0 to skip (default 16 on CPU, 128 on GPU)")
     p.add_argument("--fresh", action="store_true", help="measure every row again (default: reuse rows stored by an earlier "
                    "report from the same files and settings)")
     p.set_defaults(func=cmd_report)
@@ -449,6 +445,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: checkpoints already written are kept; continue with --resume", file=sys.stderr)
         return 130
+    except Exception:  # not a QtuneError: a bug in qtune (a user's mistake would have been named above)
+        import traceback
+
+        from qtune.errors import REPORT_BUGS
+
+        traceback.print_exc()
+        print(f"qtune {__version__}: the traceback above is a bug in qtune, not a mistake in your input; {REPORT_BUGS}",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ everything else is a bug and keeps its traceback.
 """
 
 
+# The last line under a traceback (qtune.cli.main): a traceback is a bug of qtune's own, never the user's input.
+REPORT_BUGS = ("please report it at qtune's issue tracker with the whole traceback, the command you ran and "
+               "`qtune --version`, `pip freeze | grep -iE 'torch|transformers|peft|bitsandbytes'`")
+
+
 class QtuneError(Exception):
     """A user mistake: printed as ``error: <message>`` without a traceback."""
 

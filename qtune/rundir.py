@@ -79,7 +79,42 @@ def write_json(path: str | Path, obj) -> None:
 
 
 def read_json(path: str | Path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A JSON file qtune wrote; one error naming it when it no longer reads (truncated, edited, not UTF-8)."""
+    from qtune.errors import QtuneError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise QtuneError(f"{path}: cannot be read ({type(e).__name__}: {str(e)[:200]}); it was damaged after "
+                         f"qtune wrote it: restore it or write it again") from None
+
+
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+
+
+def check_adapter(run: Path) -> None:
+    """The run's ``adapter/`` has peft's two files, a JSON object and a safetensors file whose header reads:
+    checked before any command loads a base model for it."""
+    import struct
+
+    from qtune.errors import QtuneError
+
+    adapter = run / ADAPTER
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if not (adapter / name).is_file():
+            raise QtuneError(f"{adapter / name}: missing; this run's adapter is incomplete (train the run again)")
+        if name == ADAPTER_CONFIG and not isinstance(read_json(adapter / name), dict):
+            raise QtuneError(f"{adapter / name}: not a peft adapter config (a JSON object); train the run again")
+    weights = adapter / ADAPTER_WEIGHTS
+    with weights.open("rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        try:
+            ok = 0 < n <= weights.stat().st_size - 8 and isinstance(json.loads(f.read(n)), dict)
+        except ValueError:
+            ok = False
+    if not ok:
+        raise QtuneError(f"{weights}: not a readable safetensors file (truncated or damaged); train the run again")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

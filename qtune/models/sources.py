@@ -67,12 +67,19 @@ def read_export_meta(directory: Path) -> dict:
 def resolve_source(spec: str) -> ModelSource:
     """Classify ``spec`` (see the table in the module docstring)."""
     path = Path(spec).expanduser()
+    if not spec.strip():
+        raise QtuneError("MODEL: empty; give a run, export or checkpoint directory, a .gguf file, a packaged name or a Hub id")
     if path.is_dir():
         if rundir.is_finished_run(path):
             return ModelSource("run", spec, path)
         if (path / EXPORT_META).is_file():
             return ModelSource("export", spec, path, read_export_meta(path))
         if (path / "config.json").is_file():
+            from qtune.registry.families import read_config
+
+            if not read_config(path, "MODEL").get("model_type"):
+                raise QtuneError(f"MODEL: {path / 'config.json'} names no model_type, so no model class can be chosen for "
+                                 f"it; give a run, export or checkpoint directory whose config.json names one")
             return ModelSource("checkpoint", spec, path)
         raise QtuneError(
             f"MODEL: directory '{spec}' is not a run (recipe.yaml + adapter/), an export ({EXPORT_META}) "
@@ -200,8 +207,16 @@ def _load_gguf(src: ModelSource, file: Path, device: str, tokenizer_dir) -> Load
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from qtune.models.packaged import gguf_architecture
+
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=dtype, device_map={"": device})
+    gguf_architecture(file, "MODEL")  # not a GGUF, or a truncated header: one line naming the file
+    try:
+        model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=dtype, device_map={"": device})
+    except (OSError, ValueError, KeyError) as e:  # transformers' GGUF reader on a file it cannot map to a model
+        raise QtuneError(f"MODEL: transformers cannot load the GGUF file '{file}' ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200] if str(e) else ''}); give a GGUF of a supported family "
+                         f"written by llama.cpp, or a checkpoint directory") from None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config  # the weights are plain floats now
     tok = _tokenizer(tokenizer_dir, src.spec) if tokenizer_dir else AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)

@@ -16,6 +16,8 @@ def parse_size(text: str, flag: str = "--memory") -> int:
     if not m or m.group(2).lower() not in UNITS:
         raise QtuneError(f"{flag}: '{text}' is not a size (e.g. 24GiB, 24GB, 512MiB)")
     value = float(m.group(1)) * UNITS[m.group(2).lower()]
+    if not value < 2**63:  # 1e999GiB: no machine has it, and int() of it overflows
+        raise QtuneError(f"{flag}: '{text}' is more memory than any machine has (e.g. 24GiB)")
     if value <= 0:
         raise QtuneError(f"{flag}: '{text}' must be more than 0")
     return int(value)

@@ -62,6 +62,8 @@ def backend_for(section: "DistributedSection", device: str) -> str:
 def init(section: "DistributedSection", device: str) -> World:
     """Open the process group when launched with more than one process, and pin this rank's GPU."""
     w = world()
+    if section.backend == "nccl" and device != "cuda":  # train.device auto on a machine without a GPU: known only here
+        raise QtuneError(f"distributed.backend: nccl needs CUDA GPUs (running on {device}); use distributed.backend=gloo or auto")
     if section.strategy == "fsdp" and device != "cuda":
         raise QtuneError(
             f"distributed.strategy: fsdp needs CUDA GPUs (running on {device}; accelerate would quietly run DDP "

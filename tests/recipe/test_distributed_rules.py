@@ -60,3 +60,45 @@ def test_distributed_keys_are_checked_like_any_other():
     with pytest.raises(RecipeError) as info:
         load_recipe(DEFAULT, ["distributed.stratgy=fsdp"])
     assert "did you mean 'strategy'?" in info.value.lines[0]
+
+
+# The README's list of refused combinations, item by item, and the overrides that make each
+README_REFUSED = {
+    "FSDP with uint8 4-bit storage": (FSDP, "quant.quant_storage"),
+    "with int8": (FSDP_OK + ("quant.method=int8", "quant.quant_storage=uint8"), "quant.method"),
+    "with `train.kernels=triton`": (FSDP_OK + ("train.kernels=triton",), "train.kernels"),
+    "with `model.dtype` unlike the compute dtype": (FSDP_OK + ("model.dtype=float16",), "model.dtype"),
+    "on CPU (accelerate would run DDP)": (FSDP_OK + ("train.device=cpu",), "distributed.strategy"),
+    "with bitsandbytes' 8-bit or paged optimizers": (FSDP_OK + ("train.optimizer=adamw_8bit",), "train.optimizer"),
+    "`nccl` on CPU (`train.device: cpu`, or `auto` on a machine without a GPU: `train` refuses it before loading anything)":
+        (("distributed.backend=nccl", "train.device=cpu"), "distributed.backend"),
+}
+
+
+def readme_refused() -> list[str]:
+    """The items of the README sentence 'Combinations that cannot run are refused before launch, one line each: ...'."""
+    from tests.conftest import REPO
+
+    text = " ".join((REPO / "README.md").read_text().split())
+    head = "Combinations that cannot run are refused before launch, one line each: "
+    body = text[text.index(head) + len(head):]
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(body):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0 and (body.startswith(", ", i) or body.startswith(". ", i)):
+            items.append(body[start:i])
+            start = i + 2
+            if ch == ".":
+                return items
+    raise AssertionError("the README's list of refused combinations has no end")
+
+
+def test_the_readme_lists_exactly_what_is_refused():
+    assert readme_refused() == list(README_REFUSED)
+
+
+@pytest.mark.parametrize("item", list(README_REFUSED))
+def test_each_combination_the_readme_refuses_is_refused(item):
+    overrides, field = README_REFUSED[item]
+    (line,) = errors_of(DEFAULT, *overrides)
+    assert line.startswith(f"{field}: "), line

@@ -180,3 +180,17 @@ def test_two_ranks_share_one_gpu_only_through_gloo(backend, monkeypatch):
     else:
         distributed.init(section, "cuda")
         assert pinned == [0] and distributed.placement("cuda") == "cuda:0"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="train.device: auto is a GPU here")
+def test_nccl_on_a_machine_without_a_gpu_is_refused_before_anything_loads(tmp_path, tiny_llama_dir, capsys):
+    """The README's '`nccl` on CPU': with train.device auto the recipe cannot know; train refuses it, one line."""
+    from qtune.cli import main
+
+    recipe = write_recipe(tmp_path / "r.yaml", model={"path": str(tiny_llama_dir)}, quant={"method": "none"},
+                          distributed={"backend": "nccl"})
+    assert main(["train", str(recipe), "train.device=auto", "--no-plan-check"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("error: distributed.backend: nccl needs CUDA GPUs (running on cpu); use distributed.backend=gloo "
+                           "or auto"), err[-2000:]
+    assert not (tmp_path / "run").exists()

@@ -44,7 +44,17 @@ def _text(value, where: str, column: str) -> str:
         raise QtuneError(f"{where}: column '{column}' is empty")
     if not isinstance(value, str):
         raise QtuneError(f"{where}: column '{column}' must be text, got {type(value).__name__}")
-    return value
+    return _encodable(value, where, column)
+
+
+def _encodable(text: str, where: str, column: str) -> str:
+    """JSON may spell a lone UTF-16 surrogate (``"\\ud800"``), which no tokenizer can encode: refused here."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise QtuneError(f"{where}: {column} holds {text[e.start]!r} at character {e.start}, half of a UTF-16 pair "
+                         f"(not text); fix the file's escapes") from None
+    return text
 
 
 def _checked_messages(messages, where: str, column: str, role_key: str, content_key: str, roles: dict[str, str]) -> Messages:
@@ -61,7 +71,7 @@ def _checked_messages(messages, where: str, column: str, role_key: str, content_
         if not isinstance(content, str):  # null included: a turn with no text is "" (a null is a broken export)
             raise QtuneError(f"{where}: {column}[{i}].{content_key} must be text, got "
                              f"{'null' if content is None else type(content).__name__}; write the turn's text (\"\" for none)")
-        out.append({"role": roles[m[role_key]], "content": content})
+        out.append({"role": roles[m[role_key]], "content": _encodable(content, where, f"{column}[{i}].{content_key}")})
     return out
 
 

@@ -2,7 +2,8 @@
 
 A :class:`QtuneError` is a mistake the user can fix (a bad recipe, a missing file, a missing
 optional dependency). The CLI prints its message on one line and exits with ``exit_code``;
-everything else is a bug and keeps its traceback.
+everything else is a bug: it keeps its traceback, under which one line (:data:`REPORT_BUGS`) says
+so and where to report it, and exits with 1.
 """
 
 

@@ -134,6 +134,7 @@ class MergedWeights:
         from qtune.recipe import load_run_recipe
 
         self.recipe = load_run_recipe(run_dir)
+        rundir.check_adapter(Path(run_dir))
         path = resolve_model_path(self.recipe.model.path)
         self.config = AutoConfig.from_pretrained(path, trust_remote_code=self.recipe.model.trust_remote_code,
                                                  revision=self.recipe.model.revision)

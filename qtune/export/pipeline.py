@@ -116,6 +116,7 @@ def export_run(run_dir: str | Path, settings, formats: list[str] | None = None, 
         from qtune.export.gguf_export import check_convertible
 
         check_convertible(base, settings.gguf_types)
+    rundir.check_adapter(run_dir)  # formats first: they need no adapter to be refused
     folders = {f: out_root / export_name(f, settings.bits, settings.group_size) for f in formats}
     if "gguf" in folders and "merged" not in folders:
         folders = {"merged": out_root / "merged", **folders}  # GGUF converts the merged shards

@@ -161,6 +161,8 @@ def gguf_architecture(file: Path, where: str = "model.path") -> str:
             raise QtuneError(f"{where}: '{file}' is not a GGUF file (no GGUF magic); give a .gguf model or a checkpoint directory")
         # version u32, tensor count u64, KV count u64; then the first KV: key (u64 length, bytes), type u32, value
         head = f.read(4 + 8 + 8 + 8)
+        if len(head) >= 12 and struct.unpack_from("<Q", head, 4)[0] == 0:  # transformers would build a default-sized model
+            raise QtuneError(f"{where}: '{file}' is a GGUF header without tensors (no weights); give a complete .gguf model")
         key_len = struct.unpack_from("<Q", head, 20)[0] if len(head) == 28 else 0
         if 0 < key_len < 256 and f.read(key_len) == b"general.architecture" and f.read(4) == struct.pack("<I", GGUF_STRING):
             raw = f.read(8)

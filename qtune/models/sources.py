@@ -167,6 +167,7 @@ def _load_run(src: ModelSource, device: str) -> Loaded:
     from qtune.models.load import load_tokenizer, load_trained
 
     recipe = load_run_recipe(src.path)
+    rundir.check_adapter(src.path)
     adapter = src.path / rundir.ADAPTER
     model = load_trained(str(adapter), recipe.model, recipe.quant, device)
     # The adapter's tokenizer carries the chat template the run trained with (the base may have none).

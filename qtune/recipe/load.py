@@ -77,9 +77,7 @@ def load_run_recipe(run_dir: str | Path) -> Recipe:
     run = Path(run_dir)
     if not rundir.is_finished_run(run):
         raise QtuneError(f"RUN_DIR: '{run}' is not a finished qtune run (needs {rundir.RECIPE} and {rundir.ADAPTER}/)")
-    recipe = load_recipe(run / rundir.RECIPE)
-    rundir.check_adapter(run)
-    return recipe
+    return load_recipe(run / rundir.RECIPE)
 
 
 def apply_override(raw: dict, item: str) -> None:

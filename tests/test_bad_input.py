@@ -133,7 +133,7 @@ CASES = [
     ("unknown-flag", lambda c: ["train", c.recipe(), "--bogus"], "unrecognized arguments: --bogus"),
     ("unknown-command", lambda c: ["trian", "r.yaml"], "invalid choice: 'trian'"),
     ("export-format-flag", lambda c: ["export", str(c.run), "--format", "gguff"], "argument --format: invalid choice"),
-    ("eval-window-not-int", lambda c: ["eval", "x", "--window", "ten"], "argument --window: invalid int value"),
+    ("eval-window-not-int", lambda c: ["eval", "x", "--window", "ten"], "argument --window: must be a whole number of at least 2 (given 'ten')"),
     # --- data files and rows (fail after the tokenizer, before the model loads)
     ("data-file-missing", lambda c: ["train", c.recipe(data={"train": [str(c.tmp / "none.jsonl")]})],
      "data.train[0].path: no such file or folder"),
@@ -151,6 +151,29 @@ CASES = [
     ("parquet-garbage", lambda c: ["train", c.data("d.parquet", "not parquet at all")], "d.parquet: cannot read as parquet"),
     ("data-folder-empty", lambda c: ["train", _mkdir(c.tmp / "empty") and c.recipe(data={"train": [str(c.tmp / "empty")]})],
      "holds no"),
+    # --- every split through the training split's reader (issue 27)
+    ("eval-split-not-utf8", lambda c: ["train", c.recipe(data={"eval": _write_bytes(c.tmp / "e.jsonl", b"\xff\xfe\x00b\x00i\x00n\n")})],
+     "e.jsonl:1: not UTF-8 text (byte 0xff at offset 0)"),
+    ("train-split-latin-1", lambda c: ["train", c.recipe(data={"train": [_write_bytes(c.tmp / "d.jsonl", (CHAT + '{"text": "caf\u00e9"}\n').encode("latin-1"))]})],
+     "d.jsonl:2: not UTF-8 text (byte 0xe9 at offset 13)"),
+    ("eval-split-null-content", lambda c: ["train", c.recipe(data={"eval": _write(c.tmp / "e.jsonl", CHAT.replace('"hello"', "null"))})],
+     "e.jsonl:1: messages[1].content must be text, got null"),
+    ("json-nested-too-deep", lambda c: ["train", c.data("d.json", "[" * 100000 + "]" * 100000)], "d.json: JSON nested too deeply"),
+    ("chat-role-not-text", lambda c: ["train", c.data("d.jsonl", '{"messages": [{"role": ["user"], "content": "x"}]}\n')],
+     "messages[0].role ['user'] is not a known role"),
+    # --- LoRA targets the model does not have: refused before peft raises (issue 27)
+    ("lora-target-typo", lambda c: ["train", c.recipe(lora={"target_modules": ["q_proj", "v_prj"]})],
+     "lora.target_modules: 'v_prj' match(es) no linear layer of Llama 2/3 (llama); its linears are down_proj, gate_proj, "
+     "k_proj, lm_head, o_proj, q_proj, up_proj, v_proj"),
+    ("lora-target-not-in-this-model", lambda c: ["train", c.recipe(lora={"target_modules": ["model.layers.7.self_attn.q_proj"]})],
+     "lora.target_modules: 'model.layers.7.self_attn.q_proj' match(es) no linear layer of"),
+    ("lora-target-packaged-model", lambda c: ["validate", c.recipe(model={"path": "smollm2-135m-instruct"}, lora={"target_modules": ["qkv_proj"]})],
+     "lora.target_modules: 'qkv_proj' match(es) no linear layer of 'smollm2-135m-instruct' (llama)"),
+    ("lora-target-empty", lambda c: ["train", c.recipe(lora={"target_modules": []})], "lora.target_modules: the list is empty"),
+    # --- numeric flags, read before anything loads
+    ("eval-window-negative", lambda c: ["eval", "x", "--window", "-5"], "argument --window: must be a whole number of at least 2 (given '-5')"),
+    ("generate-temperature-nan", lambda c: ["generate", "x", "--prompt", "hi", "--temperature", "nan"], "argument --temperature: must be a number"),
+    ("plan-memory-infinite", lambda c: ["plan", c.recipe(), "--memory", "1e999GiB"], "argument --memory/--gpu-memory: '1e999GiB' is more memory than"),
     # --- model paths
     ("model-dir-missing", lambda c: ["train", c.recipe(model={"path": str(c.tmp / "no-model")})], "model.path: no such file or directory"),
     ("model-dir-no-config", lambda c: ["train", c.recipe(model={"path": str(_mkdir(c.tmp / "m"))})], "has no config.json"),
@@ -201,6 +224,15 @@ CASES = [
     ("export-not-a-run", lambda c: ["export", str(_mkdir(c.run)), "--format", "merged"], "is not a finished qtune run"),
     ("eval-model-missing", lambda c: ["eval", str(c.tmp / "nothing")], "MODEL: no such file or directory"),
     ("eval-model-is-a-recipe", lambda c: ["eval", c.recipe()], "is a file but not a .gguf model"),
+    ("eval-model-gguf-not-a-gguf", lambda c: ["eval", _write(c.tmp / "m.gguf", "hello")], "MODEL: '"),
+    ("eval-model-gguf-without-tensors", lambda c: ["eval", _gguf_of_arch(c.tmp / "m.gguf", "llama", tensors=False)],
+     "is a GGUF header without tensors"),
+    ("eval-model-config-without-model-type", lambda c: ["eval", str(_model_type(c.model_copy(), None))], "names no model_type"),
+    ("eval-model-config-a-list", lambda c: ["eval", str(_corrupt(c.model_copy(), "config.json", "[1, 2]"))],
+     "config.json holds a JSON list, not a transformers config"),
+    ("eval-model-empty", lambda c: ["eval", ""], "MODEL: empty"),
+    ("export-adapter-config-corrupt", lambda c: (c.fake_run(c.recipe(), STATE), _write(_mkdir(c.run / rundir.ADAPTER) / "adapter_config.json", "{trunc"),
+                                                ["export", str(c.run), "--format", "merged"])[2], "adapter_config.json: cannot be read"),
     ("generate-not-a-model-dir", lambda c: ["generate", str(_mkdir(c.tmp / "d")), "--prompt", "hi"], "MODEL: directory"),
     ("report-not-a-run", lambda c: ["report", str(c.tmp / "nothing")], "RUN_DIR: "),
     ("merge-not-a-run", lambda c: ["merge", str(c.tmp / "nothing")], "RUN_DIR: "),
@@ -231,11 +263,15 @@ def _corrupt(model: Path, name: str, text: str) -> Path:
     return model
 
 
-def _gguf_of_arch(path: Path, arch: str) -> str:
-    """A GGUF file whose header names ``arch`` (no tensors)."""
+def _gguf_of_arch(path: Path, arch: str, tensors: bool = True) -> str:
+    """A GGUF file whose header names ``arch``, with one small tensor (or none: transformers would then build a
+    default-sized Llama, 7B parameters, from the empty metadata)."""
     import gguf
+    import numpy as np
 
     w = gguf.GGUFWriter(str(path), arch)
+    if tensors:
+        w.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -246,6 +282,8 @@ def _gguf_of_arch(path: Path, arch: str) -> str:
 def _model_type(model: Path, model_type: str) -> Path:
     config = json.loads((model / "config.json").read_text())
     config["model_type"] = model_type  # Gemma 3 with its vision tower: only gemma3_text (the text model) is supported
+    if model_type is None:
+        del config["model_type"]
     (model / "config.json").write_text(json.dumps(config))
     return model
 
@@ -301,7 +339,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, tiny_llama_dir, capsys, monkeypa
 
 # Cases ``validate`` cannot catch: they need the weights or the tokenizer loaded, or a run directory's state.
 NEEDS_MORE_THAN_VALIDATE = {"model-no-weights", "model-weights-corrupt", "model-no-tokenizer", "packaged-model-cache-corrupt",
-                            "data-empty-file"}
+                            "data-empty-file", "lora-target-not-in-this-model"}
 TRAIN_RECIPE_CASES = [c for c in CASES if c[0] not in NEEDS_MORE_THAN_VALIDATE and not c[0].startswith(("run-", "resume-"))]
 
 
@@ -340,3 +378,18 @@ def test_a_corrupted_data_cache_is_rebuilt(tmp_path, tiny_llama_dir, monkeypatch
     assert "miss" in capsys.readouterr().out
     assert main(["data", "inspect", recipe, "-n", "1"]) == 0
     assert "hit" in capsys.readouterr().out
+
+
+def test_a_bug_keeps_its_traceback_and_ends_with_where_to_report_it(monkeypatch, capsys):
+    """Only qtune's own bugs reach the user as a traceback; the last line says so (a stand-in bug in `qtune models`)."""
+    import qtune.cli
+    from qtune.errors import REPORT_BUGS
+
+    def broken(args):
+        raise RuntimeError("a stand-in bug")
+
+    monkeypatch.setattr(qtune.cli, "cmd_models", broken)
+    assert main(["models"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("Traceback") and err[-2] == "RuntimeError: a stand-in bug"
+    assert err[-1].endswith(f"is a bug in qtune, not a mistake in your input; {REPORT_BUGS}")

@@ -20,7 +20,7 @@ over the case number so any slice covers all of them:
 
 Every case is bad by construction (``expect_error``), except the few whose generator cannot tell
 (``None``). The check (:func:`verdict`): exit status 2, at most a few ``error:`` lines, no
-traceback, and nothing changed in the run directory or the cache.
+traceback, nothing changed in the run directory, and nothing in the cache but new tokenized-data entries.
 """
 
 from __future__ import annotations
@@ -463,7 +463,8 @@ def listing(path: Path) -> dict[str, int] | None:
         return None
     if path.is_file():
         return {".": path.stat().st_size}
-    return {str(p.relative_to(path)): (p.stat().st_size if p.is_file() else -1) for p in sorted(path.rglob("*"))}
+    # files only: an empty folder left behind (export's exports/) trips no retry
+    return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def run_case(case: Case, case_dir: Path, ws: Workspace) -> Outcome:
@@ -513,6 +514,12 @@ def verdict(case: Case, code, err: str, before, after) -> list[str]:
         problems.append(f"{len(errors)} error lines")
     if any(len(line) > 1200 for line in errors):
         problems.append("an error line over 1200 characters")
-    if code != 0 and after != before:
-        problems.append("the failed command changed the run directory or the cache")
+    (run_before, cache_before), (run_after, cache_after) = before, after
+    if code != 0 and run_after != run_before:
+        problems.append("the failed command changed the run directory")
+    # the cache may gain entries of the tokenized-data cache (keyed by content, written whole); nothing else may change
+    gained = set(cache_after or {}) - set(cache_before or {})
+    if code != 0 and ({k: (cache_after or {}).get(k) for k in cache_before or {}} != (cache_before or {})
+                      or any(not k.startswith("data/") for k in gained)):
+        problems.append("the failed command changed the cache beyond adding tokenized-data entries")
     return problems

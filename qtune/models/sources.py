@@ -232,7 +232,7 @@ def _from_pretrained(path, spec: str, device: str):
 
     try:
         return AutoModelForCausalLM.from_pretrained(str(path), dtype="auto", device_map={"": device})
-    except OSError as e:
+    except (OSError, ValueError) as e:  # missing files; a model_type or config transformers does not know
         raise QtuneError(
             f"MODEL: could not load '{spec}' ({str(e).splitlines()[0]}); without Hub access give a run, export, "
             f"checkpoint directory, .gguf file or packaged model ({', '.join(PACKAGED_MODELS)})"
@@ -244,7 +244,7 @@ def _tokenizer(path, spec: str):
 
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise QtuneError(f"MODEL: could not load a tokenizer for '{spec}' ({str(e).splitlines()[0]})") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -221,7 +221,7 @@ class ExportSection(Section):
     device: Literal[EXPORT_DEVICES] = Field("auto", description="where layers are merged, quantized and measured")
     fidelity: bool = Field(True, description="measure perplexity and eval loss of every export")
     fidelity_tokens: Optional[int] = Field(None, ge=1, description="eval-text tokens scored per model (default: qtune eval's)")
-    threads: Optional[int] = Field(None, ge=1, description="CPU threads of the export (default: PyTorch's); changes speed, not results")
+    threads: Optional[int] = Field(None, ge=1, le=4096, description="CPU threads of the export (default: PyTorch's); changes speed, not results")
 
     @field_validator("group_size")
     @classmethod

@@ -140,6 +140,7 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
     weights = MergedWeights(run_dir, s.base, device)
     recipe = weights.recipe
     tokenizer = AutoTokenizer.from_pretrained(str(run_dir / rundir.ADAPTER))
+    stops = _stops(run_dir, tokenizer, recipe)
     quant = [f for f in tmp if f in ("gptq", "awq")]
     targets = [MergedTarget(tmp["merged"])] if "merged" in tmp else []
     calib = calib_record = None
@@ -153,7 +154,7 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
     for target in targets:
         target.writer.close()
         fmt = getattr(target, "fmt", "merged")
-        write_config(target.folder, weights, "float16", _qconfig(fmt, s) if fmt != "merged" else None)
+        write_config(target.folder, weights, "float16", _qconfig(fmt, s) if fmt != "merged" else None, stops)
         tokenizer.save_pretrained(target.folder)
     say(f"streamed {len(targets)} format(s) layer by layer on {device.type} in {time.perf_counter() - t0:.0f}s")
 
@@ -189,6 +190,14 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
 
         export_gguf(tmp["merged"], recipe, tokenizer, s, reference, tmp["gguf"], say,
                     fidelity_of=fid.of if fid else None, final=final["gguf"])
+
+
+def _stops(run_dir: Path, tokenizer, recipe) -> list[int]:
+    from qtune import rundir
+    from qtune.data.stops import run_stop_ids
+    from qtune.models.load import model_family
+
+    return run_stop_ids(run_dir / rundir.ADAPTER, tokenizer, model_family(recipe.model).end_of_turn)
 
 
 def _paperwork(out, final, fmt, bits, group_size, s, recipe, fidelity, **details) -> None:
@@ -290,7 +299,7 @@ def merge_run(run_dir: str | Path, base: str, out: str | Path, dtype: str = "flo
             with _layer_bar(console, f"merge on {weights.device.type}") as progress:
                 stream_export(weights, [target], None, progress=progress)
             target.writer.close()
-            write_config(tmp, weights, dtype)
+            write_config(tmp, weights, dtype, stops=_stops(Path(run_dir), tokenizer, weights.recipe))
             tokenizer.save_pretrained(tmp)
             manifest = card.write_manifest(tmp, "merged", 16 if dtype != "float32" else 32, None, base, dtype=dtype)
             card.write_card(tmp, manifest, None, weights.recipe.model.path, out)

@@ -1,9 +1,11 @@
 """Every model family of the registry end to end, on a tiny random model built from its config.
 
-Per family: ``qtune train`` (2 steps, NF4 base, CPU), then ``export_run`` merges and writes GPTQ,
-AWQ and GGUF Q8_0 (through llama.cpp's converter); each export is read back and its logits are
-compared with the merged checkpoint's on the same tokens, and the GGUF is run in llama.cpp when
-llama-cpp-python is installed. The GPTQ/AWQ consumers (transformers + gptqmodel) live in another
+Per family: ``qtune train`` (2 steps, NF4 base, CPU) with the default template — the family's own,
+whose turns end with its end-of-turn token — then ``export_run`` merges and writes GPTQ, AWQ and
+GGUF Q8_0 (through llama.cpp's converter); each export is read back and its logits are compared
+with the merged checkpoint's on the same tokens, and the GGUF is run in llama.cpp when
+llama-cpp-python is installed. Each export's stop ids are read back from its files, and greedy
+generation stops at the end-of-turn token (see :func:`eot_after`). The GPTQ/AWQ consumers (transformers + gptqmodel) live in another
 environment (tests/export/test_consumers.py).
 """
 
@@ -95,6 +97,56 @@ def test_export_refuses_a_tokenizer_the_gguf_converter_does_not_know_before_merg
         export_run(run, ExportSection(formats=["gguf"]))
 
 
+N_BEFORE_EOT, MAX_NEW = 3, 24
+
+
+def eot_after(eot: int, start: int):
+    """A logits processor that adds +100 to ``eot``'s score once the sequence holds ``start`` tokens (prompt and
+    N_BEFORE_EOT new ones), so greedy decoding emits N_BEFORE_EOT tokens of the model's own and then the
+    end-of-turn token. A tiny random model never emits it by itself; what is tested is the consumer: it stops
+    there only when its stop set, read from the export's files, holds the token (without it, decoding runs
+    on to ``max_new_tokens``)."""
+
+    def bias(length: int, scores):  # scores (B, V) or (V,): of the next token after `length` tokens
+        if length >= start:
+            scores[..., eot] += 100.0
+        return scores
+
+    return bias
+
+
+def generate_new(model, prompt: list[int], eot: int, gen_config=None) -> list[int]:
+    """transformers' greedy ``generate`` on ``model`` with its (or ``gen_config``'s) stop ids, EOT forced after N_BEFORE_EOT."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    bias = eot_after(eot, len(prompt) + N_BEFORE_EOT)
+
+    class Bias(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            return bias(input_ids.shape[1], scores)
+
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             generation_config=gen_config, do_sample=False, max_new_tokens=MAX_NEW,
+                             logits_processor=LogitsProcessorList([Bias()]))
+    return out[0, len(prompt):].tolist()
+
+
+def llama_cpp_new(llama_cpp, path, prompt: list[int], eot: int) -> list[int]:
+    """llama.cpp's greedy decoding of ``prompt``: it stops on its end-of-generation set, read from the GGUF."""
+    import numpy as np
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, verbose=False, n_threads=1)
+    bias = eot_after(eot, len(prompt) + N_BEFORE_EOT)
+    new = []
+    for token in llm.generate(prompt, temp=0.0, logits_processor=llama_cpp.LogitsProcessorList(
+            [lambda ids, scores: bias(len(ids), np.array(scores))])):
+        new.append(token)  # llama-cpp-python yields an end-of-generation token, then stops
+        if len(new) >= MAX_NEW or llama_cpp.llama_token_is_eog(llm._model.vocab, token):
+            break
+    return new
+
+
 def _gap(theirs: torch.Tensor, ours: torch.Tensor) -> tuple[float, float]:
     d = (theirs.float() - ours.float()).abs()
     return d.max().item(), d.mean().item()
@@ -116,9 +168,11 @@ def test_family_trains_merges_and_exports(model_type, tmp_path):
     recipe = load_recipe(write_recipe(
         tmp_path / "recipe.yaml", model={"path": str(base)}, quant={"method": "nf4", "compute_dtype": "float32"},
         lora={"rank": 8, "alpha": 16, "dropout": 0.0}, train={"max_steps": 2, "lr": 1e-2},
-        data={"chat_template": "chatml", "max_examples": 16, "max_eval_examples": 8}))
+        data={"max_examples": 16, "max_eval_examples": 8}))
     summary = train(recipe)
     assert summary["steps"] == 2 and summary["eval_loss_after"] < summary["eval_loss_before"] + 1e-3
+    fam = family(model_type)
+    assert summary["data"]["template"] == fam.chat_template and summary["data"]["turn_ends_with_stop"]
 
     settings = ExportSection(formats=["merged", "gptq", "awq", "gguf"], group_size=32, gguf_types=["Q8_0"],
                              calibration={"samples": 8, "seq_len": 32})
@@ -146,8 +200,41 @@ def test_family_trains_merges_and_exports(model_type, tmp_path):
         llm = llama_cpp.Llama(model_path=str(gguf_file), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
         llm.eval(ids[0].tolist())
         gaps["llama.cpp"] = _gap(torch.from_numpy(np.array(llm.scores[: ids.shape[1]], dtype=np.float32)), ref)
+    stops_stop_there(model_type, done, merged, llama_cpp)
     row = " | ".join(f"{k} {mx:.2e}/{mn:.2e}" for k, (mx, mn) in gaps.items())
     print(f"\n{model_type}: logit scale {ref.abs().mean():.3f} | {row}")
     for kind, (mx, mn) in gaps.items():
         bound_max, bound_mean = BOUNDS[kind]
         assert mx < bound_max and mn < bound_mean, f"{model_type} {kind}: max {mx:.3e} mean {mn:.3e} (logit scale {ref.abs().mean():.3f})"
+
+
+def stops_stop_there(model_type: str, done: dict, merged, llama_cpp) -> None:
+    """Each export names the family's end-of-turn token among its stop ids, and greedy generation from the
+    merged model, the GPTQ export (qtune's dequantized view in transformers, with the export's generation
+    config) and the GGUF in llama.cpp ends with it after N_BEFORE_EOT tokens."""
+    import gguf
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from qtune.data.stops import gguf_stops, read_stop_ids
+    from qtune.export.checkpoint import load_dequantized
+
+    tok = AutoTokenizer.from_pretrained(done["merged"])
+    eot = tok.convert_tokens_to_ids(family(model_type).end_of_turn)
+    for fmt in ("merged", "gptq", "awq"):
+        assert eot in read_stop_ids(done[fmt]), (fmt, read_stop_ids(done[fmt]))
+    meta = gguf_stops(gguf.GGUFReader(str(done["gguf"] / "run-Q8_0.gguf")))
+    assert meta["eos"] == tok.eos_token_id and eot in meta.values(), meta
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Hello there"}], add_generation_prompt=True, tokenize=True)
+    prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+    new = {"merged": generate_new(merged, prompt, eot),
+           "gptq": generate_new(load_dequantized(done["gptq"]), prompt, eot, GenerationConfig.from_pretrained(done["gptq"]))}
+    if llama_cpp is not None:
+        new["llama.cpp"] = llama_cpp_new(llama_cpp, done["gguf"] / "run-Q8_0.gguf", prompt, eot)
+    for who, tokens in new.items():  # two training steps can already teach it to end a turn early (Gemma 2 after 2 tokens)
+        assert tokens[-1] == eot and eot not in tokens[:-1] and len(tokens) <= N_BEFORE_EOT + 1, \
+            f"{model_type} {who}: {tok.convert_ids_to_tokens(tokens)}"
+    print(f"\n{model_type}: stops {read_stop_ids(done['merged'])}, GGUF {meta}, new tokens "
+          + ", ".join(f"{who} {tok.convert_ids_to_tokens(t)}" for who, t in new.items()))
+    # the control: a stop set without the end-of-turn token runs on to max_new_tokens
+    if eot != tok.eos_token_id:
+        assert len(generate_new(merged, prompt, eot, GenerationConfig(eos_token_id=tok.eos_token_id))) == MAX_NEW

@@ -345,7 +345,7 @@ def export_gguf(merged: Path, recipe, tokenizer, settings, reference, out: Path,
     stem = Path(recipe.train.output_dir).name or "model"
     eot = end_of_turn_id(tokenizer, json.loads((merged / "config.json").read_text())["model_type"])
     fidelity = {"exports": {}, "reference": "the merged 16-bit model; each file read back and dequantized by qtune"}
-    bits, pre = {}, None
+    bits, pre, stops = {}, None, {}
     with rundir.atomic_path(out, directory=True) as tmp:
         staging = Path(tempfile.mkdtemp(prefix=".converter-", dir=tmp.parent))
         try:
@@ -357,6 +357,7 @@ def export_gguf(merged: Path, recipe, tokenizer, settings, reference, out: Path,
                 reader = gguf.GGUFReader(str(target))  # parsed once: slow for real vocabularies
                 bits[target.name] = _bits_per_weight(reader)
                 pre = pre or _pre_tokenizer(reader)
+                stops = stops or {tokenizer.convert_ids_to_tokens(i): i for i in gguf_stops(reader).values()}
                 weights = GGUFWeights(target, merged, reader=reader) if fidelity_of is not None and reference is not None else None
                 del reader
                 if weights is not None:
@@ -367,7 +368,7 @@ def export_gguf(merged: Path, recipe, tokenizer, settings, reference, out: Path,
         if fidelity["exports"]:
             card.write_fidelity(tmp, fidelity)
         manifest = card.write_manifest(tmp, "gguf", min(bits.values()), None, settings.base, bits_per_file=bits,
-                                       pre_tokenizer=pre)
+                                       pre_tokenizer=pre, stop_tokens=stops)
         card.write_card(tmp, manifest, fidelity if fidelity["exports"] else None, recipe.model.path, final or out)
     return out
 

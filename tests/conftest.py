@@ -210,3 +210,60 @@ def write_recipe(path: Path, **sections) -> Path:
         recipe.setdefault(name, {}).update(values)
     path.write_text(yaml.safe_dump(recipe))
     return path
+
+
+# Stopping at the end of a turn (tests/models/test_families.py, tests/export/test_consumers.py)
+N_BEFORE_EOT, MAX_NEW = 3, 24
+
+
+def eot_after(eot: int, start: int):
+    """A logits processor that adds +100 to ``eot``'s score once the sequence holds ``start`` tokens (prompt and
+    N_BEFORE_EOT new ones), so greedy decoding emits N_BEFORE_EOT tokens of the model's own and then the
+    end-of-turn token. A tiny random model never emits it by itself; what is tested is the consumer: it stops
+    there only when its stop set, read from the export's files, holds the token (without it, decoding runs
+    on to ``max_new_tokens``)."""
+
+    def bias(length: int, scores):  # scores (B, V) or (V,): of the next token after `length` tokens
+        if length >= start:
+            scores[..., eot] += 100.0
+        return scores
+
+    return bias
+
+
+def generate_new(model, prompt: list[int], eot: int, gen_config=None) -> list[int]:
+    """transformers' greedy ``generate`` on ``model`` with its (or ``gen_config``'s) stop ids, EOT forced after N_BEFORE_EOT."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    bias = eot_after(eot, len(prompt) + N_BEFORE_EOT)
+
+    class Bias(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            return bias(input_ids.shape[1], scores)
+
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             generation_config=gen_config, do_sample=False, max_new_tokens=MAX_NEW,
+                             logits_processor=LogitsProcessorList([Bias()]))
+    return out[0, len(prompt):].tolist()
+
+
+def llama_cpp_new(llama_cpp, path, prompt: list[int], eot: int) -> tuple[list[int], str, bool]:
+    """llama.cpp's greedy completion of ``prompt`` with the EOT forced after N_BEFORE_EOT tokens: the tokens it
+    returned (an end-of-generation token ends the completion and is not returned), its finish reason ("stop" at
+    an end-of-generation token, "length" at MAX_NEW) and whether its vocabulary, read from the GGUF, counts
+    ``eot`` as end of generation."""
+    import numpy as np
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, verbose=False, n_threads=1)
+    bias = eot_after(eot, len(prompt) + N_BEFORE_EOT)
+    seen = []
+
+    def processor(ids, scores):
+        seen[:] = list(ids[len(prompt):])
+        return bias(len(ids), np.array(scores))
+
+    out = llm.create_completion(prompt, max_tokens=MAX_NEW, temperature=0.0,
+                                logits_processor=llama_cpp.LogitsProcessorList([processor]))
+    return seen, out["choices"][0]["finish_reason"], bool(llama_cpp.llama_token_is_eog(llm._model.vocab, eot))

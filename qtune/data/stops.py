@@ -51,10 +51,9 @@ def _as_list(ids) -> list[int]:
     return [ids] if isinstance(ids, int) else list(ids)
 
 
-def merge_ids(ids, more) -> list[int] | int:
-    """``ids`` then ``more`` (each an id, a list or None) without repeats: one int when there is one."""
-    merged = list(dict.fromkeys(int(i) for i in [*_as_list(ids), *_as_list(more)]))
-    return merged[0] if len(merged) == 1 else merged
+def merge_ids(ids, more) -> list[int]:
+    """``ids`` then ``more`` (each an id, a list or None) without repeats."""
+    return list(dict.fromkeys(int(i) for i in [*_as_list(ids), *_as_list(more)]))
 
 
 def read_stop_ids(folder: str | Path) -> list[int]:

@@ -39,12 +39,9 @@ def encode_prompt(tokenizer, messages: list[dict], raw: bool = False) -> list[in
 
 def stop_ids_of(model, tokenizer) -> list[int]:
     """The ids ``generate`` stops on: the model's generation config ``eos_token_id`` (one or a list), then the tokenizer's EOS."""
-    gen = getattr(model, "generation_config", None)
-    ids = getattr(gen, "eos_token_id", None)
-    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return list(dict.fromkeys(int(i) for i in ids))
+    from qtune.data.stops import merge_ids
+
+    return merge_ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id)
 
 
 def _streamer(tokenizer, on_text):
@@ -74,7 +71,7 @@ def generate(
         min_new_tokens=min_new_tokens,
         do_sample=temperature > 0,
         eos_token_id=stops or None,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops or [None])[0],
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stops), None),
     )
     if temperature > 0:
         kwargs.update(temperature=temperature, top_k=0, top_p=1.0)

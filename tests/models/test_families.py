@@ -17,7 +17,7 @@ import torch
 from qtune.errors import QtuneError
 from qtune.registry.families import FAMILIES, family, family_of_dir
 
-from tests.conftest import TINY_FAMILIES, tiny_family_dir, write_recipe
+from tests.conftest import MAX_NEW, N_BEFORE_EOT, TINY_FAMILIES, generate_new, llama_cpp_new, tiny_family_dir, write_recipe
 
 # Bounds on (max, mean) |Δlogit| against the merged float16 checkpoint, on 24 random tokens; logits
 # have mean magnitude ~0.13 in every family (the table printed with -s). Measured maxima over the 7
@@ -95,56 +95,6 @@ def test_export_refuses_a_tokenizer_the_gguf_converter_does_not_know_before_merg
     (run / "recipe.yaml").write_text(path.read_text())
     with pytest.raises(QtuneError, match="converter could not write.*pre-tokenizer was not recognized"):
         export_run(run, ExportSection(formats=["gguf"]))
-
-
-N_BEFORE_EOT, MAX_NEW = 3, 24
-
-
-def eot_after(eot: int, start: int):
-    """A logits processor that adds +100 to ``eot``'s score once the sequence holds ``start`` tokens (prompt and
-    N_BEFORE_EOT new ones), so greedy decoding emits N_BEFORE_EOT tokens of the model's own and then the
-    end-of-turn token. A tiny random model never emits it by itself; what is tested is the consumer: it stops
-    there only when its stop set, read from the export's files, holds the token (without it, decoding runs
-    on to ``max_new_tokens``)."""
-
-    def bias(length: int, scores):  # scores (B, V) or (V,): of the next token after `length` tokens
-        if length >= start:
-            scores[..., eot] += 100.0
-        return scores
-
-    return bias
-
-
-def generate_new(model, prompt: list[int], eot: int, gen_config=None) -> list[int]:
-    """transformers' greedy ``generate`` on ``model`` with its (or ``gen_config``'s) stop ids, EOT forced after N_BEFORE_EOT."""
-    from transformers import LogitsProcessor, LogitsProcessorList
-
-    bias = eot_after(eot, len(prompt) + N_BEFORE_EOT)
-
-    class Bias(LogitsProcessor):
-        def __call__(self, input_ids, scores):
-            return bias(input_ids.shape[1], scores)
-
-    with torch.no_grad():
-        out = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                             generation_config=gen_config, do_sample=False, max_new_tokens=MAX_NEW,
-                             logits_processor=LogitsProcessorList([Bias()]))
-    return out[0, len(prompt):].tolist()
-
-
-def llama_cpp_new(llama_cpp, path, prompt: list[int], eot: int) -> list[int]:
-    """llama.cpp's greedy decoding of ``prompt``: it stops on its end-of-generation set, read from the GGUF."""
-    import numpy as np
-
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, verbose=False, n_threads=1)
-    bias = eot_after(eot, len(prompt) + N_BEFORE_EOT)
-    new = []
-    for token in llm.generate(prompt, temp=0.0, logits_processor=llama_cpp.LogitsProcessorList(
-            [lambda ids, scores: bias(len(ids), np.array(scores))])):
-        new.append(token)  # llama-cpp-python yields an end-of-generation token, then stops
-        if len(new) >= MAX_NEW or llama_cpp.llama_token_is_eog(llm._model.vocab, token):
-            break
-    return new
 
 
 def _gap(theirs: torch.Tensor, ours: torch.Tensor) -> tuple[float, float]:
@@ -228,8 +178,9 @@ def stops_stop_there(model_type: str, done: dict, merged, llama_cpp) -> None:
     prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
     new = {"merged": generate_new(merged, prompt, eot),
            "gptq": generate_new(load_dequantized(done["gptq"]), prompt, eot, GenerationConfig.from_pretrained(done["gptq"]))}
-    if llama_cpp is not None:
-        new["llama.cpp"] = llama_cpp_new(llama_cpp, done["gguf"] / "run-Q8_0.gguf", prompt, eot)
+    if llama_cpp is not None:  # llama.cpp ends on an end-of-generation token without returning it
+        before, finish, is_eog = llama_cpp_new(llama_cpp, done["gguf"] / "run-Q8_0.gguf", prompt, eot)
+        assert finish == "stop" and is_eog and len(before) <= N_BEFORE_EOT, (model_type, finish, is_eog, before)
     for who, tokens in new.items():  # two training steps can already teach it to end a turn early (Gemma 2 after 2 tokens)
         assert tokens[-1] == eot and eot not in tokens[:-1] and len(tokens) <= N_BEFORE_EOT + 1, \
             f"{model_type} {who}: {tok.convert_ids_to_tokens(tokens)}"

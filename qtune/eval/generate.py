@@ -39,7 +39,7 @@ def encode_prompt(tokenizer, messages: list[dict], raw: bool = False) -> list[in
 
 def stop_ids_of(model, tokenizer) -> list[int]:
     """The ids ``generate`` stops on: the model's generation config ``eos_token_id`` (one or a list), then the tokenizer's EOS."""
-    from qtune.data.stops import merge_ids
+    from qtune.models.generation_config import merge_ids
 
     return merge_ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id)
 

@@ -31,9 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from qtune.data.stops import gguf_stops, single_token_id
+from qtune.data.stops import single_token_id
 from qtune.errors import QtuneError, missing_dependency
 from qtune.export import card
+from qtune.models.generation_config import gguf_stops
 from qtune.registry.exports import GGUF_CONVERTER_TYPES, GGUF_LLAMA_CPP_TYPES
 from qtune.registry.families import family
 

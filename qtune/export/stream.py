@@ -149,7 +149,7 @@ def write_config(folder: Path, weights: MergedWeights, dtype: str, quantization_
                  stops: list[int] | None = None) -> None:
     """config.json (with ``quantization_config``) and generation_config.json, as save_pretrained writes them;
     the generation config stops on ``stops`` (the run's stop ids, :mod:`qtune.data.stops`) and the base's own."""
-    from qtune.data.stops import generation_config
+    from qtune.models.generation_config import generation_config
     from qtune.models.load import resolve_model_path
 
     config = copy.deepcopy(weights.config)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qtune import rundir
-from qtune.data.stops import gguf_stop_ids, read_stop_ids
+from qtune.models.generation_config import gguf_stop_ids, read_stop_ids
 from qtune.recipe import load_run_recipe
 from qtune.errors import QtuneError
 from qtune.registry.exports import EXPORT_FORMATS
@@ -216,7 +216,7 @@ def _load_gguf(src: ModelSource, file: Path, device: str, tokenizer_dir) -> Load
 
 def _stop_on(model, ids: list[int]) -> None:
     """Generation stops on ``ids`` as well as on what the model's generation config names."""
-    from qtune.data.stops import merge_ids
+    from qtune.models.generation_config import merge_ids
 
     if ids:
         model.generation_config.eos_token_id = merge_ids(ids, model.generation_config.eos_token_id)

@@ -235,7 +235,8 @@ def _refuse_stopped(trainer, run: Path) -> None:
 def _write_stops(adapter: Path, recipe: Recipe, model, tokenizer, family) -> None:
     """generation_config.json beside the adapter: the base's, stopping on the tokenizer's EOS and the family's
     end of turn (:mod:`qtune.data.stops`); generate, chat and every export read it."""
-    from qtune.data.stops import stop_ids, write_generation_config
+    from qtune.data.stops import stop_ids
+    from qtune.models.generation_config import write_generation_config
     from qtune.models.load import resolve_model_path
 
     write_generation_config(adapter, resolve_model_path(recipe.model.path), model.config,

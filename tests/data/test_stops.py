@@ -9,7 +9,8 @@ import pytest
 
 from qtune.data.formats import to_example
 from qtune.data.masking import IGNORE_INDEX, encode_example, turn_ends_with_stop
-from qtune.data.stops import generation_config, read_stop_ids, stop_ids, stop_tokens
+from qtune.data.stops import stop_ids, stop_tokens
+from qtune.models.generation_config import generation_config, read_stop_ids
 from qtune.data.template import resolve_template
 from qtune.registry.families import FAMILIES, family
 

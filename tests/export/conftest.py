@@ -114,7 +114,8 @@ def make_family_run(model_type: str, root):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from qtune import rundir
-    from qtune.data.stops import stop_ids, write_generation_config
+    from qtune.data.stops import stop_ids
+    from qtune.models.generation_config import write_generation_config
     from qtune.models.load import lora_config
     from qtune.recipe import dump_recipe, load_recipe
     from qtune.registry.families import family

@@ -42,7 +42,7 @@ def test_the_gguf_names_the_end_of_turn_as_llama_cpp_reads_it(tmp_path):
     import gguf
     from transformers import AutoTokenizer
 
-    from qtune.data.stops import gguf_stops
+    from qtune.models.generation_config import gguf_stops
     from qtune.export.gguf_export import end_of_turn_id, mark_end_of_turn
 
     base = tiny_family_dir("gemma2", tmp_path / "base")

@@ -106,7 +106,7 @@ def test_every_export_names_its_stop_tokens_where_its_consumer_reads_them(tiny_e
     import gguf
     from transformers import AutoTokenizer
 
-    from qtune.data.stops import gguf_stops, read_stop_ids
+    from qtune.models.generation_config import gguf_stops, read_stop_ids
 
     tiny_run, root = tiny_exports
     eos = AutoTokenizer.from_pretrained(tiny_run / "adapter").eos_token_id

@@ -165,7 +165,7 @@ def stops_stop_there(model_type: str, done: dict, merged, llama_cpp) -> None:
     import gguf
     from transformers import AutoTokenizer, GenerationConfig
 
-    from qtune.data.stops import gguf_stops, read_stop_ids
+    from qtune.models.generation_config import gguf_stops, read_stop_ids
     from qtune.export.checkpoint import load_dequantized
 
     tok = AutoTokenizer.from_pretrained(done["merged"])

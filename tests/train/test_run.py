@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from qtune import rundir
-from qtune.data.stops import read_stop_ids
+from qtune.models.generation_config import read_stop_ids
 from qtune.errors import QtuneError
 from qtune.recipe import load_recipe
 from qtune.train.run import train

@@ -266,4 +266,4 @@ def llama_cpp_new(llama_cpp, path, prompt: list[int], eot: int) -> tuple[list[in
 
     out = llm.create_completion(prompt, max_tokens=MAX_NEW, temperature=0.0,
                                 logits_processor=llama_cpp.LogitsProcessorList([processor]))
-    return seen, out["choices"][0]["finish_reason"], bool(llama_cpp.llama_token_is_eog(llm._model.vocab, eot))
+    return seen, out["choices"][0]["finish_reason"], bool(llama_cpp.llama_vocab_is_eog(llm._model.vocab, eot))

@@ -3,7 +3,7 @@
 The tiny Llama of ``tiny_llama_dir`` reuses SmolLM2's tokenizer (and chat template) so data code runs
 unchanged. The tiny models of every family (``tiny_family_dir``) get a 512-piece SentencePiece
 ``tokenizer.model`` trained here on the demo data: what llama.cpp's Gemma 2 and Phi-3 conversions
-require, and a vocabulary 100x smaller than SmolLM2's, which took the Llama end-to-end test from
+require, with the family's chat tokens as special pieces (so it trains with its own template), and a vocabulary 100x smaller than SmolLM2's, which took the Llama end-to-end test from
 100 s to 20 s (the BPE conversion path is tested on SmolLM2's tokenizer in tests/export/). Weights are random, seeded, and saved as a
 local checkpoint directory.
 """
@@ -122,8 +122,22 @@ TINY_FAMILIES = {
 }
 
 
-def tiny_spm_tokenizer(out: Path, tokenizer_class: str):
-    """A 512-piece SentencePiece BPE trained on the demo data, saved in ``out`` as ``tokenizer.model``."""
+def family_tokens(model_type: str) -> tuple[tuple[str, ...], str]:
+    """The special tokens a chat model of the family has (its template's markers and end of turn), and its EOS:
+    ``</s>``, except the ChatML families, whose instruct models end text with ``<|im_end|>`` (Qwen2.5-Instruct)."""
+    from qtune.registry.families import family
+    from qtune.registry.templates import TEMPLATE_TOKENS
+
+    fam = family(model_type)
+    chatml = ("<|im_start|>", "<|im_end|>") if fam.chat_template == "chatml" else ()
+    tokens = dict.fromkeys((*TEMPLATE_TOKENS[fam.chat_template], *chatml, fam.end_of_turn))
+    tokens.pop("</s>", None)
+    return tuple(tokens), "<|im_end|>" if chatml else "</s>"
+
+
+def tiny_spm_tokenizer(out: Path, tokenizer_class: str, specials: tuple[str, ...] = (), eos: str = "</s>"):
+    """A 512-piece SentencePiece BPE trained on the demo data, saved in ``out`` as ``tokenizer.model``; ``specials``
+    are pieces of it (ids 4, 5, ...) that the tokenizer config marks special, as a chat model's turn markers are."""
     import json as _json
 
     import sentencepiece as spm
@@ -134,11 +148,14 @@ def tiny_spm_tokenizer(out: Path, tokenizer_class: str):
     out.mkdir(parents=True, exist_ok=True)
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_prefix=str(out / "tokenizer"), vocab_size=512, model_type="bpe",
-        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=3, minloglevel=2)
+        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=3, minloglevel=2,
+        user_defined_symbols=list(specials))
     (out / "tokenizer.vocab").unlink()
+    added = {str(4 + i): {"content": t, "special": True, "lstrip": False, "rstrip": False, "normalized": False,
+                          "single_word": False} for i, t in enumerate(specials)}
     (out / "tokenizer_config.json").write_text(_json.dumps({
-        "tokenizer_class": tokenizer_class, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-        "pad_token": "<pad>"}))
+        "tokenizer_class": tokenizer_class, "bos_token": "<s>", "eos_token": eos, "unk_token": "<unk>",
+        "pad_token": "<pad>", "added_tokens_decoder": added}))
     return AutoTokenizer.from_pretrained(out)
 
 
@@ -157,7 +174,8 @@ def tiny_family_dir(model_type: str, out: Path, seed: int = 0) -> Path:
     from qtune.registry.families import family
 
     config_class, extra = TINY_FAMILIES[model_type]
-    tok = tiny_spm_tokenizer(out, "GemmaTokenizer" if model_type.startswith("gemma") else "LlamaTokenizer")
+    specials, eos = family_tokens(model_type)
+    tok = tiny_spm_tokenizer(out, "GemmaTokenizer" if model_type.startswith("gemma") else "LlamaTokenizer", specials, eos)
     config = getattr(transformers, config_class)(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tok.bos_token_id,
@@ -192,3 +210,60 @@ def write_recipe(path: Path, **sections) -> Path:
         recipe.setdefault(name, {}).update(values)
     path.write_text(yaml.safe_dump(recipe))
     return path
+
+
+# Stopping at the end of a turn (tests/models/test_families.py, tests/export/test_consumers.py)
+N_BEFORE_EOT, MAX_NEW = 3, 24
+
+
+def eot_after(eot: int, start: int):
+    """A logits processor that adds +100 to ``eot``'s score once the sequence holds ``start`` tokens (prompt and
+    N_BEFORE_EOT new ones), so greedy decoding emits N_BEFORE_EOT tokens of the model's own and then the
+    end-of-turn token. A tiny random model never emits it by itself; what is tested is the consumer: it stops
+    there only when its stop set, read from the export's files, holds the token (without it, decoding runs
+    on to ``max_new_tokens``)."""
+
+    def bias(length: int, scores):  # scores (B, V) or (V,): of the next token after `length` tokens
+        if length >= start:
+            scores[..., eot] += 100.0
+        return scores
+
+    return bias
+
+
+def generate_new(model, prompt: list[int], eot: int, gen_config=None) -> list[int]:
+    """transformers' greedy ``generate`` on ``model`` with its (or ``gen_config``'s) stop ids, EOT forced after N_BEFORE_EOT."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    bias = eot_after(eot, len(prompt) + N_BEFORE_EOT)
+
+    class Bias(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            return bias(input_ids.shape[1], scores)
+
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             generation_config=gen_config, do_sample=False, max_new_tokens=MAX_NEW,
+                             logits_processor=LogitsProcessorList([Bias()]))
+    return out[0, len(prompt):].tolist()
+
+
+def llama_cpp_new(llama_cpp, path, prompt: list[int], eot: int) -> tuple[list[int], str, bool]:
+    """llama.cpp's greedy completion of ``prompt`` with the EOT forced after N_BEFORE_EOT tokens: the tokens it
+    returned (an end-of-generation token ends the completion and is not returned), its finish reason ("stop" at
+    an end-of-generation token, "length" at MAX_NEW) and whether its vocabulary, read from the GGUF, counts
+    ``eot`` as end of generation."""
+    import numpy as np
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, verbose=False, n_threads=1)
+    bias = eot_after(eot, len(prompt) + N_BEFORE_EOT)
+    seen = []
+
+    def processor(ids, scores):
+        seen[:] = list(ids[len(prompt):])
+        return bias(len(ids), np.array(scores))
+
+    out = llm.create_completion(prompt, max_tokens=MAX_NEW, temperature=0.0,
+                                logits_processor=llama_cpp.LogitsProcessorList([processor]))
+    return seen, out["choices"][0]["finish_reason"], bool(llama_cpp.llama_vocab_is_eog(llm._model.vocab, eot))

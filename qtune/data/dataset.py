@@ -25,9 +25,11 @@ from qtune.data.collate import PackedCollator, PadCollator
 from qtune.data.formats import Example, detect_format, to_example
 from qtune.data.packing import efficiency, pack_rows
 from qtune.data.sources import fingerprint, read_rows
-from qtune.data.masking import IGNORE_INDEX, encode_examples, turn_ends_with_eos
+from qtune.data.masking import IGNORE_INDEX, encode_examples, templates_that_fit, turn_end, turn_ends_with_stop
+from qtune.data.stops import stop_tokens
 from qtune.data.template import resolve_template
 from qtune.errors import QtuneError
+from qtune.registry.templates import TEMPLATE_TOKENS
 
 __all__ = ["Encoded", "PadCollator", "PackedCollator", "build_datasets", "collator_for", "refuse_training"]
 
@@ -65,7 +67,7 @@ def read_examples(source, field_name: str, default_format: str) -> tuple[list[Ex
     return [to_example(row, where, fmt) for row, where in rows], fmt
 
 
-def _cache_parts(data, tokenizer, template: str | None, seed: int) -> dict:
+def _cache_parts(data, tokenizer, template: str | None, seed: int, stops: tuple[str, ...]) -> dict:
     options = data.model_dump(mode="json", exclude={"train", "eval", "packing", "cache", "max_untrained_fraction"})
     sources = [
         {"content": fingerprint(s.path, f"data.train[{i}].path", s.split), **s.model_dump(exclude={"path"})}
@@ -73,7 +75,7 @@ def _cache_parts(data, tokenizer, template: str | None, seed: int) -> dict:
     ]
     held = data.eval and {"content": fingerprint(data.eval.path, "data.eval.path", data.eval.split), **data.eval.model_dump(exclude={"path"})}
     return {"sources": sources, "eval": held, "options": options, "seed": seed,
-            "tokenizer": cache.tokenizer_fingerprint(tokenizer), "template": template}
+            "tokenizer": cache.tokenizer_fingerprint(tokenizer), "template": template, "stops": list(stops)}
 
 
 def _length_stats(lengths: list[int]) -> dict:
@@ -84,11 +86,12 @@ def _length_stats(lengths: list[int]) -> dict:
             "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], "max": ordered[-1]}
 
 
-def encode_split(examples: list[Example], data, tokenizer, template: str | None) -> tuple[list[dict], dict]:
+def encode_split(examples: list[Example], data, tokenizer, template: str | None,
+                 stops: tuple[str, ...] | None = None) -> tuple[list[dict], dict]:
     """Rows of one split and its counts: examples in, rows out, truncated, dropped, untrained."""
     rows, truncated, too_long, untrained = [], 0, 0, 0
     encoded = encode_examples(tokenizer, template, examples, data.max_length, train_on=data.train_on,
-                              truncation=data.truncation, system_prompt=data.system_prompt)
+                              truncation=data.truncation, system_prompt=data.system_prompt, stops=stops)
     for out in encoded:
         truncated += out.truncated
         too_long += out.dropped_too_long
@@ -108,7 +111,8 @@ def encode_split(examples: list[Example], data, tokenizer, template: str | None)
     }
 
 
-def _tokenize(data, tokenizer, template_name: str, template: str, seed: int) -> tuple[dict[str, list[dict]], dict]:
+def _tokenize(data, tokenizer, template_name: str, template: str, seed: int,
+              stops: tuple[str, ...]) -> tuple[dict[str, list[dict]], dict]:
     rng = random.Random(seed)
     per_source = []
     formats = []
@@ -133,10 +137,12 @@ def _tokenize(data, tokenizer, template_name: str, template: str, seed: int) -> 
         template_name, template = "none", None
     splits, stats = {}, {}
     for name, examples in (("train", train_examples), ("eval", eval_examples)):
-        splits[name], stats[name] = encode_split(examples, data, tokenizer, template)
+        splits[name], stats[name] = encode_split(examples, data, tokenizer, template, stops)
     stats["formats"] = formats
     stats["template"] = template_name
-    stats["turn_ends_with_eos"] = turn_ends_with_eos(tokenizer, template) if uses_chat else None
+    stats["stops"] = list(stops)
+    stats["turn_ends_with_stop"] = turn_ends_with_stop(tokenizer, template, stops) if uses_chat else None
+    stats["turn_end"] = turn_end(tokenizer, template) if uses_chat else None
     return splits, stats
 
 
@@ -147,23 +153,25 @@ def check_sources(data) -> int:
     return sum(len(read_examples(s, name, data.format)[0]) for name, s in sources if not s.is_hub)
 
 
-def build_datasets(data, tokenizer, seed: int, family_template: str | None = None) -> Encoded:
+def build_datasets(data, tokenizer, seed: int, family_template: str | None = None, end_of_turn: str | None = None) -> Encoded:
     """Read, split, weight, render, mask (and pack) the recipe's data; reuse the cache when nothing changed.
 
     ``stats["cache"]`` is ``"hit"``, ``"miss"`` or ``"off"``; ``stats["load_s"]`` the seconds it took;
     ``stats["template_note"]`` the line to show when the template is not the model's own.
-    ``family_template`` is the model family's known template, used when the model has none.
+    ``family_template`` is the model family's known template, used when the model has none;
+    ``end_of_turn`` its end-of-turn token, which ends a trained turn as the tokenizer's EOS does.
     """
     t0 = time.perf_counter()
     chosen = resolve_template(tokenizer, data.chat_template, family_template)
     template_name, template = chosen.name, chosen.source
-    path = cache.cache_path(cache.cache_key(_cache_parts(data, tokenizer, template, seed))) if data.cache else None
+    stops = stop_tokens(tokenizer, end_of_turn)
+    path = cache.cache_path(cache.cache_key(_cache_parts(data, tokenizer, template, seed, stops))) if data.cache else None
     found = cache.load(path) if path is not None else None
     if found is not None:
         splits, stats = found
         stats["cache"] = "hit"
     else:
-        splits, stats = _tokenize(data, tokenizer, template_name, template, seed)
+        splits, stats = _tokenize(data, tokenizer, template_name, template, seed, stops)
         if path is not None:
             cache.save(path, splits, stats)
         stats["cache"] = "miss" if path is not None else "off"
@@ -176,6 +184,7 @@ def build_datasets(data, tokenizer, seed: int, family_template: str | None = Non
     stats["load_s"] = time.perf_counter() - t0
     chat = stats["template"] != "none"
     stats["template_note"] = chosen.note if chat else None
+    stats["end_of_turn"] = end_of_turn
     return Encoded(train=train, eval=splits["eval"], stats=stats, chat_template=template if chat else None)
 
 
@@ -186,7 +195,7 @@ def recipe_datasets(recipe, tokenizer, data=None, family=None) -> Encoded:
     from qtune.models.load import model_family
 
     family = family or model_family(recipe.model)
-    return build_datasets(data or recipe.data, tokenizer, recipe.train.seed, family.chat_template)
+    return build_datasets(data or recipe.data, tokenizer, recipe.train.seed, family.chat_template, family.end_of_turn)
 
 
 def collator_for(data, pad_token_id: int):
@@ -198,11 +207,8 @@ def problems(encoded: Encoded, data, tokenizer) -> list[str]:
     """Why training on ``encoded`` would be wrong, one line each (empty when it is fine)."""
     out = []
     s = encoded.stats
-    if s.get("turn_ends_with_eos") is False:
-        out.append(
-            f"data.chat_template: an assistant turn of template '{s['template']}' does not end with the tokenizer's EOS "
-            f"({tokenizer.eos_token!r}), so the model would not learn to stop; pick a template that ends turns with it"
-        )
+    if s.get("turn_ends_with_stop") is False:
+        out.append(_no_stop(s, tokenizer))
     for name in ("train", "eval"):
         split = s[name]
         if split["examples"] and split["untrained"] / split["examples"] > data.max_untrained_fraction:
@@ -214,6 +220,23 @@ def problems(encoded: Encoded, data, tokenizer) -> list[str]:
     if not encoded.train:
         out.append("data.train: no example is left to train on (see the counts from qtune data inspect)")
     return out
+
+
+def _no_stop(s: dict, tokenizer) -> str:
+    """Why the template would not teach the model to stop: what it ends turns with, what the model stops on,
+    and which templates end turns with that and spell their tokens in its vocabulary."""
+    stops = tuple(s["stops"])
+    has = f"its EOS {tokenizer.eos_token!r}"
+    eot = s.get("end_of_turn")
+    if eot and eot != tokenizer.eos_token:
+        has += f" and its family's end-of-turn token {eot!r}" if eot in stops else f" (it has no {eot!r}, its family's end-of-turn token)"
+    fit = templates_that_fit(tokenizer, stops)
+    generic = [name for name in fit if not TEMPLATE_TOKENS[name]]
+    how = (f"set data.chat_template to one that does: {', '.join(fit)}"
+           + (f" ({' and '.join(generic)} spell their turn markers as plain text)" if generic else "") if fit
+           else "no named template does; give the tokenizer a chat template of its own that ends turns with one of them")
+    return (f"data.chat_template: template '{s['template']}' ends an assistant turn with {s['turn_end']!r}, which is not a "
+            f"token the model stops on (it stops on {has}), so it would not learn to stop; {how}")
 
 
 def refuse_training(encoded: Encoded, data, tokenizer) -> None:

@@ -1,8 +1,9 @@
 """Chat templates: which one, rendering, and where each assistant turn lies in the rendered text.
 
 A chat example is rendered once with the chat template into text. An assistant turn's span runs
-from the first character of its content through the tokenizer's EOS that closes the turn (what
-the template prints after EOS, e.g. a newline, is left out by the masking). Turn spans come from one
+from the first character of its content through the stop token that closes the turn — the
+tokenizer's EOS or the family's end-of-turn token (:mod:`qtune.data.stops`); what the template
+prints after it, e.g. a newline, is left out by the masking. Turn spans come from one
 render with placeholder contents (:func:`spans_by_placeholder`, verified to rebuild the real
 render exactly), else from rendering prefixes (:func:`spans_by_prefix`: turn i starts at
 ``len(render(messages[:i], add_generation_prompt=True))`` and ends at
@@ -79,13 +80,14 @@ def spans_by_prefix(tokenizer, template: str, messages: Messages, text: str) -> 
     return spans
 
 
-def spans_by_placeholder(tokenizer, template: str, messages: Messages, text: str) -> list[tuple[int, int]] | None:
+def spans_by_placeholder(tokenizer, template: str, messages: Messages, text: str,
+                         stops: tuple[str, ...] | None = None) -> list[tuple[int, int]] | None:
     """One render with each content replaced by a unique placeholder; None when that cannot be trusted.
 
     Putting the contents back into the placeholder render must give ``text`` exactly (a template
     that trims or inspects content fails that, and the caller falls back to :func:`spans_by_prefix`).
-    An assistant span runs from its content's first character through the first EOS text after
-    it, if one comes before the next message's content.
+    An assistant span runs from its content's first character through the first stop token's text
+    after it (``stops``, default the tokenizer's EOS), if one comes before the next message's content.
     """
     marks = [f"\ue000{k}\ue001" for k in range(len(messages))]
     if any("\ue000" in m["content"] for m in messages):
@@ -104,21 +106,22 @@ def spans_by_placeholder(tokenizer, template: str, messages: Messages, text: str
     pieces.append(skeleton[pos:])
     if "".join(pieces) != text:
         return None
-    eos = tokenizer.eos_token or "\ue000"
+    stops = [s for s in (stops if stops is not None else (tokenizer.eos_token,)) if s]
     spans = []
     for k, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
         limit = starts[k + 1] if k + 1 < len(messages) else len(text)
-        e = text.find(eos, ends[k], limit)
-        spans.append((starts[k], e + len(eos) if e >= 0 else ends[k]))
+        found = [(e, e + len(s)) for s in stops if (e := text.find(s, ends[k], limit)) >= 0]
+        spans.append((starts[k], min(found)[1] if found else ends[k]))  # through the first stop token
     return spans
 
 
-def assistant_spans(tokenizer, template: str, messages: Messages) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(tokenizer, template: str, messages: Messages,
+                    stops: tuple[str, ...] | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the character span of each assistant turn (content through end of turn)."""
     (text,) = render(tokenizer, template, [messages])
-    spans = spans_by_placeholder(tokenizer, template, messages, text)
+    spans = spans_by_placeholder(tokenizer, template, messages, text, stops)
     return text, spans if spans is not None else spans_by_prefix(tokenizer, template, messages, text)
 
 

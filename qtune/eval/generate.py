@@ -3,7 +3,10 @@
 Prompts go through the tokenizer's chat template (``add_generation_prompt=True``) unless it has
 none or ``raw=True``. Decoding is greedy unless a temperature is given, so the same prompt and
 model give the same text. Streaming uses transformers' ``TextStreamer`` hook in the calling
-thread: each finished piece of text goes to ``on_text`` as soon as it is decoded.
+thread: each finished piece of text goes to ``on_text`` as soon as it is decoded. Generation stops
+on every stop id the model's files name (:func:`stop_ids_of`: its generation config's
+``eos_token_id``, which qtune writes for runs and exports, and the tokenizer's EOS), so a chat
+model stops at the end of its turn (:mod:`qtune.data.stops`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ def encode_prompt(tokenizer, messages: list[dict], raw: bool = False) -> list[in
     return list(out)
 
 
+def stop_ids_of(model, tokenizer) -> list[int]:
+    """The ids ``generate`` stops on: the model's generation config ``eos_token_id`` (one or a list), then the tokenizer's EOS."""
+    from qtune.models.generation_config import merge_ids
+
+    return merge_ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id)
+
+
 def _streamer(tokenizer, on_text):
     from transformers import TextStreamer
 
@@ -49,16 +59,19 @@ def generate(
     model, tokenizer, prompt_ids: list[int], max_new_tokens: int = 128, temperature: float = 0.0,
     seed: int = 0, on_text=None, min_new_tokens: int = 0,
 ) -> Generation:
-    """Continue ``prompt_ids``; greedy when ``temperature == 0``; ``on_text`` receives streamed text."""
+    """Continue ``prompt_ids`` until a stop id (:func:`stop_ids_of`) or ``max_new_tokens``; greedy when
+    ``temperature == 0``; ``on_text`` receives streamed text; ``min_new_tokens`` suppresses every stop id."""
     import torch
 
     device = next(p for p in model.parameters()).device
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T)
+    stops = stop_ids_of(model, tokenizer)
     kwargs = dict(
         max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens,
         do_sample=temperature > 0,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        eos_token_id=stops or None,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stops), None),
     )
     if temperature > 0:
         kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
@@ -82,7 +95,7 @@ SPEED_PROMPT = "Explain what a Python list comprehension is, with an example."
 
 
 def generation_speed(model, tokenizer, new_tokens: int) -> dict:
-    """Batch-1 greedy decoding speed: ``new_tokens`` forced (EOS suppressed), after one warm-up run."""
+    """Batch-1 greedy decoding speed: ``new_tokens`` forced (every stop id suppressed), after one warm-up run."""
     ids = encode_prompt(tokenizer, [{"role": "user", "content": SPEED_PROMPT}])
     generate(model, tokenizer, ids, max_new_tokens=4, min_new_tokens=4)  # warm-up: kernels, caches
     g = generate(model, tokenizer, ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens)

@@ -142,6 +142,13 @@ def _fidelity_lines(fidelity: dict) -> list[str]:
     ]
 
 
+# Where each consumer of the snippets reads the stop tokens from (the table's "stops generating on").
+_STOPS = {False: "Each stops at the end of the model's turn: transformers and vLLM read the stop tokens from "
+                 "`generation_config.json` (`eos_token_id`).",
+          True: "Each stops at the end of the model's turn: llama.cpp reads the stop tokens from the file "
+                "(`tokenizer.ggml.eos_token_id`, `tokenizer.ggml.eot_token_id`)."}
+
+
 def write_card(out: Path, manifest: dict, fidelity: dict | None, source_model: str, final: Path | None = None) -> None:
     """``final``: where ``out`` (a temporary folder) will be renamed to; the card names that.
 
@@ -163,6 +170,8 @@ def write_card(out: Path, manifest: dict, fidelity: dict | None, source_model: s
         f"| merged into | {manifest['base']} base |",
         f"| files | {', '.join(manifest['files'])} |",
     ]
+    if manifest.get("stop_tokens"):
+        lines.append(f"| stops generating on | {', '.join(f'`{t}` ({i})' for t, i in manifest['stop_tokens'].items())} |")
     if fidelity:
         for label, f in fidelity.get("exports", {"": fidelity}).items():
             e, m = f["export"], f["merged"]
@@ -174,7 +183,7 @@ def write_card(out: Path, manifest: dict, fidelity: dict | None, source_model: s
         lines += ["", "No fidelity figures: this export was written without measuring it (`qtune merge`, or `--no-fidelity`).", ""]
     lines += ["## Load it", "",
               f"Run these from the folder that holds `{name}/` (for a qtune run: `RUN/exports/`); after uploading "
-              f"the folder, replace `./{name}` with its repository id.", "",
+              f"the folder, replace `./{name}` with its repository id. {_STOPS[fmt == 'gguf']}", "",
               _snippets(fmt, f"./{name}", manifest, out)]
     rundir.write_text(Path(out) / CARD, "\n".join(lines))
 

@@ -9,6 +9,13 @@ file with every 2-D tensor whose rows are whole blocks re-quantized by ``gguf.qu
 copied). K-quants (``Q4_K_M``, ``Q5_K_M``, ``Q6_K``) come from llama.cpp's own quantizer
 (``llama_model_quantize`` of llama-cpp-python, the optional extra ``qtune[gguf]``) run on its F16 file.
 
+Stop tokens: the converter writes the tokenizer's EOS as ``tokenizer.ggml.eos_token_id`` but no
+end-of-turn id for most families. llama.cpp stops on its end-of-generation set: the EOS, the EOT and
+EOM ids of the file, and tokens whose text it knows (``<|eot_id|>``, ``<|im_end|>``, ``<|end|>``,
+``<end_of_turn>``, ...: ``llama_vocab::impl::load``). qtune does not lean on that text list: where the
+family's end-of-turn token is not the EOS, it writes ``tokenizer.ggml.eot_token_id`` and types the
+token CONTROL (:func:`mark_end_of_turn`), so every GGUF reader finds it in the metadata.
+
 Fidelity is measured on qtune's reading of the written file: every tensor dequantized with
 ``gguf.quants.dequantize`` and mapped back to the HF name and layout, undoing what the converter did
 for the family (:mod:`qtune.registry.families`) — the weights llama.cpp computes with.
@@ -24,8 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from qtune.data.stops import single_token_id
 from qtune.errors import QtuneError, missing_dependency
 from qtune.export import card
+from qtune.models.generation_config import gguf_stops
 from qtune.registry.exports import GGUF_CONVERTER_TYPES, GGUF_LLAMA_CPP_TYPES
 from qtune.registry.families import family
 
@@ -121,23 +130,32 @@ def convert(ckpt: Path, out_file: Path, qtype: str, name: str | None = None, voc
 def requantize(src: Path, out_file: Path, qtype: str) -> None:
     """Copy the GGUF ``src`` (F32) with its 2-D tensors of whole blocks quantized to ``qtype`` by ``gguf.quants``."""
     import gguf
+
+    rewrite(src, out_file, qtype, {"general.file_type": (int(gguf.LlamaFileType[f"MOSTLY_{qtype}"]), gguf.GGUFValueType.UINT32)})
+
+
+def rewrite(src: Path, out_file: Path, qtype: str | None = None, fields: dict | None = None) -> None:
+    """Copy the GGUF ``src`` to ``out_file``: its 2-D F32 tensors of whole blocks quantized to ``qtype`` (when
+    given), and each of ``fields`` (name -> (value, GGUFValueType)) set, replacing the field of that name."""
+    import gguf
     import numpy as np
 
+    fields = dict(fields or {})
     reader = gguf.GGUFReader(str(src))
-    gtype = gguf.GGMLQuantizationType[qtype]
-    block = gguf.GGML_QUANT_SIZES[gtype][0]
+    gtype = gguf.GGMLQuantizationType[qtype] if qtype else None
+    block = gguf.GGML_QUANT_SIZES[gtype][0] if qtype else 0
     w = gguf.GGUFWriter(str(out_file), reader.fields["general.architecture"].contents())
     for field in reader.fields.values():
         if field.name == "general.architecture" or field.name.startswith("GGUF."):
             continue
-        value = field.contents()
-        if field.name == "general.file_type":
-            value = int(gguf.LlamaFileType[f"MOSTLY_{qtype}"])
         sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
-        w.add_key_value(field.name, value, field.types[0], sub_type=sub)
+        value, vtype = fields.pop(field.name, (field.contents(), field.types[0]))
+        w.add_key_value(field.name, value, vtype, sub_type=sub)
+    for name, (value, vtype) in fields.items():
+        w.add_key_value(name, value, vtype)
     for t in reader.tensors:
         data = np.asarray(t.data)
-        if t.tensor_type == gguf.GGMLQuantizationType.F32 and data.ndim == 2 and data.shape[-1] % block == 0:
+        if qtype and t.tensor_type == gguf.GGMLQuantizationType.F32 and data.ndim == 2 and data.shape[-1] % block == 0:
             stored = gguf.quants.quantize(data, gtype)
             w.add_tensor(t.name, stored, raw_shape=stored.shape, raw_dtype=gtype)
         else:
@@ -148,8 +166,15 @@ def requantize(src: Path, out_file: Path, qtype: str) -> None:
     w.close()
 
 
-def write_gguf(ckpt: Path, out_file: Path, qtype: str, name: str | None = None) -> None:
-    """Write the float checkpoint folder ``ckpt`` as one GGUF file of type ``qtype`` (see the module docstring)."""
+def write_gguf(ckpt: Path, out_file: Path, qtype: str, name: str | None = None, end_of_turn: int | None = None) -> None:
+    """Write the float checkpoint folder ``ckpt`` as one GGUF file of type ``qtype`` (see the module docstring);
+    ``end_of_turn``: the id to write as the file's end-of-turn token (:func:`mark_end_of_turn`)."""
+    _write_gguf(ckpt, out_file, qtype, name)
+    if end_of_turn is not None:
+        mark_end_of_turn(out_file, end_of_turn)
+
+
+def _write_gguf(ckpt: Path, out_file: Path, qtype: str, name: str | None) -> None:
     if qtype in GGUF_CONVERTER_TYPES:
         convert(ckpt, out_file, qtype, name)
         return
@@ -163,6 +188,33 @@ def write_gguf(ckpt: Path, out_file: Path, qtype: str, name: str | None = None) 
             requantize(src, out_file, qtype)
     finally:
         src.unlink(missing_ok=True)
+
+
+def mark_end_of_turn(path: Path, token_id: int) -> None:
+    """Make ``token_id`` the file's end-of-turn token: ``tokenizer.ggml.eot_token_id`` and type CONTROL
+    (llama.cpp then ends generation on it and does not print it). Rewrites the file (one copy) unless it
+    already says so; the EOS stays as the converter wrote it."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    types = list(reader.fields["tokenizer.ggml.token_type"].contents())
+    if gguf_stops(reader).get("eot") == token_id and types[token_id] == gguf.TokenType.CONTROL:
+        return
+    types[token_id] = int(gguf.TokenType.CONTROL)
+    del reader
+    tmp = path.with_name(f".{path.stem}.eot.gguf")
+    try:
+        rewrite(path, tmp, fields={"tokenizer.ggml.eot_token_id": (token_id, gguf.GGUFValueType.UINT32),
+                                   "tokenizer.ggml.token_type": (types, gguf.GGUFValueType.ARRAY)})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def end_of_turn_id(tokenizer, model_type: str) -> int | None:
+    """The family's end-of-turn id in ``tokenizer`` when it is a token of it other than the EOS (else None)."""
+    token = single_token_id(tokenizer, family(model_type).end_of_turn)
+    return token if token is not None and token != tokenizer.eos_token_id else None
 
 
 def llama_cpp_quantize(f16_file: Path, out_file: Path, qtype: str) -> None:
@@ -292,8 +344,9 @@ def export_gguf(merged: Path, recipe, tokenizer, settings, reference, out: Path,
     from qtune.models.load import resolve_model_path
 
     stem = Path(recipe.train.output_dir).name or "model"
+    eot = end_of_turn_id(tokenizer, json.loads((merged / "config.json").read_text())["model_type"])
     fidelity = {"exports": {}, "reference": "the merged 16-bit model; each file read back and dequantized by qtune"}
-    bits, pre = {}, None
+    bits, pre, stops = {}, None, {}
     with rundir.atomic_path(out, directory=True) as tmp:
         staging = Path(tempfile.mkdtemp(prefix=".converter-", dir=tmp.parent))
         try:
@@ -301,10 +354,11 @@ def export_gguf(merged: Path, recipe, tokenizer, settings, reference, out: Path,
             for qtype in settings.gguf_types:
                 t = time.perf_counter()
                 target = tmp / f"{stem}-{qtype}.gguf"
-                write_gguf(src, target, qtype, name=stem)
+                write_gguf(src, target, qtype, name=stem, end_of_turn=eot)
                 reader = gguf.GGUFReader(str(target))  # parsed once: slow for real vocabularies
                 bits[target.name] = _bits_per_weight(reader)
                 pre = pre or _pre_tokenizer(reader)
+                stops = stops or {tokenizer.convert_ids_to_tokens(i): i for i in gguf_stops(reader).values()}
                 weights = GGUFWeights(target, merged, reader=reader) if fidelity_of is not None and reference is not None else None
                 del reader
                 if weights is not None:
@@ -315,7 +369,7 @@ def export_gguf(merged: Path, recipe, tokenizer, settings, reference, out: Path,
         if fidelity["exports"]:
             card.write_fidelity(tmp, fidelity)
         manifest = card.write_manifest(tmp, "gguf", min(bits.values()), None, settings.base, bits_per_file=bits,
-                                       pre_tokenizer=pre)
+                                       pre_tokenizer=pre, stop_tokens=stops)
         card.write_card(tmp, manifest, fidelity if fidelity["exports"] else None, recipe.model.path, final or out)
     return out
 

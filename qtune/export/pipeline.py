@@ -146,6 +146,8 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
     weights = MergedWeights(run_dir, s.base, device)
     recipe = weights.recipe
     tokenizer = AutoTokenizer.from_pretrained(str(run_dir / rundir.ADAPTER))
+    stops = _stops(run_dir, tokenizer, recipe)
+    stop_tokens = {tokenizer.convert_ids_to_tokens(i): i for i in stops}  # for the manifest and the card
     quant = [f for f in tmp if f in ("gptq", "awq")]
     targets = [MergedTarget(tmp["merged"])] if "merged" in tmp else []
     calib = calib_record = None
@@ -159,7 +161,7 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
     for target in targets:
         target.writer.close()
         fmt = getattr(target, "fmt", "merged")
-        write_config(target.folder, weights, "float16", _qconfig(fmt, s) if fmt != "merged" else None)
+        write_config(target.folder, weights, "float16", _qconfig(fmt, s) if fmt != "merged" else None, stops)
         tokenizer.save_pretrained(target.folder)
     say(f"streamed {len(targets)} format(s) layer by layer on {device.type} in {time.perf_counter() - t0:.0f}s")
 
@@ -171,7 +173,7 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
             fidelity = fid.compare(reference, fid.trained(run_dir))  # the merged model against the trained one
             fidelity["reference"] = (f"the trained adapter on its {recipe.quant.method} base (computed as the merge "
                                      "into the dequantized base, which it equals: tests/export/test_merge.py)")
-        _paperwork(tmp["merged"], final["merged"], "merged", 16, None, s, recipe, fidelity, dtype="float16",
+        _paperwork(tmp["merged"], final["merged"], "merged", 16, None, s, recipe, fidelity, dtype="float16", stop_tokens=stop_tokens,
                    device=device.type)
     for target in targets:
         if isinstance(target, QuantTarget):
@@ -186,7 +188,7 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
                     fidelity["note"] = note
                     say(f"{target.fmt}: {note}")
             _paperwork(target.folder, final[target.fmt], target.fmt, s.bits, s.group_size, s, recipe, fidelity,
-                       quantization_config=_qconfig(target.fmt, s), quantize_seconds=round(target.seconds, 1), device=device.type, threads=threads,
+                       quantization_config=_qconfig(target.fmt, s), stop_tokens=stop_tokens, quantize_seconds=round(target.seconds, 1), device=device.type, threads=threads,
                        calibration=calib_record,
                        **({"grid_search": s.grid_search} if target.fmt == "gptq" else {}))
             say(f"{target.fmt}: quantized in {target.seconds:.0f}s → {final[target.fmt]}")
@@ -195,6 +197,14 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
 
         export_gguf(tmp["merged"], recipe, tokenizer, s, reference, tmp["gguf"], say,
                     fidelity_of=fid.of if fid else None, final=final["gguf"])
+
+
+def _stops(run_dir: Path, tokenizer, recipe) -> list[int]:
+    from qtune import rundir
+    from qtune.data.stops import run_stop_ids
+    from qtune.models.load import model_family
+
+    return run_stop_ids(run_dir / rundir.ADAPTER, tokenizer, model_family(recipe.model).end_of_turn)
 
 
 def _paperwork(out, final, fmt, bits, group_size, s, recipe, fidelity, **details) -> None:
@@ -296,9 +306,11 @@ def merge_run(run_dir: str | Path, base: str, out: str | Path, dtype: str = "flo
             with _layer_bar(console, f"merge on {weights.device.type}") as progress:
                 stream_export(weights, [target], None, progress=progress)
             target.writer.close()
-            write_config(tmp, weights, dtype)
+            stops = _stops(Path(run_dir), tokenizer, weights.recipe)
+            write_config(tmp, weights, dtype, stops=stops)
             tokenizer.save_pretrained(tmp)
-            manifest = card.write_manifest(tmp, "merged", 16 if dtype != "float32" else 32, None, base, dtype=dtype)
+            manifest = card.write_manifest(tmp, "merged", 16 if dtype != "float32" else 32, None, base, dtype=dtype,
+                                           stop_tokens={tokenizer.convert_ids_to_tokens(i): i for i in stops})
             card.write_card(tmp, manifest, None, weights.recipe.model.path, out)
     except KeyboardInterrupt:
         raise ExportInterrupted(f"merge interrupted: {out} was not written; rerun: qtune merge {run_dir}") from None

@@ -145,10 +145,11 @@ def causal_lm_class(model_type: str) -> str:
     return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]
 
 
-def write_config(folder: Path, weights: MergedWeights, dtype: str, quantization_config: dict | None = None) -> None:
-    """config.json (with ``quantization_config``) and generation_config.json, as save_pretrained writes them."""
-    from transformers import GenerationConfig
-
+def write_config(folder: Path, weights: MergedWeights, dtype: str, quantization_config: dict | None = None,
+                 stops: list[int] | None = None) -> None:
+    """config.json (with ``quantization_config``) and generation_config.json, as save_pretrained writes them;
+    the generation config stops on ``stops`` (the run's stop ids, :mod:`qtune.data.stops`) and the base's own."""
+    from qtune.models.generation_config import generation_config
     from qtune.models.load import resolve_model_path
 
     config = copy.deepcopy(weights.config)
@@ -158,8 +159,4 @@ def write_config(folder: Path, weights: MergedWeights, dtype: str, quantization_
         config.quantization_config = quantization_config
     config.dtype = dtype
     config.save_pretrained(folder)
-    try:
-        gen = GenerationConfig.from_pretrained(resolve_model_path(weights.recipe.model.path))
-    except OSError:
-        gen = GenerationConfig.from_model_config(weights.config)
-    gen.save_pretrained(folder)
+    generation_config(resolve_model_path(weights.recipe.model.path), weights.config, stops).save_pretrained(folder)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qtune import rundir
+from qtune.models.generation_config import gguf_stop_ids, read_stop_ids
 from qtune.recipe import load_run_recipe
 from qtune.errors import QtuneError
 from qtune.registry.exports import EXPORT_FORMATS
@@ -173,6 +174,7 @@ def _load_run(src: ModelSource, device: str) -> Loaded:
     # The adapter's tokenizer carries the chat template the run trained with (the base may have none).
     tok = _tokenizer(adapter, src.spec) if (adapter / "tokenizer_config.json").is_file() else load_tokenizer(recipe.model)
     note = f"base {recipe.model.path} loaded as the recipe says (quant {recipe.quant.method}) + adapter"
+    _stop_on(model, read_stop_ids(adapter))  # the run's stop ids (qtune.data.stops), not only the base's
     return Loaded(model, tok, src, recipe.quant.compute_dtype if recipe.quant.method != "none" else "", [note])
 
 
@@ -223,8 +225,17 @@ def _load_gguf(src: ModelSource, file: Path, device: str, tokenizer_dir) -> Load
     tok = _tokenizer(tokenizer_dir, src.spec) if tokenizer_dir else AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    _stop_on(model, gguf_stop_ids(file))  # the file's EOS and end-of-turn ids, as llama.cpp reads them
     note = f"{file.name} dequantized to {str(dtype).removeprefix('torch.')} by transformers (weights carry the GGUF error; matmuls in float)"
     return Loaded(model, tok, src, str(dtype).removeprefix("torch."), [note])
+
+
+def _stop_on(model, ids: list[int]) -> None:
+    """Generation stops on ``ids`` as well as on what the model's generation config names."""
+    from qtune.models.generation_config import merge_ids
+
+    if ids:
+        model.generation_config.eos_token_id = merge_ids(ids, model.generation_config.eos_token_id)
 
 
 def _from_pretrained(path, spec: str, device: str):

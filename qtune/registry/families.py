@@ -17,6 +17,10 @@ A family is a transformers ``model_type``. Its entry names:
   stored as ``1 + w``);
 - what the family usually has (``tied_embeddings``, ``qkv_bias``; the checkpoint's config decides)
   and its known chat template (a key such as ``"chatml"``, for the template registry);
+- ``end_of_turn``: the token its chat models end an assistant turn with, and stop generating on
+  (Llama 3 ``<|eot_id|>``, Gemma ``<end_of_turn>``, Phi-3 ``<|end|>``, Qwen ``<|im_end|>``; Mistral
+  ends turns with its EOS ``</s>``). A checkpoint of the family that lacks it as one token (Llama 2,
+  SmolLM2) stops on its tokenizer's EOS alone (:mod:`qtune.data.stops`);
 - ``gated_mlp``: the MLP module and its gate, up and down linears when the MLP computes
   ``down(act(gate(x)) * up(x))`` with ``act_fn`` (the fused-block kernels read it; Phi-3's fused ``gate_up_proj``
   has none);
@@ -54,6 +58,7 @@ class Family:
     groups: tuple[LinearGroup, ...]
     gguf_arch: str
     chat_template: str
+    end_of_turn: str
     gguf_permute_qk: bool = False
     norm_offset: float = 0.0
     tied_embeddings: bool = False
@@ -75,26 +80,27 @@ def _separate_qkv(norm_offset: float = 0.0, post_attn_norm: str = "post_attentio
 
 
 _FAMILIES = (
-    Family("llama", "Llama 2/3", "model.layers", _separate_qkv(), "llama", "llama3", gguf_permute_qk=True,
+    Family("llama", "Llama 2/3", "model.layers", _separate_qkv(), "llama", "llama3", "<|eot_id|>", gguf_permute_qk=True,
            liger="llama"),
-    Family("mistral", "Mistral", "model.layers", _separate_qkv(), "llama", "mistral", gguf_permute_qk=True,
+    Family("mistral", "Mistral", "model.layers", _separate_qkv(), "llama", "mistral", "</s>", gguf_permute_qk=True,
            liger="mistral"),
-    Family("qwen2", "Qwen2/2.5", "model.layers", _separate_qkv(), "qwen2", "chatml", tied_embeddings=True, qkv_bias=True,
+    Family("qwen2", "Qwen2/2.5", "model.layers", _separate_qkv(), "qwen2", "chatml", "<|im_end|>", tied_embeddings=True,
+           qkv_bias=True,
            liger="qwen2"),
-    Family("qwen3", "Qwen3", "model.layers", _separate_qkv(), "qwen3", "chatml", tied_embeddings=True,
+    Family("qwen3", "Qwen3", "model.layers", _separate_qkv(), "qwen3", "chatml", "<|im_end|>", tied_embeddings=True,
            liger="qwen3"),
     # Gemma 2/3: post_attention_layernorm normalizes the attention *output*; the MLP's input norm is
     # pre_feedforward_layernorm. Every norm computes x̂ · (1 + w).
     Family("gemma2", "Gemma 2", "model.layers", _separate_qkv(1.0, "pre_feedforward_layernorm"), "gemma2", "gemma",
-           norm_offset=1.0, tied_embeddings=True, liger="gemma2"),
+           "<end_of_turn>", norm_offset=1.0, tied_embeddings=True, liger="gemma2"),
     Family("gemma3_text", "Gemma 3 text", "model.layers", _separate_qkv(1.0, "pre_feedforward_layernorm"), "gemma3",
-           "gemma", norm_offset=1.0, tied_embeddings=True, liger="gemma3_text"),
+           "gemma", "<end_of_turn>", norm_offset=1.0, tied_embeddings=True, liger="gemma3_text"),
     Family("phi3", "Phi-3", "model.layers", (
         LinearGroup("input_layernorm", ("self_attn.qkv_proj",), no_clip=("self_attn.qkv_proj",)),
         LinearGroup(None, ("self_attn.o_proj",)),  # input: the v slice of qkv_proj's output
         LinearGroup("post_attention_layernorm", ("mlp.gate_up_proj",)),
         LinearGroup(None, ("mlp.down_proj",)),  # input: up · act(gate), both halves of gate_up_proj
-    ), "phi3", "phi3", gated_mlp=None, liger="phi3"),
+    ), "phi3", "phi3", "<|end|>", gated_mlp=None, liger="phi3"),
 )
 FAMILIES: dict[str, Family] = {f.model_type: f for f in _FAMILIES}
 GGUF_FAMILIES = frozenset(f.gguf_arch for f in _FAMILIES)  # ``general.architecture`` values of GGUF files qtune takes

@@ -184,6 +184,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     with rundir.atomic_path(run / rundir.ADAPTER, directory=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
         tokenizer.save_pretrained(tmp)
+        _write_stops(tmp, recipe, model, tokenizer, family)
     tokens = int(trainer.state.num_input_tokens_seen)
     wall_s, session_tokens = time.perf_counter() - t0, tokens - trainer.metrics_log.tokens_at_start
     summary = {
@@ -230,6 +231,17 @@ def _refuse_stopped(trainer, run: Path) -> None:
         signum = trainer.signal_stop.received
         raise Interrupted(f"interrupted at step {trainer.state.global_step}; wrote {newest}",
                           exit_code=SIGNAL_EXIT.get(signum, 130))
+
+
+def _write_stops(adapter: Path, recipe: Recipe, model, tokenizer, family) -> None:
+    """generation_config.json beside the adapter: the base's, stopping on the tokenizer's EOS and the family's
+    end of turn (:mod:`qtune.data.stops`); generate, chat and every export read it."""
+    from qtune.data.stops import stop_ids
+    from qtune.models.generation_config import write_generation_config
+    from qtune.models.load import resolve_model_path
+
+    write_generation_config(adapter, resolve_model_path(recipe.model.path), model.config,
+                            stop_ids(tokenizer, family.end_of_turn))
 
 
 def _build_trainer(recipe: Recipe, model, data, tokenizer, run: Path, device: str, report_to: list[str], probe, say=print):

@@ -102,7 +102,9 @@ def test_eos_mismatch_is_a_problem(smol_tokenizer, chat_file):
         (line,) = problems(out, data, smol_tokenizer)
     finally:
         smol_tokenizer.eos_token = saved
-    assert line.startswith("data.chat_template: an assistant turn of template 'tokenizer' does not end with the tokenizer's EOS")
+    assert line == ("data.chat_template: template 'tokenizer' ends an assistant turn with '<|im_end|>', which is not a token "
+                    "the model stops on (it stops on its EOS '<|endoftext|>'), so it would not learn to stop; set "
+                    "data.chat_template to one that does: chatml, mistral (chatml and mistral spell their turn markers as plain text)")
 
 
 def recipe(tmp_path, model_path, train_file, **data) -> str:

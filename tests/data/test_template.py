@@ -6,7 +6,7 @@ import pytest
 
 from qtune.data.formats import to_example
 from qtune.data.inspect import spans
-from qtune.data.masking import IGNORE_INDEX, encode_example, turn_ends_with_eos
+from qtune.data.masking import IGNORE_INDEX, encode_example, turn_ends_with_stop
 from qtune.data.template import resolve_template, spans_by_placeholder, spans_by_prefix
 from qtune.registry.templates import NAMED_TEMPLATES
 
@@ -121,7 +121,7 @@ def test_chatml_fallback_when_the_tokenizer_has_none(smol_tokenizer):
         assert chosen.note.startswith("template: the model has no chat template of its own; using chatml (the fallback)")
         (row,) = encode_example(tok, template, to_example({"messages": CHAT}, "w", "chat"), 512).rows
         assert trained_runs(row) == [ids(tok, "Four.") + [tok.eos_token_id], ids(tok, "Six, of course.") + [tok.eos_token_id]]
-        assert turn_ends_with_eos(tok, template)
+        assert turn_ends_with_stop(tok, template)
     finally:
         tok.chat_template = saved
 
@@ -132,10 +132,10 @@ def test_template_whose_turn_does_not_end_with_eos_is_detected(smol_tokenizer):
     saved = tok.eos_token
     try:
         tok.eos_token = "<|endoftext|>"  # the template still closes turns with <|im_end|>
-        assert not turn_ends_with_eos(tok, template)
+        assert not turn_ends_with_stop(tok, template)
     finally:
         tok.eos_token = saved
-    assert turn_ends_with_eos(tok, template)
+    assert turn_ends_with_stop(tok, template)
 
 
 def test_placeholder_spans_agree_with_prefix_spans(smol_tokenizer):
@@ -186,7 +186,7 @@ def test_named_templates_mask_exactly_the_assistant_turns(smol_tokenizer, name):
     assert [r.removesuffix(tok.eos_token).strip() for r in replies] == ["Four.", "Six, of course."], replies
     for a, b in spans_:
         assert text[a:b].endswith(end) if end == tok.eos_token else text[b:].startswith(end), (name, text[a : b + 20])
-    assert turn_ends_with_eos(tok, template) == (end == tok.eos_token)
+    assert turn_ends_with_stop(tok, template) == (end == tok.eos_token)
 
 
 def test_a_family_template_is_used_before_the_fallback_and_said(smol_tokenizer):

@@ -72,3 +72,23 @@ def test_packaged_smollm2_answers_greedily(capfd):
     assert main(["generate", "smollm2-135m-instruct", "--prompt", "What is the capital of France?", "--max-new-tokens", "8", "--json", "--device", "cpu"]) == 0
     out = json.loads(capfd.readouterr().out)
     assert out["text"].startswith("The capital of France is Paris"), out["text"]
+
+
+def test_generate_stops_on_every_stop_id_of_the_generation_config(tiny_checkpoint):
+    """qtune's ``generate`` (generate, chat) stops on a stop id of the generation config that is not the tokenizer's
+    EOS; ``min_new_tokens`` (report's speed runs) suppresses it too. The model is made to put that id first."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qtune.eval.generate import generate, stop_ids_of
+
+    tok = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
+    eot = tok.convert_tokens_to_ids("<|im_start|>")  # a token other than the EOS (<|im_end|>)
+    model.lm_head.register_forward_hook(lambda m, args, out: out.index_fill(-1, torch.tensor([eot]), 100.0))
+    prompt = tok("Hello there")["input_ids"]
+    model.generation_config.eos_token_id = tok.eos_token_id
+    assert generate(model, tok, prompt, max_new_tokens=6).new_tokens == 6  # not a stop id: runs on
+    model.generation_config.eos_token_id = [tok.eos_token_id, eot]
+    assert stop_ids_of(model, tok) == [tok.eos_token_id, eot]
+    assert generate(model, tok, prompt, max_new_tokens=6).new_tokens == 1
+    assert generate(model, tok, prompt, max_new_tokens=6, min_new_tokens=6).new_tokens == 6

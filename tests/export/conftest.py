@@ -105,3 +105,39 @@ def tiny_exports(tmp_path_factory):
     )
     export_run(run, settings, out_root=root / "written")
     return run, (root / "written").rename(root / "moved")
+
+
+def make_family_run(model_type: str, root):
+    """A finished run on the tiny ``model_type`` model of tests/conftest.py, as ``train`` leaves it: the family's
+    template saved with the tokenizer, generation_config.json with its stop ids, and an adapter whose B is non-zero."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qtune import rundir
+    from qtune.data.stops import stop_ids
+    from qtune.models.generation_config import write_generation_config
+    from qtune.models.load import lora_config
+    from qtune.recipe import dump_recipe, load_recipe
+    from qtune.registry.families import family
+    from qtune.registry.templates import NAMED_TEMPLATES
+
+    from tests.conftest import tiny_family_dir, write_recipe
+
+    base = tiny_family_dir(model_type, root / "base")
+    recipe = load_recipe(write_recipe(root / "recipe.yaml", model={"path": str(base)},
+                                      quant={"method": "nf4", "compute_dtype": "float32"}, lora={"rank": 8, "alpha": 16, "dropout": 0.0}))
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), lora_config(recipe.lora))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    run = root / "run"
+    run.mkdir()
+    rundir.write_text(run / rundir.RECIPE, dump_recipe(recipe))
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.chat_template = NAMED_TEMPLATES[family(model_type).chat_template]
+    model.save_pretrained(run / rundir.ADAPTER)
+    tok.save_pretrained(run / rundir.ADAPTER)
+    write_generation_config(run / rundir.ADAPTER, base, model.config, stop_ids(tok, family(model_type).end_of_turn))
+    return run

@@ -15,7 +15,9 @@ import torch
 
 from qtune.export.checkpoint import load_dequantized, quantization_config, write_checkpoint
 from qtune.export.sequential import sweep
-from tests.export.conftest import REPO
+
+from tests.conftest import N_BEFORE_EOT, TINY_FAMILIES, generate_new, llama_cpp_new
+from tests.export.conftest import REPO, make_family_run
 
 pytestmark = pytest.mark.consumer
 
@@ -152,3 +154,32 @@ def test_eval_and_generate_json_on_export_is_the_only_stdout(fmt, tiny_run, tmp_
         except json.JSONDecodeError as e:
             raise AssertionError(f"qtune {argv[0]} on the {fmt} export: stdout is not one JSON object ({e}):\n{proc.stdout[:2000]}") from None
         assert out["model"] == str(done[fmt])
+
+
+@pytest.mark.parametrize("model_type", list(TINY_FAMILIES))
+def test_consumers_stop_at_the_end_of_turn(model_type, tmp_path, monkeypatch):
+    """transformers (through gptqmodel) loads the GPTQ export with its generation_config.json and llama.cpp the
+    GGUF: greedy generation, with the end-of-turn token forced after N_BEFORE_EOT tokens, stops there in both."""
+    pytest.importorskip("optimum")
+    pytest.importorskip("gptqmodel")
+    llama_cpp = pytest.importorskip("llama_cpp")
+    monkeypatch.setenv("GPTQMODEL_CPU_WORKERS", "2")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPTQConfig
+
+    from qtune.export.pipeline import export_run
+    from qtune.recipe.schema import ExportSection
+    from qtune.registry.families import family
+
+    run = make_family_run(model_type, tmp_path)
+    done = export_run(run, ExportSection(formats=["gptq", "gguf"], group_size=32, gguf_types=["Q8_0"], fidelity=False,
+                                         calibration={"samples": 8, "seq_len": 32}))
+    tok = AutoTokenizer.from_pretrained(done["gptq"])
+    eot = tok.convert_tokens_to_ids(family(model_type).end_of_turn)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Hello there"}], add_generation_prompt=True, tokenize=True)
+    prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+    consumer = AutoModelForCausalLM.from_pretrained(str(done["gptq"]), device_map="cpu", dtype=torch.float32,
+                                                    quantization_config=GPTQConfig(bits=4, backend="torch"))
+    new = generate_new(consumer, prompt, eot)  # the generation config transformers read from the export
+    assert new[-1] == eot and eot not in new[:-1] and len(new) <= N_BEFORE_EOT + 1, tok.convert_ids_to_tokens(new)
+    before, finish, is_eog = llama_cpp_new(llama_cpp, next(done["gguf"].glob("*.gguf")), prompt, eot)
+    assert finish == "stop" and is_eog and len(before) <= N_BEFORE_EOT, (finish, is_eog, before)

@@ -96,3 +96,25 @@ def test_loading_a_gptq_or_awq_export_without_its_backend_says_what_to_install(t
         msg = str(info.value)
         assert msg.startswith(f"loading the {fmt.upper()} export '{path}' needs optimum and gptqmodel (transformers: "), msg
         assert msg.endswith("): pip install 'qtune[verify]'") and "\n" not in msg, msg
+
+
+def test_every_export_names_its_stop_tokens_where_its_consumer_reads_them(tiny_exports):
+    """generation_config.json (transformers, vLLM) of merged/GPTQ/AWQ and the GGUF's metadata (llama.cpp) name the
+    run's stop tokens, and so do the manifest and card. This run's adapter folder has no generation config (a run
+    from before train wrote one): its stops come from its tokenizer and family, SmolLM2's <|im_end|> alone (the
+    llama family's <|eot_id|> is no token of it)."""
+    import gguf
+    from transformers import AutoTokenizer
+
+    from qtune.models.generation_config import gguf_stops, read_stop_ids
+
+    tiny_run, root = tiny_exports
+    eos = AutoTokenizer.from_pretrained(tiny_run / "adapter").eos_token_id
+    done = {json.loads((d / MANIFEST).read_text())["format"]: d for d in root.iterdir()}
+    for fmt, path in done.items():
+        assert json.loads((path / MANIFEST).read_text())["stop_tokens"] == {"<|im_end|>": eos}, fmt
+        assert f"| stops generating on | `<|im_end|>` ({eos}) |" in (path / "README.md").read_text()
+        if fmt != "gguf":
+            assert read_stop_ids(path) == [eos], fmt
+    for f in sorted(done["gguf"].glob("*.gguf")):
+        assert gguf_stops(gguf.GGUFReader(str(f))) == {"eos": eos}, f.name

@@ -1,9 +1,11 @@
 """Every model family of the registry end to end, on a tiny random model built from its config.
 
-Per family: ``qtune train`` (2 steps, NF4 base, CPU), then ``export_run`` merges and writes GPTQ,
-AWQ and GGUF Q8_0 (through llama.cpp's converter); each export is read back and its logits are
-compared with the merged checkpoint's on the same tokens, and the GGUF is run in llama.cpp when
-llama-cpp-python is installed. The GPTQ/AWQ consumers (transformers + gptqmodel) live in another
+Per family: ``qtune train`` (2 steps, NF4 base, CPU) with the default template — the family's own,
+whose turns end with its end-of-turn token — then ``export_run`` merges and writes GPTQ, AWQ and
+GGUF Q8_0 (through llama.cpp's converter); each export is read back and its logits are compared
+with the merged checkpoint's on the same tokens, and the GGUF is run in llama.cpp when
+llama-cpp-python is installed. Each export's stop ids are read back from its files, and greedy
+generation stops at the end-of-turn token (see :func:`eot_after`). The GPTQ/AWQ consumers (transformers + gptqmodel) live in another
 environment (tests/export/test_consumers.py).
 """
 
@@ -15,7 +17,7 @@ import torch
 from qtune.errors import QtuneError
 from qtune.registry.families import FAMILIES, family, family_of_dir
 
-from tests.conftest import TINY_FAMILIES, tiny_family_dir, write_recipe
+from tests.conftest import MAX_NEW, N_BEFORE_EOT, TINY_FAMILIES, generate_new, llama_cpp_new, tiny_family_dir, write_recipe
 
 # Bounds on (max, mean) |Δlogit| against the merged float16 checkpoint, on 24 random tokens; logits
 # have mean magnitude ~0.13 in every family (the table printed with -s). Measured maxima over the 7
@@ -116,9 +118,11 @@ def test_family_trains_merges_and_exports(model_type, tmp_path):
     recipe = load_recipe(write_recipe(
         tmp_path / "recipe.yaml", model={"path": str(base)}, quant={"method": "nf4", "compute_dtype": "float32"},
         lora={"rank": 8, "alpha": 16, "dropout": 0.0}, train={"max_steps": 2, "lr": 1e-2},
-        data={"chat_template": "chatml", "max_examples": 16, "max_eval_examples": 8}))
+        data={"max_examples": 16, "max_eval_examples": 8}))
     summary = train(recipe)
     assert summary["steps"] == 2 and summary["eval_loss_after"] < summary["eval_loss_before"] + 1e-3
+    fam = family(model_type)
+    assert summary["data"]["template"] == fam.chat_template and summary["data"]["turn_ends_with_stop"]
 
     settings = ExportSection(formats=["merged", "gptq", "awq", "gguf"], group_size=32, gguf_types=["Q8_0"],
                              calibration={"samples": 8, "seq_len": 32})
@@ -146,8 +150,42 @@ def test_family_trains_merges_and_exports(model_type, tmp_path):
         llm = llama_cpp.Llama(model_path=str(gguf_file), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
         llm.eval(ids[0].tolist())
         gaps["llama.cpp"] = _gap(torch.from_numpy(np.array(llm.scores[: ids.shape[1]], dtype=np.float32)), ref)
+    stops_stop_there(model_type, done, merged, llama_cpp)
     row = " | ".join(f"{k} {mx:.2e}/{mn:.2e}" for k, (mx, mn) in gaps.items())
     print(f"\n{model_type}: logit scale {ref.abs().mean():.3f} | {row}")
     for kind, (mx, mn) in gaps.items():
         bound_max, bound_mean = BOUNDS[kind]
         assert mx < bound_max and mn < bound_mean, f"{model_type} {kind}: max {mx:.3e} mean {mn:.3e} (logit scale {ref.abs().mean():.3f})"
+
+
+def stops_stop_there(model_type: str, done: dict, merged, llama_cpp) -> None:
+    """Each export names the family's end-of-turn token among its stop ids, and greedy generation from the
+    merged model, the GPTQ export (qtune's dequantized view in transformers, with the export's generation
+    config) and the GGUF in llama.cpp ends with it after N_BEFORE_EOT tokens."""
+    import gguf
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from qtune.models.generation_config import gguf_stops, read_stop_ids
+    from qtune.export.checkpoint import load_dequantized
+
+    tok = AutoTokenizer.from_pretrained(done["merged"])
+    eot = tok.convert_tokens_to_ids(family(model_type).end_of_turn)
+    for fmt in ("merged", "gptq", "awq"):
+        assert eot in read_stop_ids(done[fmt]), (fmt, read_stop_ids(done[fmt]))
+    meta = gguf_stops(gguf.GGUFReader(str(done["gguf"] / "run-Q8_0.gguf")))
+    assert meta["eos"] == tok.eos_token_id and eot in meta.values(), meta
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Hello there"}], add_generation_prompt=True, tokenize=True)
+    prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+    new = {"merged": generate_new(merged, prompt, eot),
+           "gptq": generate_new(load_dequantized(done["gptq"]), prompt, eot, GenerationConfig.from_pretrained(done["gptq"]))}
+    if llama_cpp is not None:  # llama.cpp ends on an end-of-generation token without returning it
+        before, finish, is_eog = llama_cpp_new(llama_cpp, done["gguf"] / "run-Q8_0.gguf", prompt, eot)
+        assert finish == "stop" and is_eog and len(before) <= N_BEFORE_EOT, (model_type, finish, is_eog, before)
+    for who, tokens in new.items():  # two training steps can already teach it to end a turn early (Gemma 2 after 2 tokens)
+        assert tokens[-1] == eot and eot not in tokens[:-1] and len(tokens) <= N_BEFORE_EOT + 1, \
+            f"{model_type} {who}: {tok.convert_ids_to_tokens(tokens)}"
+    print(f"\n{model_type}: stops {read_stop_ids(done['merged'])}, GGUF {meta}, new tokens "
+          + ", ".join(f"{who} {tok.convert_ids_to_tokens(t)}" for who, t in new.items()))
+    # the control: a stop set without the end-of-turn token runs on to max_new_tokens
+    if eot != tok.eos_token_id:
+        assert len(generate_new(merged, prompt, eot, GenerationConfig(eos_token_id=tok.eos_token_id))) == MAX_NEW

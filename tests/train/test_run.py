@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from qtune import rundir
+from qtune.models.generation_config import read_stop_ids
 from qtune.errors import QtuneError
 from qtune.recipe import load_recipe
 from qtune.train.run import train
@@ -35,6 +36,7 @@ def test_run_directory_contract(smollm2_run):
     for name in (rundir.RECIPE, rundir.METRICS, rundir.SUMMARY, rundir.LOSS_PLOT):
         assert (run / name).is_file(), name
     assert (run / rundir.ADAPTER / "adapter_model.safetensors").is_file()
+    assert read_stop_ids(run / rundir.ADAPTER) == [2]  # SmolLM2's EOS <|im_end|>: generate and every export stop on it
     assert not list(run.rglob("*.bin")) and not list(run.rglob(".*.tmp*"))
     assert (run / rundir.CHECKPOINTS / "checkpoint-2").is_dir() and not (run / rundir.CHECKPOINTS / ".staging").exists()
     saved = json.loads((run / rundir.SUMMARY).read_text())

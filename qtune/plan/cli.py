@@ -70,7 +70,7 @@ def measured_kind(m: dict) -> str:
     """The measured peak's kind (:mod:`qtune.memory`, the kind train's summary.json reports) and how it was taken."""
     from qtune.memory import KINDS
 
-    return (f"{m['peak_kind']}: {KINDS[m['peak_kind']]}" + (f", {m['allocator']} allocator" if m.get("allocator") else "")
+    return (f"{m['peak_kind']}: {KINDS[m['peak_kind']]}" + (f", {m['allocator']}" if m.get("allocator") else "")
             + (" (peak not resettable: includes loading)" if m.get("peak_includes_loading") else ""))
 
 

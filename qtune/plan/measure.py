@@ -103,7 +103,7 @@ def measure(recipe, device: str, shape, allocator: str = "fixed") -> dict:
     resident = sum(i.bytes for i in static.items if i.key in ("weights", "quant_state", "float_parts", "lora"))
     return {
         "batch": collate.batch, "seq": collate.seq, "peak_bytes": int(peak), "peak_kind": meter.kind,
-        "allocator": None if not cpu else "glibc mmap threshold 64 KiB" if fixed else "default",
+        "allocator": None if not cpu else "glibc mmap threshold 64 KiB" if fixed else "glibc default allocator",
         "peak_includes_loading": not meter.resettable,
         "planned_peak_bytes": planned.total, "ratio": planned.total / peak if peak else None,
         "loaded_bytes": int(loaded) if cpu else None,

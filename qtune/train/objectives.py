@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 from qtune.errors import QtuneError
+from qtune.registry.choices import OBJECTIVES as NAMES
 
 
 @dataclass(frozen=True)
 class Objective:
-    name: str
-    about: str
+    name: str  # a key of qtune.registry.choices.OBJECTIVES (what the recipe schema will offer)
     # (recipe, tokenizer, family) -> qtune.data.dataset.Encoded: the rows it trains and evaluates on
     datasets: Callable
     # (recipe, tokenizer) -> the training collator
@@ -47,12 +47,12 @@ def _qtune_trainer() -> type:
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "sft": Objective("sft", "next-token loss on the trained tokens of each row (data.train_on)",
-                     _sft_datasets, _sft_collator, _qtune_trainer),
+    "sft": Objective("sft", _sft_datasets, _sft_collator, _qtune_trainer),
 }
+assert OBJECTIVES.keys() == NAMES.keys(), "every objective name has its steps, and no steps lack a name"
 
 
 def objective(name: str = "sft") -> Objective:
     if name not in OBJECTIVES:
-        raise QtuneError(f"train.objective: '{name}' is not one of {', '.join(OBJECTIVES)}")
+        raise QtuneError(f"train.objective: '{name}' is not one of {', '.join(NAMES)}")
     return OBJECTIVES[name]

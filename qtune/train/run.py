@@ -58,21 +58,22 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     weights = distributed.adapter_state_dict(trainer)  # gathered from every rank under FSDP, else None
     if not world.is_main:  # the run directory is the main process's
         return {}
-    return save(recipe, run, model, tokenizer, data, trainer, fitted, session, meter,
-                {"device": device, "t0": t0, "trainable": trainable, "world_size": world.size, "weights": weights})
+    return save(recipe, run, model, tokenizer, data, trainer, fitted, session, meter, device=device, started=t0,
+                trainable=trainable, world_size=world.size, weights=weights)
 
 
-def save(recipe: Recipe, run: Path, model, tokenizer, data, trainer, fitted: Fitted, session, meter, ctx: dict) -> dict:
+def save(recipe: Recipe, run: Path, model, tokenizer, data, trainer, fitted: Fitted, session, meter, *, device: str,
+         started: float, trainable: int, world_size: int, weights) -> dict:
     """The save step: adapter + tokenizer, summary.json and loss.png; returns the summary."""
     from qtune.train.plot import plot_loss
 
     if data.chat_template is not None:  # generate, chat, merge and every export format prompts as training did
         tokenizer.chat_template = data.chat_template
     with rundir.atomic_path(run / rundir.ADAPTER, directory=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, state_dict=ctx["weights"])
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
         tokenizer.save_pretrained(tmp)
     tokens = int(trainer.state.num_input_tokens_seen)
-    wall_s, session_tokens = time.perf_counter() - ctx["t0"], tokens - trainer.metrics_log.tokens_at_start
+    wall_s, session_tokens = time.perf_counter() - started, tokens - trainer.metrics_log.tokens_at_start
     train_s, peak = fitted.train_s, int(meter.peak())
     summary = {
         "eval_loss_before": fitted.eval_before,
@@ -82,11 +83,11 @@ def save(recipe: Recipe, run: Path, model, tokenizer, data, trainer, fitted: Fit
         # wall_s, tokens_per_s, peak_memory_bytes, nonfinite_steps_skipped: over every session of the run
         **session.whole_run(wall_s, train_s, tokens, trainer.nonfinite.bad_steps, peak),
         "peak_memory_kind": meter.kind,  # qtune.memory: the same kind plan --measure reports
-        "device": ctx["device"],
+        "device": device,
         "data": data.stats,
-        "trainable_parameters": ctx["trainable"],
-        "world_size": ctx["world_size"],
-        "global_batch_size": recipe.train.global_batch_size(ctx["world_size"]),
+        "trainable_parameters": trainable,
+        "world_size": world_size,
+        "global_batch_size": recipe.train.global_batch_size(world_size),
         "distributed": distributed.wrapping(trainer),
         "resumed_from_step": session.resume_step,
         "sessions": session.state["sessions"],

@@ -37,6 +37,7 @@ import os
 import tempfile
 import time
 import weakref
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -51,6 +52,8 @@ SIZES = {
     # length is not (e.g. 1376), which would make the baseline compute a different model
     "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
                   num_key_value_heads=8, vocab_size=32000),
+    "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=1024),  # scripts/gpu_all.py --tiny (the CI rehearsal)
 }
 
 
@@ -165,13 +168,16 @@ def run_mode(recipe, rows: list[dict], device: str, warmup: int, with_layer: boo
     with tempfile.TemporaryDirectory() as tmp:
         trainer = make_trainer(recipe, model, rows, None, PadCollator(0), Path(tmp), device, [], [Clock()])
         meter.reset_peak()
-        with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+        # the saved-bytes hooks cost host time per saved tensor, more in modes that save more: CPU only, where they
+        # are the memory figure; CUDA reads PeakMemory
+        with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack) if device == "cpu" else nullcontext():
             trainer.train()
     timed = recipe.train.max_steps - warmup
     tokens = sum(len(r["input_ids"]) for r in rows) * timed
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     peak = meter.peak() if device == "cuda" else saved.peak
-    layer = layer_saved_bytes(model, rows, device) if with_layer else None
+    ids = torch.tensor([r["input_ids"] for r in rows], device=model.get_base_model().device)
+    layer = layer_saved_bytes(model, ids, device, torch.bfloat16 if device == "cuda" else torch.float32) if with_layer else None
     del trainer, model
     gc.collect()
     if device == "cuda":
@@ -179,12 +185,11 @@ def run_mode(recipe, rows: list[dict], device: str, warmup: int, with_layer: boo
     return tokens / (clock["t1"] - clock["t0"]), peak, losses, kernels, layer
 
 
-def layer_saved_bytes(model, rows: list[dict], device: str) -> int:
+def layer_saved_bytes(model, ids, device, dtype) -> int:
     """Bytes of the distinct storages one decoder layer saves for backward, checkpointing off (so they are seen)."""
     base = model.get_base_model()
     layer = base.model.layers[0]
     storages: dict[int, int] = {}
-    ids = torch.tensor([r["input_ids"] for r in rows], device=base.device)
 
     def pack(t):
         storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
@@ -195,12 +200,34 @@ def layer_saved_bytes(model, rows: list[dict], device: str) -> int:
                layer.register_forward_hook(lambda *a: hooks.__exit__(None, None, None))]
     base.gradient_checkpointing_disable()
     try:
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        with torch.autocast(device, dtype=dtype, enabled=device == "cuda"):
             model(input_ids=ids, labels=ids)
     finally:
         for h in handles:
             h.remove()
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})  # as peft set it
     return sum(storages.values())
+
+
+def build(size: str, device: str, dtype: torch.dtype, rank: int, mode: str = "bitsandbytes"):
+    """The bench's model in ``mode`` for the scripts that import it (profile_train_step.py, saved_bytes.py): the random
+    Llama written to a temporary checkpoint and built by :func:`qtune.train.steps.setup_model`."""
+    from transformers import set_seed
+
+    from qtune.train.steps import setup_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_model(size, dtype, Path(tmp))
+        set_seed(0)
+        model, _ = setup_model(mode_recipe(Path(tmp), mode, device, rank, batch=1, steps=1), device)
+    return model
+
+
+def set_frozen_dtype(model, dtype: torch.dtype) -> None:
+    """The frozen float parameters that are not 4-bit (embeddings, lm_head, norms) in ``dtype`` (saved_bytes.py)."""
+    for name, p in model.named_parameters():
+        if not p.requires_grad and p.dtype.is_floating_point and type(p).__name__ != "Params4bit":
+            p.data = p.data.to(dtype)
 
 
 def main() -> None:

@@ -162,13 +162,7 @@ RECIPE_CASES = [
      "k_proj, lm_head, o_proj, q_proj, up_proj, v_proj"),
     ("lora-target-not-in-this-model", lambda c: ["train", c.recipe(lora={"target_modules": ["model.layers.7.self_attn.q_proj"]})],
      "lora.target_modules: 'model.layers.7.self_attn.q_proj' match(es) no linear layer of"),
-    ("lora-target-packaged-model", lambda c: ["validate", c.recipe(model={"path": "smollm2-135m-instruct"}, lora={"target_modules": ["qkv_proj"]})],
-     "lora.target_modules: 'qkv_proj' match(es) no linear layer of 'smollm2-135m-instruct' (llama)"),
     ("lora-target-empty", lambda c: ["train", c.recipe(lora={"target_modules": []})], "lora.target_modules: the list is empty"),
-    # --- numeric flags, read before anything loads
-    ("eval-window-negative", lambda c: ["eval", "x", "--window", "-5"], "argument --window: must be a whole number of at least 2 (given '-5')"),
-    ("generate-temperature-nan", lambda c: ["generate", "x", "--prompt", "hi", "--temperature", "nan"], "argument --temperature: must be a number"),
-    ("plan-memory-infinite", lambda c: ["plan", c.recipe(), "--memory", "1e999GiB"], "argument --memory/--gpu-memory: '1e999GiB' is more memory than"),
     # --- model paths
     ("model-dir-missing", lambda c: ["train", c.recipe(model={"path": str(c.tmp / "no-model")})], "model.path: no such file or directory"),
     ("model-dir-no-config", lambda c: ["train", c.recipe(model={"path": str(_mkdir(c.tmp / "m"))})], "has no config.json"),
@@ -224,6 +218,13 @@ RUN_CASES = [
 
 # Cases of the command line itself and of commands other than train: ``validate`` has nothing to compare them with.
 CLI_CASES = [
+    # validate alone reads a packaged model's GGUF header (train checks the loaded base instead)
+    ("lora-target-packaged-model", lambda c: ["validate", c.recipe(model={"path": "smollm2-135m-instruct"}, lora={"target_modules": ["qkv_proj"]})],
+     "lora.target_modules: 'qkv_proj' match(es) no linear layer of 'smollm2-135m-instruct' (llama)"),
+    # --- numeric flags, read before anything loads
+    ("eval-window-negative", lambda c: ["eval", "x", "--window", "-5"], "argument --window: must be a whole number of at least 2 (given '-5')"),
+    ("generate-temperature-nan", lambda c: ["generate", "x", "--prompt", "hi", "--temperature", "nan"], "argument --temperature: must be a number"),
+    ("plan-memory-infinite", lambda c: ["plan", c.recipe(), "--memory", "1e999GiB"], "argument --memory/--gpu-memory: '1e999GiB' is more memory than"),
     ("resume-and-overwrite", lambda c: ["train", c.recipe(), "--resume", "--overwrite"], "not allowed with argument"),
     ("unknown-flag", lambda c: ["train", c.recipe(), "--bogus"], "unrecognized arguments: --bogus"),
     ("unknown-command", lambda c: ["trian", "r.yaml"], "invalid choice: 'trian'"),

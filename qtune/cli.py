@@ -20,22 +20,15 @@ def _overrides_help() -> str:
 
 
 def cmd_validate(args) -> int:
-    from pathlib import Path
-
     from qtune.data.dataset import check_sources
-    from qtune.kernels.dispatch import check_switches
-    from qtune.models.load import resolve_model_path
-    from qtune.models.packaged import check_gguf_lora_targets
     from qtune.recipe import load_recipe
-    from qtune.train.resume import holds_a_run
+    from qtune.train.preflight import preflight
 
     recipe = load_recipe(args.recipe, args.overrides)
-    # a liger choice without liger-kernel, or on the device train.device names (auto: known only when training)
-    check_switches(recipe.train, None if recipe.train.device == "auto" else recipe.train.device)
-    model = resolve_model_path(recipe.model.path, convert=False)  # the checks train makes, without converting anything
-    check_gguf_lora_targets(recipe, model)  # a checkpoint directory's are checked with the recipe
-    examples = check_sources(recipe.data)
-    if holds_a_run(Path(recipe.train.output_dir)):
+    # train's own pre-flight, on the device train.device names (auto: known only when training), nothing converted
+    checked = preflight(recipe, None if recipe.train.device == "auto" else recipe.train.device, convert=False)
+    examples = check_sources(recipe.data)  # the data step's reading, without a tokenizer
+    if checked.holds_a_run:
         print(f"note: {recipe.train.output_dir} already holds a run; train it with --resume or --overwrite")
     t = recipe.train
     nproc = args.nproc or recipe.distributed.nproc
@@ -71,6 +64,10 @@ def cmd_train(args) -> int:
         check_before_train(recipe, args.memory, console if distributed.is_main() else Console(quiet=True))
     try:
         summary = train(recipe, overwrite=args.overwrite, resume=args.resume, console=console)
+        if recipe.export is not None and distributed.is_main():  # export is a step after train, not inside it
+            from qtune.export.pipeline import export_run
+
+            export_run(recipe.train.output_dir, recipe.export, console=console)
     except Interrupted as e:
         import shlex
 
@@ -129,7 +126,7 @@ def cmd_eval(args) -> int | dict:
     from qtune.eval.measure import measure
     from qtune.models.sources import load_source, resolve_source
     from qtune.models.bnb_layout import describe
-    from qtune.models.load import resolve_device
+    from qtune.device import resolve_device
     from qtune.recipe import load_recipe
 
     recipe = load_recipe(args.data) if args.data else None
@@ -173,7 +170,7 @@ def _load_for_generation(args):
     """The model for ``generate``/``chat``, on bitsandbytes' bf16 CPU kernel where allowed (qtune.models.bnb_layout)."""
     from qtune.models.sources import load_source, resolve_source
     from qtune.models.bnb_layout import allow_cpu_inference_layout, describe
-    from qtune.models.load import resolve_device
+    from qtune.device import resolve_device
 
     loaded = load_source(resolve_source(args.model), resolve_device(args.device))
     if args.fast_cpu:
@@ -245,11 +242,12 @@ def cmd_merge(args) -> int:
 
     from rich.console import Console
 
+    from qtune import rundir
     from qtune.registry.exports import DEFAULT_MERGE_BASE
     from qtune.export.pipeline import merge_run
 
     name = "merged" if args.base == DEFAULT_MERGE_BASE else f"merged-{args.base}"
-    out = merge_run(args.run_dir, args.base, args.out or Path(args.run_dir) / "exports" / name, args.dtype, args.device,
+    out = merge_run(args.run_dir, args.base, args.out or Path(args.run_dir) / rundir.EXPORTS / name, args.dtype, args.device,
                     console=Console(stderr=True))
     print(f"merged into the {args.base} base → {out} (fidelity: qtune export RUN_DIR --format merged)")
     return 0
@@ -310,7 +308,7 @@ def _add_memory_arg(p) -> None:
 def build_parser() -> argparse.ArgumentParser:
     # registries only: nothing heavy is imported
     from qtune.registry.exports import DEFAULT_MERGE_BASE, EXPORT_DEVICES, EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
-    from qtune.models.load import QUANT_METHODS
+    from qtune.registry.quant import QUANTIZED
 
     parser = argparse.ArgumentParser(prog="qtune", description="Fine-tune, quantize and deploy LLMs on one GPU.")
     parser.add_argument("--version", action="version", version=f"qtune {__version__}")
@@ -398,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="run dir, export dir, .gguf file, checkpoint dir, packaged name or Hub id")
     _add_measure_args(p)
     p.add_argument("--data", metavar="RECIPE", help="recipe whose eval split gives the eval loss")
-    p.add_argument("--quant", choices=[m for m in QUANT_METHODS if m != "none"], help="quantize a checkpoint/packaged/Hub model at load time")
+    p.add_argument("--quant", choices=QUANTIZED, help="quantize a checkpoint/packaged/Hub model at load time")
     p.add_argument("--gen-tokens", type=whole(0), default=0, help="also time greedy generation of N tokens at batch 1")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)

@@ -1,18 +1,24 @@
 """The run directory contract, and atomic writes into it.
 
-Other commands and users rely on this layout::
+Other commands and users rely on this layout (each name below is a constant of this module)::
 
     <output_dir>/
-      recipe.yaml      the resolved recipe (written when training starts; a failed start leaves nothing)
-      run_state.json   what --resume needs: layout version, tracking run id, eval loss before training
-      adapter/         peft adapter (loads with PeftModel.from_pretrained)
-      metrics.jsonl    one JSON object per logged step: step, loss, lr, tokens_per_s[, eval_loss]
-      summary.json     eval_loss_before/after, steps, train_tokens, tokens_per_s, peak_memory_bytes, wall_s
-      loss.png         train and eval loss curves
-      checkpoints/     Trainer checkpoints (checkpoint-N), each renamed into place when complete; the newest
-                       train.keep_checkpoints are kept (see qtune.train.resume)
-      exports/<name>/  merged / GPTQ / AWQ / GGUF exports, each with qtune_export.json, fidelity.json, README.md
-      report.{md,json,png}  the fidelity table written by ``qtune report``
+      recipe.yaml      RECIPE: the resolved recipe (written when training starts; a failed start leaves nothing)
+      run_state.json   RUN_STATE: what --resume needs: layout version, tracking run id, eval loss before training
+      adapter/         ADAPTER: peft adapter + tokenizer (loads with PeftModel.from_pretrained)
+      metrics.jsonl    METRICS: one JSON object per logged step: step, loss, lr, grad_norm, tokens_per_s[, eval_loss]
+      summary.json     SUMMARY: eval_loss_before/after, steps, train_tokens, tokens_per_s, peak_memory_bytes and
+                       peak_memory_kind (qtune.memory), wall_s, world_size, global_batch_size, distributed,
+                       resumed_from_step, sessions, device, data, trainable_parameters, this_session
+      loss.png         LOSS_PLOT: train and eval loss curves
+      checkpoints/     CHECKPOINTS: Trainer checkpoints (checkpoint-N), each renamed into place when complete; the
+                       newest train.keep_checkpoints are kept (see qtune.train.resume)
+      exports/<name>/  EXPORTS: merged / GPTQ / AWQ / GGUF exports, each with EXPORT_MANIFEST (qtune_export.json),
+                       EXPORT_FIDELITY (fidelity.json) and README.md
+      report.{md,json,png}  REPORT_MD, REPORT_JSON, REPORT_PNG: the fidelity table written by ``qtune report``
+      report-rows/     REPORT_ROWS: qtune report's rows as measured, reused by the next report
+      tensorboard/     TENSORBOARD: event files (tracking.backend: tensorboard)
+      wandb/           wandb's offline runs (tracking.backend: wandb; WANDB_DIR is the run directory)
 
 Every file and folder here is written to a temporary name first and renamed into place, so an
 interrupted run never leaves a half-written file under the final name.
@@ -35,12 +41,17 @@ SUMMARY = "summary.json"
 LOSS_PLOT = "loss.png"
 CHECKPOINTS = "checkpoints"
 RUN_STATE = "run_state.json"
+EXPORTS = "exports"
+EXPORT_MANIFEST = "qtune_export.json"
+EXPORT_FIDELITY = "fidelity.json"
+REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "report.png"
+REPORT_ROWS = "report-rows"  # one JSON file per measured row: {"key": ..., "row": ...}
+TENSORBOARD = "tensorboard"
 
 
 def is_finished_run(path: Path) -> bool:
     """A run directory that later steps (merge, export, eval, report) can use: recipe + adapter."""
     return (path / RECIPE).is_file() and (path / ADAPTER).is_dir()
-
 
 
 @contextmanager

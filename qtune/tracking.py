@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from qtune import rundir
+
 
 def wandb_key_configured() -> bool:
     if os.environ.get("WANDB_API_KEY"):
@@ -33,7 +35,7 @@ def configure(tracking, run_dir: Path, run_id: str | None = None) -> tuple[list[
     if tracking.backend == "none":
         return [], {}
     if tracking.backend == "tensorboard":
-        return ["tensorboard"], {"TENSORBOARD_LOGGING_DIR": str(run_dir / "tensorboard")}
+        return ["tensorboard"], {"TENSORBOARD_LOGGING_DIR": str(run_dir / rundir.TENSORBOARD)}
     env = {"WANDB_DIR": str(run_dir), "WANDB_PROJECT": tracking.project, "WANDB_SILENT": os.environ.get("WANDB_SILENT", "true")}
     if run_id:
         env.update(WANDB_RUN_ID=run_id, WANDB_RESUME="allow")

@@ -38,7 +38,8 @@ def main() -> None:
     from qtune.data.collate import PackedCollator, PadCollator, real_tokens
     from qtune.data.dataset import build_datasets
     from qtune.data.packing import pack_rows, prepare_model
-    from qtune.models.load import attach_lora, load_base_model, load_tokenizer, resolve_device
+    from qtune.device import resolve_device
+    from qtune.models.load import attach_lora, load_base_model, load_tokenizer
     from qtune.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, ["data.packing=false"])
@@ -51,7 +52,7 @@ def main() -> None:
         "unpacked": (batches(rows, size, recipe.train.seed), PadCollator(tokenizer.pad_token_id)),
         "packed": (batches(packed, size, recipe.train.seed), PackedCollator(tokenizer.pad_token_id)),
     }
-    device = resolve_device(recipe.train.device)
+    device = resolve_device(recipe.train.device, "train.device")
     model = attach_lora(load_base_model(recipe.model, recipe.quant, device), recipe.lora,
                         quantized=recipe.quant.method != "none", gradient_checkpointing=recipe.train.gradient_checkpointing)
     prepare_model(model)  # no KV cache; the unpacked batches carry an attention_mask, so this changes nothing for them

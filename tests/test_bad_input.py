@@ -81,14 +81,14 @@ class Ctx:
 STATE = {"layout": 1, "run_id": "abc", "eval_loss_before": 1.0, "sessions": 1}
 CHAT = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
 
-# (id, build(ctx) -> argv, text the error line must hold)
-CASES = [
+# (id, build(ctx) -> argv, text the error line must hold). RECIPE_CASES are ``train RECIPE [overrides]``.
+RECIPE_CASES = [
     # --- the recipe file and its YAML
     ("recipe-missing", lambda c: ["train", str(c.tmp / "nope.yaml")], "nope.yaml: no such recipe file"),
     ("yaml-syntax", lambda c: ["train", _write(c.tmp / "r.yaml", "model: {path: x\ndata: [")], "r.yaml:"),
-    ("yaml-tab-indent", lambda c: ["validate", _write(c.tmp / "r.yaml", "model:\n\tpath: x\n")], "not valid YAML"),
+    ("yaml-tab-indent", lambda c: ["train", _write(c.tmp / "r.yaml", "model:\n\tpath: x\n")], "not valid YAML"),
     ("recipe-is-a-list", lambda c: ["train", _write(c.tmp / "r.yaml", "- a\n- b\n")], "a recipe is a mapping"),
-    ("recipe-is-a-number", lambda c: ["validate", _write(c.tmp / "r.yaml", "42\n")], "a recipe is a mapping of sections"),
+    ("recipe-is-a-number", lambda c: ["train", _write(c.tmp / "r.yaml", "42\n")], "a recipe is a mapping of sections"),
     ("recipe-not-utf8", lambda c: ["train", _write_bytes(c.tmp / "r.yaml", b"model:\n  path: \xff\xfe\n")], "r.yaml: not UTF-8 text"),
     # --- recipe fields
     ("unknown-section", lambda c: ["train", c.recipe(lorra={"rank": 4})], "lorra: 'lorra' is not a field"),
@@ -126,14 +126,9 @@ CASES = [
     ("export-group-size", lambda c: ["train", c.recipe(export={"group_size": 4})], "export.group_size:"),
     ("output-dir-is-a-file", lambda c: ["train", c.recipe(), f"train.output_dir={_write(c.tmp / 'afile', 'x')}"],
      "train.output_dir: "),
-    # --- CLI overrides and flags
+    # --- CLI overrides
     ("override-without-value", lambda c: ["train", c.recipe(), "train.lr"], "an override is written section.key=value"),
     ("override-under-a-scalar", lambda c: ["train", c.recipe(), "train.max_steps.x=1"], "train.max_steps.x: cannot set a sub-key"),
-    ("resume-and-overwrite", lambda c: ["train", c.recipe(), "--resume", "--overwrite"], "not allowed with argument"),
-    ("unknown-flag", lambda c: ["train", c.recipe(), "--bogus"], "unrecognized arguments: --bogus"),
-    ("unknown-command", lambda c: ["trian", "r.yaml"], "invalid choice: 'trian'"),
-    ("export-format-flag", lambda c: ["export", str(c.run), "--format", "gguff"], "argument --format: invalid choice"),
-    ("eval-window-not-int", lambda c: ["eval", "x", "--window", "ten"], "argument --window: must be a whole number of at least 2 (given 'ten')"),
     # --- data files and rows (fail after the tokenizer, before the model loads)
     ("data-file-missing", lambda c: ["train", c.recipe(data={"train": [str(c.tmp / "none.jsonl")]})],
      "data.train[0].path: no such file or folder"),
@@ -167,13 +162,7 @@ CASES = [
      "k_proj, lm_head, o_proj, q_proj, up_proj, v_proj"),
     ("lora-target-not-in-this-model", lambda c: ["train", c.recipe(lora={"target_modules": ["model.layers.7.self_attn.q_proj"]})],
      "lora.target_modules: 'model.layers.7.self_attn.q_proj' match(es) no linear layer of"),
-    ("lora-target-packaged-model", lambda c: ["validate", c.recipe(model={"path": "smollm2-135m-instruct"}, lora={"target_modules": ["qkv_proj"]})],
-     "lora.target_modules: 'qkv_proj' match(es) no linear layer of 'smollm2-135m-instruct' (llama)"),
     ("lora-target-empty", lambda c: ["train", c.recipe(lora={"target_modules": []})], "lora.target_modules: the list is empty"),
-    # --- numeric flags, read before anything loads
-    ("eval-window-negative", lambda c: ["eval", "x", "--window", "-5"], "argument --window: must be a whole number of at least 2 (given '-5')"),
-    ("generate-temperature-nan", lambda c: ["generate", "x", "--prompt", "hi", "--temperature", "nan"], "argument --temperature: must be a number"),
-    ("plan-memory-infinite", lambda c: ["plan", c.recipe(), "--memory", "1e999GiB"], "argument --memory/--gpu-memory: '1e999GiB' is more memory than"),
     # --- model paths
     ("model-dir-missing", lambda c: ["train", c.recipe(model={"path": str(c.tmp / "no-model")})], "model.path: no such file or directory"),
     ("model-dir-no-config", lambda c: ["train", c.recipe(model={"path": str(_mkdir(c.tmp / "m"))})], "has no config.json"),
@@ -197,7 +186,10 @@ CASES = [
      "model.path"),
     ("packaged-model-cache-corrupt", lambda c: ["train", c.recipe(model={"path": "smollm2-135m-instruct"}, quant={"method": "none"})
                                                  if _fake_converted_cache(c) else ""], "delete "),
-    # --- run directories
+]
+
+# ``train`` against a run directory's state (and its flags): validate only notes an existing run.
+RUN_CASES = [
     ("run-exists", lambda c: (c.fake_run(c.recipe(), STATE), ["train", c.recipe()])[1], "already holds a run; pass --resume"),
     ("resume-not-a-run", lambda c: (_write(_mkdir(c.run) / "notes.txt", "x"), ["train", c.recipe(), "--resume"])[1],
      "holds no qtune run (recipe.yaml missing)"),
@@ -221,6 +213,23 @@ CASES = [
                                                   ["train", c.recipe(), "--resume"])[2], "checkpoint-4/scheduler.pt: missing"),
     ("resume-data-changed", lambda c: (c.fake_run(c.recipe(), {**STATE, "train_rows_sha256": "0" * 64}), c.checkpoint(4),
                                        ["train", c.recipe(), "--resume"])[2], "data.train: the training rows differ"),
+]
+
+
+# Cases of the command line itself and of commands other than train: ``validate`` has nothing to compare them with.
+CLI_CASES = [
+    # validate alone reads a packaged model's GGUF header (train checks the loaded base instead)
+    ("lora-target-packaged-model", lambda c: ["validate", c.recipe(model={"path": "smollm2-135m-instruct"}, lora={"target_modules": ["qkv_proj"]})],
+     "lora.target_modules: 'qkv_proj' match(es) no linear layer of 'smollm2-135m-instruct' (llama)"),
+    # --- numeric flags, read before anything loads
+    ("eval-window-negative", lambda c: ["eval", "x", "--window", "-5"], "argument --window: must be a whole number of at least 2 (given '-5')"),
+    ("generate-temperature-nan", lambda c: ["generate", "x", "--prompt", "hi", "--temperature", "nan"], "argument --temperature: must be a number"),
+    ("plan-memory-infinite", lambda c: ["plan", c.recipe(), "--memory", "1e999GiB"], "argument --memory/--gpu-memory: '1e999GiB' is more memory than"),
+    ("resume-and-overwrite", lambda c: ["train", c.recipe(), "--resume", "--overwrite"], "not allowed with argument"),
+    ("unknown-flag", lambda c: ["train", c.recipe(), "--bogus"], "unrecognized arguments: --bogus"),
+    ("unknown-command", lambda c: ["trian", "r.yaml"], "invalid choice: 'trian'"),
+    ("export-format-flag", lambda c: ["export", str(c.run), "--format", "gguff"], "argument --format: invalid choice"),
+    ("eval-window-not-int", lambda c: ["eval", "x", "--window", "ten"], "argument --window: must be a whole number of at least 2 (given 'ten')"),
     ("export-not-a-run", lambda c: ["export", str(_mkdir(c.run)), "--format", "merged"], "is not a finished qtune run"),
     ("eval-model-missing", lambda c: ["eval", str(c.tmp / "nothing")], "MODEL: no such file or directory"),
     ("eval-model-is-a-recipe", lambda c: ["eval", c.recipe()], "is a file but not a .gguf model"),
@@ -240,6 +249,8 @@ CASES = [
         {**yaml.safe_load(Path(c.recipe()).read_text()), "train": {"max_steps": 2, "old_field": 1}})),
         ["export", str(c.run), "--format", "merged"])[2], "train.old_field: 'old_field' is not a field of train"),
 ]
+
+CASES = RECIPE_CASES + RUN_CASES + CLI_CASES
 
 
 def _write(path: Path, text: str) -> str:
@@ -337,24 +348,32 @@ def test_bad_input_is_one_line_exit_2(tmp_path, tiny_llama_dir, capsys, monkeypa
     assert _listing(ctx.run) == before, "the failed attempt changed the run directory"
 
 
-# Cases ``validate`` cannot catch: they need the weights or the tokenizer loaded, or a run directory's state.
+# Recipe cases ``validate`` cannot catch: they need the weights or the tokenizer loaded.
 NEEDS_MORE_THAN_VALIDATE = {"model-no-weights", "model-weights-corrupt", "model-no-tokenizer", "packaged-model-cache-corrupt",
                             "data-empty-file", "lora-target-not-in-this-model"}
-TRAIN_RECIPE_CASES = [c for c in CASES if c[0] not in NEEDS_MORE_THAN_VALIDATE and not c[0].startswith(("run-", "resume-"))]
+PARITY_CASES = [c for c in RECIPE_CASES if c[0] not in NEEDS_MORE_THAN_VALIDATE]
 
 
-@pytest.mark.parametrize("build, expected", [c[1:] for c in TRAIN_RECIPE_CASES], ids=[c[0] for c in TRAIN_RECIPE_CASES])
+def _error_line(argv: list[str], capsys) -> tuple[int, list[str]]:
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    return code, [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+
+
+@pytest.mark.parametrize("build, expected", [c[1:] for c in PARITY_CASES], ids=[c[0] for c in PARITY_CASES])
 def test_validate_refuses_what_train_refuses(tmp_path, tiny_llama_dir, capsys, monkeypatch, build, expected):
-    """What ``train RECIPE`` refuses, ``validate RECIPE`` refuses with the same line, without loading weights."""
+    """What ``train RECIPE`` refuses, ``validate RECIPE`` refuses with the same line, without loading weights: both
+    run the same pre-flight (qtune.train.preflight)."""
     monkeypatch.setenv("QTUNE_CACHE", str(tmp_path / "cache"))
     argv = build(Ctx(tmp_path, tiny_llama_dir, monkeypatch))
-    if argv[:1] != ["train"] or any(a.startswith("--") for a in argv):
-        pytest.skip("not a train RECIPE [overrides] case")
-    capsys.readouterr()
-    code = main(["validate", *argv[1:]])
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if "error:" in line]
-    assert code == 2 and len(errors) == 1 and expected in errors[0], err[-2000:]
+    assert argv[0] == "train" and not any(a.startswith("--") for a in argv), f"not a train RECIPE [overrides] case: {argv}"
+    trained = _error_line(argv, capsys)
+    validated = _error_line(["validate", *argv[1:]], capsys)
+    assert trained[0] == 2 and len(trained[1]) == 1 and expected in trained[1][0], trained
+    assert validated == trained, f"validate: {validated}\ntrain:    {trained}"
 
 
 def test_a_failed_start_does_not_block_the_retry(tmp_path, tiny_llama_dir, capsys):

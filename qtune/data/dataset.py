@@ -117,11 +117,11 @@ def _tokenize(data, tokenizer, template_name: str, template: str, seed: int,
     per_source = []
     formats = []
     for i, s in enumerate(data.train):
-        examples, fmt = read_examples(s, f"data.train[{i}]", data.format)
+        examples, fmt = read_examples(s, f"data.train[{i}].path", data.format)
         per_source.append(examples)
         formats.append(fmt)
     if data.eval:
-        eval_examples, eval_fmt = read_examples(data.eval, "data.eval", data.format)
+        eval_examples, eval_fmt = read_examples(data.eval, "data.eval.path", data.format)
         formats.append(eval_fmt)
     else:
         tagged = [(i, ex) for i, exs in enumerate(per_source) for ex in exs]
@@ -149,7 +149,7 @@ def _tokenize(data, tokenizer, template_name: str, template: str, seed: int,
 def check_sources(data) -> int:
     """Read every local source's rows as :func:`build_datasets` would, without a tokenizer (``qtune
     validate``): malformed files and rows fail here with the errors ``train`` gives. Returns the examples read."""
-    sources = [(f"data.train[{i}]", s) for i, s in enumerate(data.train)] + ([("data.eval", data.eval)] if data.eval else [])
+    sources = [(f"data.train[{i}].path", s) for i, s in enumerate(data.train)] + ([("data.eval.path", data.eval)] if data.eval else [])
     return sum(len(read_examples(s, name, data.format)[0]) for name, s in sources if not s.is_hub)
 
 

@@ -7,18 +7,15 @@
   INT8 near ``8 + 32/in_features``, bf16 at 16.
 - **Size** is the byte count ``save_pretrained`` would write as safetensors payload: every state
   dict tensor once (tied tensors share storage and are counted once).
-- **Peak load memory** on CUDA is ``max_memory_allocated`` after loading (reset before). On CPU it
-  is the growth of peak resident memory while loading: Linux's ``VmHWM`` is reset to the current
-  RSS through ``/proc/self/clear_refs`` first, then ``VmHWM - RSS before`` is read after. (Not
-  ``ru_maxrss``: a spawned child inherits its parent's peak through exec.) Memory freed but not
-  returned to the OS by an earlier load would hide inside ``RSS before``, so the report loads
-  each stage in a fresh process.
+- **Peak load memory** is :class:`qtune.memory.PeakMemory` over the load, the measure ``train`` and
+  ``plan --measure`` report: on CUDA ``max_memory_allocated`` above the allocation before loading; on
+  CPU the peak RSS (``VmHWM``, reset first) less the RSS before loading and the file pages mapped since,
+  the loaded parameters that live in a mapped checkpoint counted back. Memory freed but not returned
+  to the OS by an earlier load would hide inside the RSS before, so the report loads each stage in a
+  fresh process.
 """
 
 from __future__ import annotations
-
-import resource
-from pathlib import Path
 
 
 def _tensor_bytes(t) -> int:
@@ -54,52 +51,24 @@ def state_dict_bytes(model) -> int:
     return total
 
 
-def _proc_status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
-        return True
-    except OSError:
-        return False
-
-
 class LoadMemory:
-    """Peak memory while loading: ``with LoadMemory(device) as m: load(); m.bytes``."""
+    """Peak memory while loading: ``with LoadMemory(device) as m: model = load(); m.holds(model)``, then ``m.bytes``."""
 
     def __init__(self, device: str):
-        self.device = device
+        from qtune.memory import PeakMemory
+
+        self.meter = PeakMemory(device)
+        self.kind = self.meter.kind
         self.bytes = 0
-        self.kind = "cuda_max_allocated" if device == "cuda" else "peak_rss_growth"
 
     def __enter__(self):
-        if self.device == "cuda":
-            import torch
-
-            torch.cuda.reset_peak_memory_stats()
-            self._start = torch.cuda.memory_allocated()
-        elif _reset_peak_rss() and _proc_status_kib("VmRSS") is not None:
-            self._start = _proc_status_kib("VmRSS") * 1024
-        else:  # no /proc: the process's own peak, meaningful only in a fresh process
-            self.kind = "process_max_rss_growth"
-            self._start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        self.meter.begin()
+        self.kind = self.meter.kind
         return self
 
-    def __exit__(self, *exc):
-        if self.device == "cuda":
-            import torch
+    def holds(self, model) -> None:
+        self.meter.holds(model)
 
-            self.bytes = torch.cuda.max_memory_allocated() - self._start
-        elif self.kind == "peak_rss_growth":
-            self.bytes = _proc_status_kib("VmHWM") * 1024 - self._start
-        else:
-            self.bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self._start
+    def __exit__(self, *exc):
+        self.bytes = self.meter.peak()
         return False

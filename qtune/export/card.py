@@ -13,8 +13,7 @@ from pathlib import Path
 
 from qtune import __version__, rundir
 
-MANIFEST = "qtune_export.json"
-FIDELITY = "fidelity.json"
+MANIFEST, FIDELITY = rundir.EXPORT_MANIFEST, rundir.EXPORT_FIDELITY
 CARD = "README.md"
 
 

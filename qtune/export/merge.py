@@ -21,13 +21,14 @@ from qtune.errors import QtuneError
 
 from qtune.registry.exports import DEFAULT_MERGE_BASE as DEFAULT_BASE
 from qtune.registry.exports import MERGE_BASES
+from qtune.registry.quant import FOUR_BIT
 
 
 def roundtrip_bnb(weight, quant) -> "torch.Tensor":
     """``weight`` quantized and dequantized the way ``quant`` (the recipe's section) stored it."""
     import torch
 
-    if quant.method in ("nf4", "fp4"):
+    if quant.method in FOUR_BIT:
         import bitsandbytes.functional as bnbf
 
         packed, state = bnbf.quantize_4bit(

@@ -17,6 +17,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from qtune import rundir
 from qtune.errors import QtuneError
 from qtune.export import card
 from qtune.export.threads import cpu_threads
@@ -54,9 +55,9 @@ def _say(console):
 def export_device(choice: str):
     import torch
 
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise QtuneError("export.device: cuda was asked for but torch sees no GPU; use auto or cpu")
-    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
+    from qtune.device import resolve_device
+
+    return torch.device(resolve_device(choice, "export.device"))
 
 
 @contextmanager
@@ -97,13 +98,12 @@ def export_run(run_dir: str | Path, settings, formats: list[str] | None = None, 
 
     ``on_layer(i, n)`` is called after each streamed decoder layer.
     """
-    from qtune import rundir
     from qtune.models.load import model_family
     from qtune.recipe import load_run_recipe
     from qtune.registry.families import check_formats
 
     run_dir = Path(run_dir)
-    out_root = Path(out_root) if out_root else run_dir / "exports"
+    out_root = Path(out_root) if out_root else run_dir / rundir.EXPORTS
     formats = list(dict.fromkeys(formats or settings.formats))
     recipe = load_run_recipe(run_dir)
     base = recipe.model
@@ -135,7 +135,6 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
     import torch
     from transformers import AutoTokenizer
 
-    from qtune import rundir
     from qtune.export.layerwise import MergedWeights
     from qtune.export.stream import MergedTarget, QuantTarget, stream_export, write_config
 
@@ -291,7 +290,6 @@ def merge_run(run_dir: str | Path, base: str, out: str | Path, dtype: str = "flo
     """``qtune merge``: the merged checkpoint alone, streamed layer by layer (no fidelity)."""
     from transformers import AutoTokenizer
 
-    from qtune import rundir
     from qtune.export.layerwise import MergedWeights
     from qtune.export.stream import DTYPES, MergedTarget, stream_export, write_config
 

@@ -5,7 +5,11 @@ Resolution, first match wins: ``bitsandbytes`` keeps peft + bitsandbytes as they
 QLoRA linear with the Triton dequantization kernel (a CUDA GPU, or Triton's CPU interpreter under
 ``TRITON_INTERPRET=1`` for tests); ``blocks`` runs whole LoRA blocks as one autograd node each
 (:mod:`qtune.kernels.blocks`; Triton dequantization on CUDA, the torch reference on CPU); ``auto`` is the mode
-:data:`MEASURED` records as fastest on this kind of device, if it beat bitsandbytes there, else ``bitsandbytes``.
+:func:`measured` records as fastest on this kind of device, if it beat bitsandbytes there, else ``bitsandbytes``.
+
+The records are data, :data:`MEASURED_FILE` (``qtune/kernels/measured.json``), written by
+``scripts/bench_train_step.py --record``, which trains each mode through :mod:`qtune.train.steps` (the code
+``qtune train`` runs) and writes each ratio with the device, the library versions and the git commit beside it.
 
 On one H100 (``scripts/gpu_check.sh``, since folded into ``scripts/gpu_all.sh``) the Triton path trained a 7B-shaped NF4 model at 0.94-0.96x bitsandbytes'
 tokens/s (its dequantization is faster, 1.1-2.1x, but the step is matmul-bound). ``blocks`` has not been measured
@@ -13,7 +17,7 @@ on a GPU yet (``scripts/gpu_all.sh`` does it, step train_step_7b), so ``auto`` p
 
 The memory switches (``train.frozen_dtype``, ``cross_entropy``, ``rms_norm``, ``rope``; choices in
 :mod:`qtune.registry.choices`) resolve the same way through :func:`resolve_switch`: ``auto`` is today's choice
-(:data:`TODAY`) unless :data:`MEASURED_SWITCHES` records a faster one on that device kind — none is recorded yet.
+(:data:`TODAY`) unless :func:`measured` records a faster one on that device kind — none is recorded yet.
 ``liger`` needs liger-kernel (``qtune[fast]``) and, like ``triton``, a CUDA GPU or ``TRITON_INTERPRET=1``; liger's
 RMSNorm kernel does not run under Triton's CPU interpreter (liger-kernel 0.8.5, triton 3.9: it calls ``.to`` on the
 float ``eps``), so ``rms_norm: liger`` needs CUDA.
@@ -21,18 +25,17 @@ float ``eps``), so ``rms_norm: liger`` needs CUDA.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import json
 import os
+from pathlib import Path
 
 from qtune.errors import QtuneError, missing_dependency
 from qtune.registry.choices import (COMPILE_MODES, CROSS_ENTROPY_MODES, FROZEN_DTYPES, KERNEL_MODES, RMS_NORM_MODES,
                                     ROPE_MODES)
 
-# Device kind -> {mode: tokens/s of the mode / tokens/s of bitsandbytes}, as scripts/bench_train_step.py printed it
-# side by side on that kind of device (7B shape, micro batch 4 x 1024). A mode enters ``auto`` only through here.
-MEASURED: dict[str, dict[str, float]] = {
-    "cuda sm90": {"triton": 0.96},  # H100 80GB HBM3, docs/kernels.md
-}
+MEASURED_FILE = Path(__file__).with_name("measured.json")
 
 
 def device_kind(device: str) -> str:
@@ -51,17 +54,27 @@ SWITCHES: dict[str, dict[str, str]] = {"kernels": KERNEL_MODES, "frozen_dtype": 
                                        "compile": COMPILE_MODES}
 TODAY: dict[str, str] = {"kernels": "bitsandbytes", "frozen_dtype": "float32", "cross_entropy": "torch",
                          "rms_norm": "torch", "rope": "torch", "compile": "off"}
-# train.<switch> -> device kind -> {choice: tokens/s of the choice / tokens/s of TODAY's}, from
-# scripts/bench_train_step.py --fast on that kind of device with equal losses. Nothing measured yet: on a GPU run
-# scripts/gpu_all.sh and write its ratios here (docs/kernels.md, "Memory switches").
-MEASURED_SWITCHES: dict[str, dict[str, dict[str, float]]] = {
-    "kernels": MEASURED, "frozen_dtype": {}, "cross_entropy": {}, "rms_norm": {}, "rope": {}, "compile": {},
-}
 
 
-def auto_mode(kind: str, measured: dict[str, dict[str, float]] = MEASURED, default: str = "bitsandbytes") -> str:
-    """The choice ``measured`` fastest on ``kind``, if faster than ``default``; else ``default``."""
-    ratios = measured.get(kind, {})
+@functools.cache
+def measured(path: Path = MEASURED_FILE) -> dict[str, dict[str, dict[str, float]]]:
+    """train.<switch> -> device kind -> {choice: tokens/s of the choice / tokens/s of TODAY's}, from the figures of
+    ``path`` whose mode differs from the baseline in that one switch; the smallest ratio recorded at any shape or
+    micro batch counts (a choice enters ``auto`` only where it was faster at every measured shape)."""
+    table: dict[str, dict[str, dict[str, float]]] = {switch: {} for switch in SWITCHES}
+    for f in json.loads(path.read_text(encoding="utf-8"))["figures"]:
+        if len(f["switches"]) != 1:  # a combination (the bench's fast mode) says nothing about one switch
+            continue
+        (switch, choice), = f["switches"].items()
+        ratios = table[switch].setdefault(f["device_kind"], {})
+        ratios[choice] = min(ratios.get(choice, f["ratio"]), f["ratio"])
+    return table
+
+
+def auto_mode(kind: str, ratios_by_kind: dict[str, dict[str, float]] | None = None, default: str = "bitsandbytes") -> str:
+    """The choice measured fastest on ``kind`` (``ratios_by_kind``, default the ``train.kernels`` records), if faster
+    than ``default``; else ``default``."""
+    ratios = (measured()["kernels"] if ratios_by_kind is None else ratios_by_kind).get(kind, {})
     best = max(ratios, key=ratios.get, default=None)
     return best if best is not None and ratios[best] > 1.0 else default
 
@@ -71,7 +84,7 @@ def resolve_switch(switch: str, choice: str, device: str | None) -> str:
     if choice not in SWITCHES[switch]:
         raise QtuneError(f"train.{switch}: '{choice}' is not one of {', '.join(SWITCHES[switch])}")
     if choice == "auto":
-        return choice if device is None else auto_mode(device_kind(device), MEASURED_SWITCHES[switch], TODAY[switch])
+        return choice if device is None else auto_mode(device_kind(device), measured()[switch], TODAY[switch])
     if choice == "liger":
         if importlib.util.find_spec("liger_kernel") is None:
             raise missing_dependency(f"train.{switch}: 'liger'", "liger-kernel", "fast")
@@ -89,7 +102,7 @@ def planned_choice(switch: str, choice: str, device: str) -> str:
     hand) its kind: ``auto`` is what is measured on ``cpu``; on ``cuda`` today's choice."""
     if choice != "auto":
         return choice
-    return auto_mode("cpu", MEASURED_SWITCHES[switch], TODAY[switch]) if device == "cpu" else TODAY[switch]
+    return auto_mode("cpu", measured()[switch], TODAY[switch]) if device == "cpu" else TODAY[switch]
 
 
 def check_switches(train, device: str | None) -> dict[str, str]:

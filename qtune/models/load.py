@@ -1,6 +1,6 @@
 """Loading a base model: resolve where it lives, quantize it with bitsandbytes, attach LoRA.
 
-``quant.method`` picks one entry of :data:`QUANT_METHODS`; each builds the
+``quant.method`` (:data:`qtune.registry.quant.QUANT_METHODS`) picks one entry of :data:`QUANT_CONFIGS`; each builds the
 ``BitsAndBytesConfig`` transformers needs (or none, for a 16/32-bit base). LoRA goes on with peft
 (``all-linear``, DoRA, rsLoRA). Nothing here touches the Hub unless ``model.path`` is a Hub id.
 """
@@ -78,16 +78,6 @@ def model_family(model: "ModelSection"):
     return family_of(config)
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise QtuneError("train.device: 'cuda' was asked for but no CUDA GPU is visible; use train.device=cpu or auto")
-    return device
-
-
 def torch_dtype(name: str) -> "torch.dtype | str":
     import torch
 
@@ -115,7 +105,7 @@ def _int8(q: "QuantSection"):
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=q.int8_threshold)
 
 
-QUANT_METHODS: dict[str, Callable[["QuantSection"], object] | None] = {
+QUANT_CONFIGS: dict[str, Callable[["QuantSection"], object] | None] = {  # one per qtune.registry.quant name
     "nf4": _nf4_or_fp4("nf4"),
     "fp4": _nf4_or_fp4("fp4"),
     "int8": _int8,
@@ -131,7 +121,7 @@ def load_base_model(model: "ModelSection", quant: "QuantSection", device: str):
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
-    builder = QUANT_METHODS[quant.method]
+    builder = QUANT_CONFIGS[quant.method]
     kwargs: dict = {"trust_remote_code": model.trust_remote_code, "revision": model.revision}
     if builder is not None:
         kwargs["quantization_config"] = builder(quant)

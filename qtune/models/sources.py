@@ -37,7 +37,6 @@ from qtune.errors import QtuneError
 from qtune.registry.exports import EXPORT_FORMATS
 from qtune.models.packaged import PACKAGED_MODELS
 
-EXPORT_META = "qtune_export.json"
 # What transformers loads a GPTQ/AWQ export with, and the qtune extra that installs it (gptqmodel 7.6 pins numpy 2.2,
 # so scripts/setup_consumers.sh gives it a venv of its own).
 EXPORT_BACKENDS = {"gptq": ("optimum and gptqmodel", "verify"), "awq": ("optimum and gptqmodel", "verify")}
@@ -58,10 +57,10 @@ class ModelSource:
 
 
 def read_export_meta(directory: Path) -> dict:
-    meta = rundir.read_json(directory / EXPORT_META)
+    meta = rundir.read_json(directory / rundir.EXPORT_MANIFEST)
     fmt = meta.get("format")
     if fmt not in EXPORT_FORMATS:
-        raise QtuneError(f"{directory / EXPORT_META}: format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+        raise QtuneError(f"{directory / rundir.EXPORT_MANIFEST}: format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
     return meta
 
 
@@ -73,7 +72,7 @@ def resolve_source(spec: str) -> ModelSource:
     if path.is_dir():
         if rundir.is_finished_run(path):
             return ModelSource("run", spec, path)
-        if (path / EXPORT_META).is_file():
+        if (path / rundir.EXPORT_MANIFEST).is_file():
             return ModelSource("export", spec, path, read_export_meta(path))
         if (path / "config.json").is_file():
             from qtune.registry.families import read_config
@@ -83,7 +82,7 @@ def resolve_source(spec: str) -> ModelSource:
                                  f"it; give a run, export or checkpoint directory whose config.json names one")
             return ModelSource("checkpoint", spec, path)
         raise QtuneError(
-            f"MODEL: directory '{spec}' is not a run (recipe.yaml + adapter/), an export ({EXPORT_META}) "
+            f"MODEL: directory '{spec}' is not a run (recipe.yaml + adapter/), an export ({rundir.EXPORT_MANIFEST}) "
             f"or a transformers checkpoint (config.json)"
         )
     if path.suffix == ".gguf":
@@ -264,5 +263,5 @@ def _tokenizer(path, spec: str):
 
 def export_dirs(run: Path) -> list[Path]:
     """Every export of a run: ``<run>/exports/*/qtune_export.json``, sorted by name."""
-    return sorted(p.parent for p in (run / "exports").glob(f"*/{EXPORT_META}"))
+    return sorted(p.parent for p in (run / rundir.EXPORTS).glob(f"*/{rundir.EXPORT_MANIFEST}"))
 

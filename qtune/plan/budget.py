@@ -44,15 +44,3 @@ def device_memory(device: str) -> tuple[int, str]:
         import os
 
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "cpu RAM"
-
-
-def process_rss() -> int:
-    """The resident set size of this process now (Linux), 0 where /proc is missing."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0

@@ -17,14 +17,14 @@ def plan_device(recipe, budget: int | None, measure: bool) -> tuple[str, bool]:
     """(device to plan for, whether it is here): a recipe for CUDA can be planned on a CPU machine with a budget."""
     import torch
 
-    from qtune.models.load import resolve_device
+    from qtune.device import resolve_device
 
     if recipe.train.device == "cuda" and not torch.cuda.is_available() and not measure:
         if budget is None:
             raise QtuneError("--memory: train.device is cuda and no CUDA GPU is here to read its memory; give the "
                              "GPU's memory, e.g. --memory 24GiB")
         return "cuda", False
-    return resolve_device(recipe.train.device), True
+    return resolve_device(recipe.train.device, "train.device"), True
 
 
 def run_plan(recipe, args) -> int | dict:
@@ -52,7 +52,7 @@ def side_by_side(recipe, plan, m: dict) -> str:
     lines = [f"measured: 2 training steps at micro batch {m['batch']} × seq {m['seq']} (the longest rows), {m['kernels']} kernels"]
     lines.append(f"  {'':28s}{'plan':>12s}{'measured':>12s}")
     lines.append(f"  {'training peak':28s}{m['planned_peak_bytes'] / GiB:>10.3f}Gi{m['peak_bytes'] / GiB:>10.3f}Gi"
-                 f"   plan/measured {ratio:.3f} ({ratio - 1:+.1%}); measured = {m['peak_kind']}")
+                 f"   plan/measured {ratio:.3f} ({ratio - 1:+.1%}); measured = {measured_kind(m)}")
     if m.get("baseline_rss_bytes") is not None:
         lines.append(f"  subtracted from peak RSS: {m['baseline_rss_bytes'] / GiB:.3f} GiB before loading, "
                      f"{m['file_pages_bytes'] / GiB:.3f} GiB of file pages mapped since (checkpoint, library code; parameters in the file counted back)")
@@ -66,13 +66,21 @@ def side_by_side(recipe, plan, m: dict) -> str:
     return "\n".join(lines)
 
 
+def measured_kind(m: dict) -> str:
+    """The measured peak's kind (:mod:`qtune.memory`, the kind train's summary.json reports) and how it was taken."""
+    from qtune.memory import KINDS
+
+    return (f"{m['peak_kind']}: {KINDS[m['peak_kind']]}" + (f", {m['allocator']}" if m.get("allocator") else "")
+            + (" (peak not resettable: includes loading)" if m.get("peak_includes_loading") else ""))
+
+
 def check_before_train(recipe, memory: str | None, console) -> None:
     """Print the plan's verdict on ``console`` (rich); refuse (exit 2) a recipe whose planned peak does not fit."""
-    from qtune.models.load import resolve_device
+    from qtune.device import resolve_device
     from qtune.plan.budget import parse_size
     from qtune.plan.report import make_plan
 
-    plan = make_plan(recipe, resolve_device(recipe.train.device), parse_size(memory) if memory else None, timed=False)
+    plan = make_plan(recipe, resolve_device(recipe.train.device, "train.device"), parse_size(memory) if memory else None, timed=False)
     console.print(plan.verdict(), soft_wrap=True, markup=False, highlight=False)
     if not plan.fits:
         raise QtuneError(

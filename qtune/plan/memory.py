@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from math import ceil
 
 from qtune.plan.shape import Linear, ModelShape, lora_targets
+from qtune.registry.quant import FOUR_BIT, weight_bits
 
 BLOCK_NESTED = 256  # the blocksize of the absmax quantization under double quant
 CODE_4BIT = 16 * 4  # the float32 NF4/FP4 code, one per weight
@@ -91,7 +92,7 @@ class Breakdown:
 def quantized_bytes(linear: Linear, method: str, double_quant: bool, blocksize: int) -> tuple[int, int]:
     """(weight bytes, absmax/scale bytes) of one linear as bitsandbytes stores it."""
     n = linear.numel
-    if method in ("nf4", "fp4"):
+    if method in FOUR_BIT:
         blocks = ceil(n / blocksize)
         if double_quant:
             return ceil(n / 2), CODE_4BIT + blocks + 4 + ceil(blocks / BLOCK_NESTED) * 4 + CODE_DYNAMIC
@@ -156,7 +157,7 @@ def weights(recipe, shape: ModelShape, bd: Breakdown, device: str = "cpu") -> No
     for l in shape.linears:
         a, b = quantized_bytes(l, q.method, q.double_quant, q.blocksize)
         w, s = w + a, s + b
-    bits = "4-bit" if q.method in ("nf4", "fp4") else "8-bit"
+    bits = f"{weight_bits(q.method)}-bit"
     bd.add("weights", f"{bits} {q.method} weights ({len(shape.linears)} linears)", w)
     what = ("absmax float32 /64" if not q.double_quant else "absmax uint8 /64 + double-quant float32 /256×64 + codes") \
         if bits == "4-bit" else "row scales float32 (SCB)"

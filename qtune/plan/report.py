@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from qtune.plan import fit, memory
-from qtune.plan.budget import device_memory, process_rss
+from qtune.memory import rss as process_rss
+from qtune.plan.budget import device_memory
 from qtune.plan.shape import ModelShape, load_config, shape_of
 
 GiB = 2**30

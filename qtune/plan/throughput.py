@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from qtune.plan import memory
 from qtune.plan.shape import ModelShape, lora_targets
+from qtune.registry.quant import FOUR_BIT
 
 
 @dataclass
@@ -67,7 +68,7 @@ def probe(device: str, dtype: str, method: str, tokens: int, hidden: int, interm
     flops = 2 * n * hidden * intermediate / _timed(lambda: x @ w, min_s)
     lora = 2 * n * hidden * rank / _timed(lambda: x @ a, min_s)
     dequant = 0.0
-    if method in ("nf4", "fp4"):
+    if method in FOUR_BIT:
         import bitsandbytes.functional as bnbf
 
         big = torch.randn(2048, 2048, device=device, dtype=dt)
@@ -102,7 +103,7 @@ def micro_step_seconds(recipe, shape: ModelShape, batch: int, seq: int, speed: S
     lora = sum(v for k, v in parts.items() if k.startswith("lora_"))
     base = sum(parts.values()) - lora
     passes = 3 if recipe.train.gradient_checkpointing else 2  # forward, backward (+ recompute)
-    dequant = passes * sum(l.numel for l in shape.linears) * speed.dequant_s_per_weight if recipe.quant.method in ("nf4", "fp4") else 0.0
+    dequant = passes * sum(l.numel for l in shape.linears) * speed.dequant_s_per_weight if recipe.quant.method in FOUR_BIT else 0.0
     bd = memory.Breakdown()
     memory.activations(recipe, shape, batch, seq, bd, speed.device)
     memory.logits(recipe, shape, batch, seq, bd, speed.device)

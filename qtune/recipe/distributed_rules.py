@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Optional
 
+from qtune.registry.quant import FOUR_BIT
+
 if TYPE_CHECKING:  # pragma: no cover
     from qtune.recipe.schema import Recipe
 
-FOUR_BIT = ("nf4", "fp4")
 BNB_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 
 

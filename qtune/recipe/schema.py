@@ -15,10 +15,11 @@ from qtune.registry.templates import TEMPLATE_CHOICES
 from qtune.registry.choices import COMPILE_MODES, CROSS_ENTROPY_MODES, FROZEN_DTYPES, HUB_PREFIX, KERNEL_MODES, RMS_NORM_MODES, ROPE_MODES
 from qtune.recipe.distributed_rules import problems as distributed_problems
 from qtune.registry.exports import CALIBRATION_TEXTS, DEFAULT_MERGE_BASE, EXPORT_DEVICES, EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
+from qtune.registry.quant import QUANT_METHODS
 
 DType = Literal["bfloat16", "float16", "float32", "auto"]
 ComputeDType = Literal["bfloat16", "float16", "float32"]
-QuantMethod = Literal["nf4", "fp4", "int8", "none"]
+QuantMethod = Literal[tuple(QUANT_METHODS)]  # nf4 | fp4 | int8 | none
 # Keep in step with qtune.data.formats.FORMATS (a test checks it).
 DataFormat = Literal["auto", "chat", "sharegpt", "instruction", "prompt_completion", "text"]
 ChatTemplate = Literal[TEMPLATE_CHOICES]  # auto | tokenizer | a template qtune knows by name

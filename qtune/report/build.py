@@ -42,9 +42,7 @@ from qtune.registry.exports import EXPORT_FORMATS
 from qtune.models.packaged import PACKAGED_MODELS
 from qtune.noise import quiet
 from qtune.recipe import load_run_recipe
-
-REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "report.png"
-REPORT_ROWS = "report-rows"  # one JSON file per measured row: {"key": ..., "row": ...}
+from qtune.rundir import REPORT_JSON, REPORT_MD, REPORT_PNG, REPORT_ROWS
 
 
 @dataclass
@@ -145,6 +143,7 @@ def measure_stage(stage: Stage, run_dir: str, settings: EvalSettings, device: st
     _import_loaders(recipe.model.path)  # so the load memory below is the model's, not library code
     with LoadMemory(device) as mem:
         loaded = load_stage(stage, run, recipe, device)
+        mem.holds(loaded.model)
     row = {"stage": stage.name, "kind": stage.kind, "compute_dtype": loaded.dtype, "notes": loaded.notes}
     if stage.quant.get("method") == "int8":
         row["notes"] = row["notes"] + ["bitsandbytes LLM.int8: float32 activations are cast to float16 for the int8 matmul"]
@@ -250,7 +249,7 @@ def build_report(run: Path, settings: EvalSettings, device: str, console=print, 
     Rows stored by an earlier report from the same inputs are reused unless ``fresh`` (module docstring)."""
     import time
 
-    from qtune.models.load import resolve_device
+    from qtune.device import resolve_device
 
     recipe = load_run_recipe(run)
     device = resolve_device(device)

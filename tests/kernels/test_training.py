@@ -93,15 +93,37 @@ def test_generation_forward_matches_bitsandbytes(tiny_llama, device, compute_dty
         assert worst <= tol, f"logits {tuple(got.shape)}: max diff {worst:.3g}, mean {(got - want).abs().mean():.3g}"
 
 
+def test_the_measured_table_is_data_with_its_provenance(tmp_path):
+    """auto's table is the bench's file: each figure names its device, library versions and commit; a combination
+    of switches says nothing about one switch, and a choice counts at its slowest measured shape."""
+    import json
+
+    from qtune.kernels.dispatch import MEASURED_FILE, measured
+
+    for f in json.loads(MEASURED_FILE.read_text())["figures"]:
+        assert f["ratio"] > 0 and f["device"] and f["device_kind"] and f["versions"]["torch"] and f["commit"], f
+    stamp = {"device_kind": "cuda sm90", "device": "H100", "versions": {"torch": "2.11"}, "commit": "abc", "shape": "7b"}
+    path = tmp_path / "measured.json"
+    path.write_text(json.dumps({"figures": [
+        {**stamp, "switches": {"kernels": "blocks"}, "ratio": 1.3, "micro_batch": "4x1024"},
+        {**stamp, "switches": {"kernels": "blocks"}, "ratio": 1.1, "micro_batch": "1x2048"},
+        {**stamp, "switches": {"kernels": "blocks", "rope": "liger"}, "ratio": 1.5, "micro_batch": "4x1024"},
+        {**stamp, "switches": {"rope": "liger"}, "ratio": 1.2, "micro_batch": "4x1024"},
+    ]}))
+    table = measured(path)
+    assert table["kernels"] == {"cuda sm90": {"blocks": 1.1}} and table["rope"] == {"cuda sm90": {"liger": 1.2}}
+    assert table["compile"] == {}
+
+
 def test_auto_is_the_measured_faster_path_and_triton_needs_cuda(monkeypatch):
-    from qtune.kernels.dispatch import MEASURED, auto_mode
+    from qtune.kernels.dispatch import auto_mode, measured
 
     assert resolve("auto", "cpu") == "bitsandbytes"
-    assert auto_mode("cuda sm90") == "bitsandbytes"  # Triton measured 0.96x on an H100 (dispatch docstring)
+    assert measured()["kernels"]["cuda sm90"] == {"triton": 0.96}  # measured on an H100 (qtune/kernels/measured.json)
+    assert auto_mode("cuda sm90") == "bitsandbytes"
     faster = {"cuda sm90": {"triton": 0.96, "blocks": 1.3}}
     assert auto_mode("cuda sm90", faster) == "blocks"  # a mode enters auto through a measurement
     assert auto_mode("cuda sm80", faster) == "bitsandbytes"  # on that kind of device only
-    assert all(ratio > 0 for ratios in MEASURED.values() for ratio in ratios.values())
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     from qtune.errors import QtuneError
 

@@ -5,7 +5,7 @@ import torch
 
 from qtune.plan import memory
 from qtune.plan.shape import shape_of
-from qtune.train.run import build_model
+from qtune.train.steps import setup_model
 
 from tests.plan.conftest import make_llama_dir, recipe_for
 
@@ -46,7 +46,7 @@ CASES = [
 def test_weight_bytes_equal_the_loaded_models_storage(quant, which, request):
     path, config = request.getfixturevalue(which)
     recipe = recipe_for(path, quant=quant)
-    model, _ = build_model(recipe, "cpu")  # the train path: load, k-bit preparation (float32 upcast), LoRA
+    model, _ = setup_model(recipe, "cpu")  # the train path: load, k-bit preparation (float32 upcast), LoRA
     planned = memory.base_bytes(recipe, shape_of(config))
     assert planned == storage_bytes(model), (planned, storage_bytes(model))
 
@@ -56,7 +56,7 @@ def test_weight_bytes_equal_the_loaded_models_storage(quant, which, request):
 def test_lora_parameter_count_equals_peft(untied_llama_dir, lora):
     path, config = untied_llama_dir
     recipe = recipe_for(path, lora=lora)
-    model, _ = build_model(recipe, "cpu")
+    model, _ = setup_model(recipe, "cpu")
     peft_count = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert sum(memory.lora_params(recipe, shape_of(config))) == peft_count
 
@@ -95,7 +95,7 @@ ACT_CASES = [
 def test_saved_activations_match_autograd(llama_dir, lora, quant, batch, seq, tol):
     path, config = llama_dir
     recipe = recipe_for(path, lora=lora, quant=quant)
-    model, _ = build_model(recipe, "cpu")
+    model, _ = setup_model(recipe, "cpu")
     measured = saved_activation_bytes(model, batch, seq, config.vocab_size)
     bd = memory.Breakdown()
     memory.activations(recipe, shape_of(config), batch, seq, bd)
@@ -105,7 +105,7 @@ def test_saved_activations_match_autograd(llama_dir, lora, quant, batch, seq, to
 def test_activations_scale_with_the_shape(tmp_path):
     path, config = make_llama_dir(tmp_path, hidden=128, intermediate=192, layers=3, kv_heads=4)
     recipe = recipe_for(path, lora={"rank": 4})
-    model, _ = build_model(recipe, "cpu")
+    model, _ = setup_model(recipe, "cpu")
     measured = saved_activation_bytes(model, 3, 32, config.vocab_size)
     bd = memory.Breakdown()
     memory.activations(recipe, shape_of(config), 3, 32, bd)
@@ -124,10 +124,10 @@ def test_checkpointing_keeps_far_less_and_8bit_state_is_smaller(llama_dir):
 
 
 def test_frozen_compute_weight_bytes_equal_the_loaded_models_storage(untied_llama_dir):
-    """train.frozen_dtype: compute — the float parts are planned in bfloat16, as build_model leaves them."""
+    """train.frozen_dtype: compute — the float parts are planned in bfloat16, as setup_model leaves them."""
     path, config = untied_llama_dir
     recipe = recipe_for(path, quant={"compute_dtype": "bfloat16"}, train={"frozen_dtype": "compute"})
-    model, _ = build_model(recipe, "cpu")
+    model, _ = setup_model(recipe, "cpu")
     planned = memory.base_bytes(recipe, shape_of(config))
     assert planned == storage_bytes(model), (planned, storage_bytes(model))
     upcast = memory.base_bytes(recipe_for(path, quant={"compute_dtype": "bfloat16"}), shape_of(config))

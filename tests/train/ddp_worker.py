@@ -27,7 +27,7 @@ def epoch_batches(recipe_path: str, out_dir: str) -> list[list[int]]:
     from qtune.data.collate import PadCollator
     from qtune.recipe import load_recipe
     from qtune.train import distributed
-    from qtune.train.run import training_arguments
+    from qtune.train.steps import training_arguments
     from qtune.train.trainer import QtuneTrainer
 
     recipe = load_recipe(recipe_path)

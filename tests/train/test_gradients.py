@@ -1,7 +1,7 @@
 """LoRA gradients of the sequence ``qtune train`` runs, against a pure-torch reference, on any CPU.
 
 ``qtune train`` evaluates, then trains. Each test builds the model exactly as ``train`` does
-(:func:`qtune.train.run.build_model`), runs ``QtuneTrainer.evaluate`` and one ``Trainer`` step, and
+(:func:`qtune.train.steps.setup_model`), runs ``QtuneTrainer.evaluate`` and one ``Trainer`` step, and
 compares every LoRA gradient with the same step through a plain float32 Llama whose frozen linears are
 bitsandbytes' own dequantized weights under ``F.linear`` with the LoRA term written out. Every machine
 is made to look like one with AVX512-BF16 (bitsandbytes' ``has_avx512bf16`` answers yes), where
@@ -65,12 +65,13 @@ def _grads_after_eval_then_step(recipe, strip_guard: bool = False):
     from qtune.data.dataset import build_datasets
     from qtune.models.load import load_tokenizer
     from qtune.train.callbacks import LayoutGuard
-    from qtune.train.run import _build_trainer, build_model, memory_probe
+    from qtune.memory import PeakMemory
+    from qtune.train.steps import setup_model, setup_trainer
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(recipe.model)
     data = build_datasets(recipe.data, tokenizer, recipe.train.seed)
-    model, _ = build_model(recipe, "cpu")
+    model, _ = setup_model(recipe, "cpu")
     with torch.no_grad():  # peft starts B at zero; non-zero B gives A a gradient too
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -84,7 +85,7 @@ def _grads_after_eval_then_step(recipe, strip_guard: bool = False):
 
     run = Path(recipe.train.output_dir)
     run.mkdir(parents=True, exist_ok=True)
-    trainer = _build_trainer(recipe, model, data, tokenizer, run, "cpu", [], memory_probe("cpu"))
+    trainer = setup_trainer(recipe, model, data, tokenizer, run, "cpu", [], PeakMemory("cpu").begin())
     trainer.add_callback(Capture())
     if strip_guard:
         trainer.remove_callback(LayoutGuard)

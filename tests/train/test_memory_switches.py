@@ -1,4 +1,4 @@
-"""The memory switches through the code ``qtune train`` runs (``build_model``, ``QtuneTrainer``) on a tiny NF4 Llama on
+"""The memory switches through the code ``qtune train`` runs (``setup_model``, ``setup_trainer``) on a tiny NF4 Llama on
 CPU: each trains with the torch path's losses, ``train.frozen_dtype`` reaches the loaded model, and
 ``train.offload_activations`` runs torch's ``save_on_cpu`` around every training forward (a no-op move on CPU)."""
 
@@ -28,15 +28,16 @@ def _train_losses(recipe) -> list[float]:
     """Build as ``train`` does and run its Trainer for max_steps; the logged training losses."""
     from qtune.data.dataset import build_datasets
     from qtune.models.load import load_tokenizer
-    from qtune.train.run import _build_trainer, build_model, memory_probe
+    from qtune.memory import PeakMemory
+    from qtune.train.steps import setup_model, setup_trainer
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(recipe.model)
     data = build_datasets(recipe.data, tokenizer, recipe.train.seed)
-    model, _ = build_model(recipe, "cpu")
+    model, _ = setup_model(recipe, "cpu")
     run = Path(recipe.train.output_dir)
     run.mkdir(parents=True, exist_ok=True)
-    trainer = _build_trainer(recipe, model, data, tokenizer, run, "cpu", [], memory_probe("cpu"))
+    trainer = setup_trainer(recipe, model, data, tokenizer, run, "cpu", [], PeakMemory("cpu").begin())
     trainer.train()
     return [e["loss"] for e in trainer.state.log_history if "loss" in e]
 
@@ -91,8 +92,8 @@ def test_the_liger_switches_train_with_the_torch_losses(tmp_path, tiny_llama_dir
 
 @pytest.mark.parametrize("frozen, dtype", [("auto", torch.float32), ("float32", torch.float32), ("compute", torch.bfloat16)])
 def test_frozen_dtype_reaches_the_model(tmp_path, tiny_llama_dir, frozen, dtype):
-    from qtune.train.run import build_model
+    from qtune.train.steps import setup_model
 
-    model, _ = build_model(_recipe(tmp_path, tiny_llama_dir, "m", compute_dtype="bfloat16", frozen_dtype=frozen), "cpu")
+    model, _ = setup_model(_recipe(tmp_path, tiny_llama_dir, "m", compute_dtype="bfloat16", frozen_dtype=frozen), "cpu")
     frozen_float = {p.dtype for n, p in model.named_parameters() if "lora_" not in n and p.dtype.is_floating_point}
     assert frozen_float == {dtype}, frozen_float

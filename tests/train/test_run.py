@@ -94,7 +94,7 @@ def test_tracking_backends_write_offline(tmp_path, tiny_llama_dir, backend, monk
 def test_training_arguments_keep_every_setting_and_refuse_an_unknown_one(tmp_path, tiny_llama_dir, monkeypatch):
     """Every qtune setting reaches TrainingArguments; a key this transformers lacks is an error, never dropped."""
     from qtune.train import distributed
-    from qtune.train.run import training_arguments
+    from qtune.train.steps import training_arguments
 
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", model={"path": str(tiny_llama_dir)},
                                       train={"lr": 3e-4, "max_steps": 7, "warmup_steps": 2, "seed": 5}))

@@ -7,7 +7,8 @@ on the same floor do not import each other):
 ==  ==========================================  ===============================================================
  0  ``qtune`` (its version), errors, noise,     leaves: import nothing of qtune
     rundir, cachedir, tracking
- 1  registry                                    the names every layer chooses from (families, choices, exports)
+ 1  registry, compat                            the names every layer chooses from (families, choices, exports);
+                                                the only modules that touch other libraries' private names
  2  recipe                                      the schema a run is read into
  3  kernels, models                             4-bit kernels; resolving and loading every kind of model
  4  data                                        readers, templates, masking, the tokenized cache
@@ -38,7 +39,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FLOORS = [
     {"qtune", "errors", "noise", "rundir", "cachedir", "tracking"},
-    {"registry"},
+    {"registry", "compat"},
     {"recipe"},
     {"kernels", "models"},
     {"data"},

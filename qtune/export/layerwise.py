@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from qtune.compat.torch import set_buffer
 from qtune.errors import QtuneError
 from qtune.export.sequential import decoder_layers
 from qtune.export.shards import ShardReader
@@ -53,7 +54,7 @@ def restore_buffers(module: torch.nn.Module, device) -> None:
     """Put back the constructor's buffers of ``module`` and its children (see :func:`skeleton`)."""
     for sub in module.modules():
         for name, value in getattr(sub, _BUFFERS, {}).items():
-            sub._buffers[name] = value.to(device)
+            set_buffer(sub, name, value.to(device))
 
 
 def materialize(module: torch.nn.Module, tensors: dict[str, torch.Tensor], device, adopt: bool = False) -> torch.nn.Module:

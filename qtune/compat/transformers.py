@@ -22,8 +22,11 @@ TOUCHES = [
     ("transformers.Trainer._save_checkpoint", ["self", "model", "trial"]),
     ("transformers.Trainer._track_num_input_tokens", ["self", "inputs"]),
     ("transformers.PretrainedConfig._attn_implementation", None),
-    ("transformers.models.llama.modeling_llama.apply_rotary_pos_emb", ["q", "k", "cos", "sin"]),
+    # called by its module-global name from the attention's forward (what the swap relies on; transformers 5.25 with
+    # the `kernels` package wraps the function itself, so its own signature reads (*args, **kwargs))
+    ("transformers.models.llama.modeling_llama.apply_rotary_pos_emb", None),
 ]
+ROTARY_CALLERS = ["transformers.models.llama.modeling_llama.LlamaAttention.forward"]
 
 
 class TrainerHooks:

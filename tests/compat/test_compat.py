@@ -177,6 +177,13 @@ def test_every_touched_symbol_exists_with_its_signature(lib):
     print(f"{lib} {compat.VERSION} (supported {compat.SUPPORTED}): {len(compat.TOUCHES)} symbols as expected")
 
 
+def test_attention_calls_the_rotary_global_the_swap_replaces():
+    from qtune.compat.transformers import ROTARY_CALLERS
+
+    for path in ROTARY_CALLERS:
+        assert "apply_rotary_pos_emb(" in inspect.getsource(_resolve(path)), f"{path} no longer calls apply_rotary_pos_emb"
+
+
 def test_trainer_hooks_name_nothing_trainer_has():
     import transformers
 

@@ -6,7 +6,7 @@ on the same floor do not import each other):
 
 ==  ==========================================  ===============================================================
  0  ``qtune`` (its version), errors, noise,     leaves: import nothing of qtune
-    rundir, cachedir, tracking
+    json_stdout, rundir, cachedir, tracking
  1  registry, compat                            the names every layer chooses from (families, choices, exports);
                                                 the only modules that touch other libraries' private names
  2  recipe                                      the schema a run is read into
@@ -38,7 +38,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FLOORS = [
-    {"qtune", "errors", "noise", "rundir", "cachedir", "tracking"},
+    {"qtune", "errors", "noise", "json_stdout", "rundir", "cachedir", "tracking"},
     {"registry", "compat"},
     {"recipe"},
     {"kernels", "models"},

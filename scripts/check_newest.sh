@@ -5,7 +5,8 @@
 #   scripts/check_newest.sh            report only
 #   scripts/check_newest.sh --freeze   on a green run, rewrite constraints.txt from the tested venv
 # torch stays pinned (torch==2.13.0, the CPU build): an unpinned torch pulls a multi-GB CUDA build.
-# Extra arguments after the flag go to pytest (e.g. -x, -k gradients).
+# Extra arguments after the flag go to pytest (e.g. -x, -k gradients); tests/compat (the compatibility boundary's
+# symbols on these versions) runs first in any case.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 freeze=0
@@ -34,6 +35,8 @@ for name, was, now in moved:
     print(f"  {name:32s} {was:>16s} -> {now}")
 PY
 status=0
+# The compatibility boundary first, whatever the arguments: which private names of which library moved (qtune/compat/).
+"$py" -m pytest -q -p no:cacheprovider -rs tests/compat || status=$?
 "$py" -m pytest -q -p no:cacheprovider "$@" || status=$?
 if [ "$status" -eq 0 ] && [ "$freeze" -eq 1 ]; then
     { sed -n '1,4p' constraints.txt | sed "s/Python [0-9.]*, [0-9-]*/Python $("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])'), $(date +%F)/"

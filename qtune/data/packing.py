@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 
+from qtune.compat.transformers import attn_implementation
 from qtune.data.masking import IGNORE_INDEX
 from qtune.errors import QtuneError
 
@@ -72,7 +73,7 @@ def prepare_model(model) -> None:
     so attention would silently cross example boundaries.
     """
     config = model.config
-    impl = getattr(config, "_attn_implementation", None)
+    impl = attn_implementation(config)
     if impl not in PACKING_ATTENTION:
         raise QtuneError(
             f"data.packing: the model's attention '{impl}' does not separate packed examples "

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Callable, Iterator
 
+from qtune.compat.datasets import fingerprint as dataset_fingerprint
 from qtune.errors import QtuneError, missing_dependency
 from qtune.registry.choices import HUB_PREFIX
 
@@ -132,7 +133,7 @@ def fingerprint(path: str, field: str, split: str = "train") -> str:
     """sha256 over the content of every file of a source (a Hub source: its ``datasets`` fingerprint)."""
     h = hashlib.sha256()
     if path.startswith(HUB_PREFIX):
-        h.update(_hub_dataset(path[len(HUB_PREFIX):], split, field)._fingerprint.encode())
+        h.update(dataset_fingerprint(_hub_dataset(path[len(HUB_PREFIX):], split, field)).encode())
         return h.hexdigest()
     for f in files_of(path, field):
         h.update(f.name.encode() + b"\0")

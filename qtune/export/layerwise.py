@@ -7,7 +7,7 @@ embeddings' ``inv_freq``, Gemma's ``embed_scale``) keep the values the model's c
 
 :class:`MergedWeights` is the run's merged model tensor by tensor: each weight read from the base's
 shards, for ``dequantized`` put through the bitsandbytes round trip training saw
-(:func:`qtune.export.merge.roundtrip_bnb`), then ``W + (B @ A) · scaling`` with the adapter's
+(:func:`roundtrip_bnb`), then ``W + (B @ A) · scaling`` with the adapter's
 ``A``/``B`` and ``scaling = lora_alpha / r`` (``/ sqrt(r)`` with rsLoRA) from ``adapter_config.json``
 — the arithmetic of peft's ``merge_and_unload`` on a float32 base, so the result is bit-identical.
 
@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from qtune.compat.torch import set_buffer
 from qtune.errors import QtuneError
 from qtune.export.sequential import decoder_layers
 from qtune.export.shards import ShardReader
@@ -53,7 +54,7 @@ def restore_buffers(module: torch.nn.Module, device) -> None:
     """Put back the constructor's buffers of ``module`` and its children (see :func:`skeleton`)."""
     for sub in module.modules():
         for name, value in getattr(sub, _BUFFERS, {}).items():
-            sub._buffers[name] = value.to(device)
+            set_buffer(sub, name, value.to(device))
 
 
 def materialize(module: torch.nn.Module, tensors: dict[str, torch.Tensor], device, adopt: bool = False) -> torch.nn.Module:
@@ -123,6 +124,21 @@ def is_tied(model) -> bool:
     return bool(getattr(model.config, "tie_word_embeddings", False))
 
 
+def roundtrip_bnb(weight: torch.Tensor, quant) -> torch.Tensor:
+    """``weight`` quantized and dequantized the way ``quant`` (the recipe's section) stored it."""
+    if quant.method in ("nf4", "fp4"):
+        import bitsandbytes.functional as bnbf
+
+        packed, state = bnbf.quantize_4bit(
+            weight.contiguous(), blocksize=quant.blocksize, compress_statistics=quant.double_quant, quant_type=quant.method
+        )
+        return bnbf.dequantize_4bit(packed, state).to(weight.dtype)
+    if quant.method == "int8":  # LLM.int8 stores rows as int8 with one absmax per row
+        absmax = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
+        return (torch.round(weight / absmax * 127) * absmax / 127).to(weight.dtype)
+    return weight
+
+
 class MergedWeights:
     """The run's adapter merged into its base, one tensor at a time (float32, on ``device``)."""
 
@@ -150,8 +166,6 @@ class MergedWeights:
                           if isinstance(m, torch.nn.Linear) and n != self.head} if base == "dequantized" else set()
 
     def __call__(self, name: str) -> torch.Tensor:
-        from qtune.export.merge import roundtrip_bnb
-
         stored = name
         if name not in self.reader and self.tied and name == f"{self.head}.weight":
             stored = f"{self.input_embedding}.weight"

@@ -24,23 +24,6 @@ from qtune.registry.exports import MERGE_BASES
 from qtune.registry.quant import FOUR_BIT
 
 
-def roundtrip_bnb(weight, quant) -> "torch.Tensor":
-    """``weight`` quantized and dequantized the way ``quant`` (the recipe's section) stored it."""
-    import torch
-
-    if quant.method in FOUR_BIT:
-        import bitsandbytes.functional as bnbf
-
-        packed, state = bnbf.quantize_4bit(
-            weight.contiguous(), blocksize=quant.blocksize, compress_statistics=quant.double_quant, quant_type=quant.method
-        )
-        return bnbf.dequantize_4bit(packed, state).to(weight.dtype)
-    if quant.method == "int8":  # LLM.int8 stores rows as int8 with one absmax per row
-        absmax = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
-        return (torch.round(weight / absmax * 127) * absmax / 127).to(weight.dtype)
-    return weight
-
-
 def merged_model(run_dir: str | Path, base: str = DEFAULT_BASE, device="cpu"):
     """The run's adapter merged into ``base`` as one float32 model in memory, plus recipe and tokenizer.
 

@@ -18,7 +18,7 @@ from functools import partial
 
 import torch
 
-from qtune.kernels import peft_layers
+import qtune.kernels.peft_layers as peft_layers
 from qtune.kernels.lora_blocks import Projection, Workspace, lora_group, lora_mlp
 from qtune.registry.families import family_of
 

@@ -140,7 +140,8 @@ def dequant_backend(mode: str, device: str) -> str:
 
 def apply(model, mode: str, device: str) -> str:
     """Route ``model``'s 4-bit LoRA layers through ``mode``'s kernels; returns the resolved mode."""
-    from qtune.kernels import blocks, peft_layers
+    import qtune.kernels.blocks as blocks  # the modules themselves, not the package face (which imports this one)
+    import qtune.kernels.peft_layers as peft_layers
 
     resolved = resolve(mode, device)
     blocks.unfuse(model)

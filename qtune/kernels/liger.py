@@ -21,8 +21,9 @@ The family's liger name comes from :mod:`qtune.registry.families` (``liger``); a
 from __future__ import annotations
 
 import inspect
-import sys
 
+from qtune.compat.liger import RMS_NORM_PATCHED, patch_rms_norm
+from qtune.compat.transformers import has_module_rotary, module_rotary
 from qtune.errors import QtuneError
 from qtune.registry.families import Family
 
@@ -53,27 +54,19 @@ def fused_cross_entropy(base, family: Family) -> None:
 
 def rms_norms(base, family: Family) -> int:
     """Route every RMSNorm module of ``base`` through liger's kernel; returns how many."""
-    from liger_kernel.transformers.monkey_patch import _patch_rms_norm_module
-
     _liger_name(family, "rms_norm")
     gemma = family.norm_offset != 0.0
     norms = [m for m in base.modules() if type(m).__name__.endswith("RMSNorm")]
     for m in norms:  # Gemma computes in float32 and scales by (1 + w) before casting back: liger's "gemma" mode
-        _patch_rms_norm_module(m, offset=family.norm_offset, casting_mode="gemma" if gemma else "llama",
-                               in_place=not gemma)
+        patch_rms_norm(m, offset=family.norm_offset, casting_mode="gemma" if gemma else "llama", in_place=not gemma)
     return len(norms)
 
 
 def _rope_forward(attn, *args, **kwargs):
     from liger_kernel.transformers.rope import liger_rotary_pos_emb
 
-    modeling = sys.modules[type(attn).__module__]
-    own = modeling.apply_rotary_pos_emb
-    modeling.apply_rotary_pos_emb = liger_rotary_pos_emb
-    try:
+    with module_rotary(attn, liger_rotary_pos_emb):
         return type(attn).forward(attn, *args, **kwargs)
-    finally:
-        modeling.apply_rotary_pos_emb = own
 
 
 def rope(base, family: Family) -> int:
@@ -90,7 +83,7 @@ def rope(base, family: Family) -> int:
                          "use train.rope=torch, or train.frozen_dtype=float32 on CPU")
     count = 0
     for m in base.modules():
-        if type(m).__name__.endswith("Attention") and hasattr(sys.modules[type(m).__module__], "apply_rotary_pos_emb"):
+        if type(m).__name__.endswith("Attention") and has_module_rotary(m):
             m.forward = partial(_rope_forward, m)
             setattr(m, _ROPE, True)
             count += 1
@@ -103,7 +96,7 @@ def remove(model) -> None:
     vars(base).pop("forward", None)
     for m in base.modules():
         if type(m).__name__.endswith("RMSNorm"):
-            for name in ("forward", "extra_repr", "_get_name"):
+            for name in RMS_NORM_PATCHED:
                 vars(m).pop(name, None)
         if vars(m).pop(_ROPE, False):
             vars(m).pop("forward", None)

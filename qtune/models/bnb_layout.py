@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import sys
 
+from qtune.compat.bitsandbytes import CPU_PACKED, REPACK_SWITCH, unpack_cpu_weight
 from qtune.errors import QtuneError
-
-CPU_PACKED = "packing_format_for_cpu"  # QuantState flag: the weight is in the AVX512-BF16 layout
-REPACK_SWITCH = "support_avx512bf16_for_cpu"  # Linear4bit flag: repack on the next eval forward
 
 PATH_CANONICAL = "bitsandbytes dequantize + matmul"
 PATH_CPU_BF16 = "bitsandbytes AVX512-BF16 CPU inference kernel"
@@ -58,12 +56,10 @@ def _is_cpu_packed(layer) -> bool:
 
 def _undo_cpu_packing(layer) -> None:
     """Put a repacked weight back in the canonical layout (absmax keeps its bf16 rounding)."""
-    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-
     state = layer.weight.quant_state
     absmax = state.absmax  # (K / blocksize, N) bfloat16 while packed
     nested = state.original_nested
-    layer.weight.data, state = _convert_weight_packed_for_cpu_inverse(layer.weight.data, state)
+    layer.weight.data, state = unpack_cpu_weight(layer.weight.data, state)
     if not nested:  # bitsandbytes' inverse restores absmax only when it re-double-quantizes it
         state.absmax = absmax.T.reshape(-1).float()  # block order, float32 as quantize_4bit writes it
     layer.weight.quant_state = state

@@ -151,16 +151,10 @@ def _first_line(e: Exception) -> str:
 
 
 def load_tokenizer(model: "ModelSection"):
-    from transformers import AutoTokenizer
+    from qtune.models.tokenizer import load_tokenizer_at
 
-    path = resolve_model_path(model.path)
-    try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=model.trust_remote_code, revision=model.revision)
-    except (OSError, ValueError) as e:  # no tokenizer files, or ones transformers cannot build a tokenizer from
-        raise QtuneError(f"model.path: could not load a tokenizer from '{model.path}' ({_first_line(e)})") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
+    return load_tokenizer_at(resolve_model_path(model.path), "model.path", model.path,
+                             trust_remote_code=model.trust_remote_code, revision=model.revision)
 
 
 def linear_names(model) -> list[str]:

@@ -201,15 +201,24 @@ def _converted(source: Path, target: Path, what: str) -> Path:
     return target
 
 
-def _convert_gguf(source: Path, out: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def gguf_float_model(file: Path, dtype, device: str | None = None):
+    """The GGUF ``file`` as a transformers model with float weights: transformers dequantizes every tensor to
+    ``dtype``, and the GGUF marker (``quantization_config``, the quantizer) goes, so it runs and saves as a
+    plain float model. The weights keep the GGUF quantization error exactly."""
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
-    # The weights are dequantized floats now; drop the GGUF marker so it saves as a plain checkpoint.
+    device_map = {"": device} if device else None
+    model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=dtype, device_map=device_map)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    return model
+
+
+def _convert_gguf(source: Path, out: Path) -> None:
+    import torch
+
+    from qtune.models.tokenizer import gguf_tokenizer
+
+    gguf_float_model(source, torch.float32).save_pretrained(out, safe_serialization=True)
+    gguf_tokenizer(source).save_pretrained(out)

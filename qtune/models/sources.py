@@ -17,11 +17,15 @@ packaged    a name from ``qtune models``                        its cached float
 hub         anything else                                       transformers from the Hub
 ==========  ==================================================  =====================================
 
+A recipe's base (``qtune report``'s reference, nf4 and int8 rows) loads with :func:`load_base`: the same
+quantized load training does (:func:`qtune.models.load.load_base_model`), with its tokenizer.
+
 GGUF is evaluated by dequantizing its weights into a transformers model: the weights carry the
 GGUF quantization error exactly, but the matmuls run in float (llama.cpp would also quantize the
 activations to 8 bit), so the numbers measure the weight quantization alone.
 
-On CPU a float16/bfloat16 checkpoint (merged exports are float16) runs in float32; see
+What qtune picks to compute in, where the model does not say, is :func:`float_dtype`: bfloat16 on a GPU, float32
+on CPU. On CPU a float16/bfloat16 checkpoint (merged exports are float16) runs in float32; see
 :func:`_upcast_half_on_cpu`.
 """
 
@@ -29,13 +33,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qtune import rundir
 from qtune.models.generation_config import gguf_stop_ids, read_stop_ids
-from qtune.recipe import load_run_recipe
 from qtune.errors import QtuneError
-from qtune.registry.exports import EXPORT_FORMATS
 from qtune.models.packaged import PACKAGED_MODELS
+from qtune.registry.exports import EXPORT_FORMATS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from qtune.recipe.schema import ModelSection, QuantSection
 
 # What transformers loads a GPTQ/AWQ export with, and the qtune extra that installs it (gptqmodel 7.6 pins numpy 2.2,
 # so scripts/setup_consumers.sh gives it a venv of its own).
@@ -64,8 +71,15 @@ def read_export_meta(directory: Path) -> dict:
     return meta
 
 
+def accepted() -> str:
+    """Every kind of MODEL, in the words of the one-line errors."""
+    return (f"give a run directory (recipe.yaml + adapter/), an export directory ({rundir.EXPORT_MANIFEST}), a .gguf file, "
+            f"a checkpoint directory (config.json), a packaged model ({', '.join(PACKAGED_MODELS)}) or a Hub id")
+
+
 def resolve_source(spec: str) -> ModelSource:
-    """Classify ``spec`` (see the table in the module docstring)."""
+    """Classify ``spec`` (see the table in the module docstring); where nothing matches, one line says what
+    ``spec`` is and which kinds are taken."""
     path = Path(spec).expanduser()
     if not spec.strip():
         raise QtuneError("MODEL: empty; give a run, export or checkpoint directory, a .gguf file, a packaged name or a Hub id")
@@ -81,21 +95,18 @@ def resolve_source(spec: str) -> ModelSource:
                 raise QtuneError(f"MODEL: {path / 'config.json'} names no model_type, so no model class can be chosen for "
                                  f"it; give a run, export or checkpoint directory whose config.json names one")
             return ModelSource("checkpoint", spec, path)
-        raise QtuneError(
-            f"MODEL: directory '{spec}' is not a run (recipe.yaml + adapter/), an export ({rundir.EXPORT_MANIFEST}) "
-            f"or a transformers checkpoint (config.json)"
-        )
+        raise QtuneError(f"MODEL: directory '{spec}' is not a run, an export or a checkpoint (it has none of "
+                         f"recipe.yaml + adapter/, {rundir.EXPORT_MANIFEST}, config.json); {accepted()}")
     if path.suffix == ".gguf":
         if not path.is_file():
-            raise QtuneError(f"MODEL: no such GGUF file '{spec}'")
+            raise QtuneError(f"MODEL: no such GGUF file '{spec}'; {accepted()}")
         return ModelSource("gguf", spec, path)
     if spec in PACKAGED_MODELS:
         return ModelSource("packaged", spec)
     if path.is_file():
-        raise QtuneError(f"MODEL: '{spec}' is a file but not a .gguf model; give a run, export or checkpoint directory, "
-                         f"a .gguf file, a packaged name or a Hub id")
+        raise QtuneError(f"MODEL: '{spec}' is a file but not a .gguf model; {accepted()}")
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise QtuneError(f"MODEL: no such file or directory '{spec}' (packaged models: {', '.join(PACKAGED_MODELS)})")
+        raise QtuneError(f"MODEL: no such file or directory '{spec}'; {accepted()}")
     return ModelSource("hub", spec)
 
 
@@ -108,32 +119,47 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
 
 
+def float_dtype(device: str) -> str:
+    """What a float model computes in where qtune chooses: bfloat16 on a GPU, float32 on CPU (no fast bf16 matmul)."""
+    return "bfloat16" if device == "cuda" else "float32"
+
+
+def stored_float_dtype(model_path: str) -> str:
+    """A recipe's base checkpoint's own float dtype, from its config.json (float32 when unstated)."""
+    import json
+
+    from qtune.models.load import resolve_model_path
+
+    cfg = json.loads((Path(resolve_model_path(model_path)) / "config.json").read_text())
+    dtype = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
+    return dtype if dtype in ("float32", "float16", "bfloat16") else "float32"
+
+
 def load_source(src: ModelSource, device: str, quant: str | None = None) -> Loaded:
     """Load ``src`` on ``device`` with its tokenizer, ready for ``eval()``.
 
     ``quant`` (nf4, fp4, int8) quantizes a checkpoint, packaged or Hub model at load time with
-    bitsandbytes, computing in bfloat16 on a GPU and float32 on CPU.
+    bitsandbytes, computing in :func:`float_dtype`.
     """
-    if quant not in (None, "none"):
-        return _load_quantized(src, device, quant)
     from qtune.models.bnb_layout import keep_training_layout
 
-    if src.kind == "run":
-        loaded = _load_run(src, device)
-    elif src.kind == "export":
-        loaded = _load_export(src, device)
-    elif src.kind == "gguf":
-        loaded = _load_gguf(src, src.path, device, tokenizer_dir=None)
-    else:
-        from qtune.models.load import resolve_model_path
-
-        path = src.path or resolve_model_path(src.spec)
-        loaded = Loaded(_from_pretrained(path, src.spec, device), _tokenizer(path, src.spec), src, "")
+    if quant not in (None, "none"):
+        return _load_quantized(src, device, quant)
+    loaded = LOADERS[src.kind](src, device)
     _upcast_half_on_cpu(loaded, device)
     keep_training_layout(loaded.model)  # a bnb 4-bit checkpoint: eval figures on the same path on every CPU
     loaded.dtype = loaded.dtype or str(loaded.model.dtype).removeprefix("torch.")
     loaded.model.eval()
     return loaded
+
+
+def load_base(model: "ModelSection", quant: "QuantSection", device: str) -> Loaded:
+    """A recipe's base as training loads it (quantized at load time when ``quant`` says), with its tokenizer."""
+    from qtune.models.load import load_base_model, load_tokenizer
+
+    base = load_base_model(model, quant, device).eval()
+    dtype = quant.compute_dtype if quant.method != "none" else model.dtype
+    return Loaded(base, load_tokenizer(model), ModelSource("base", model.path), dtype)
 
 
 def _upcast_half_on_cpu(loaded: Loaded, device: str) -> None:
@@ -152,19 +178,20 @@ def _upcast_half_on_cpu(loaded: Loaded, device: str) -> None:
 
 
 def _load_quantized(src: ModelSource, device: str, method: str) -> Loaded:
-    from qtune.models.load import load_base_model, load_tokenizer
     from qtune.recipe.schema import ModelSection, QuantSection
 
     if src.kind not in ("checkpoint", "packaged", "hub"):
         raise QtuneError(f"--quant: only a checkpoint, packaged or Hub model is quantized at load time (given a {src.kind})")
-    compute = "bfloat16" if device == "cuda" else "float32"
-    section = ModelSection(path=str(src.path or src.spec))
-    model = load_base_model(section, QuantSection(method=method, compute_dtype=compute), device)
-    return Loaded(model.eval(), load_tokenizer(section), src, compute, [f"quantized to {method} at load time by bitsandbytes"])
+    loaded = load_base(ModelSection(path=str(src.path or src.spec)), QuantSection(method=method, compute_dtype=float_dtype(device)), device)
+    loaded.source = src
+    loaded.notes.append(f"quantized to {method} at load time by bitsandbytes")
+    return loaded
 
 
-def _load_run(src: ModelSource, device: str) -> Loaded:
+def load_run(src: ModelSource, device: str) -> Loaded:
+    """A run: its base loaded as its recipe says (quantized the same way), with the run's adapter on top."""
     from qtune.models.load import load_tokenizer, load_trained
+    from qtune.recipe import load_run_recipe
 
     recipe = load_run_recipe(src.path)
     rundir.check_adapter(src.path)
@@ -177,14 +204,15 @@ def _load_run(src: ModelSource, device: str) -> Loaded:
     return Loaded(model, tok, src, recipe.quant.compute_dtype if recipe.quant.method != "none" else "", [note])
 
 
-def _load_export(src: ModelSource, device: str) -> Loaded:
+def load_export(src: ModelSource, device: str) -> Loaded:
+    """An export, by its format: a gguf export as its .gguf file, the others as a transformers checkpoint."""
     fmt = src.meta["format"]
     if fmt == "gguf":
         ggufs = sorted(src.path.glob("*.gguf"))
         if not ggufs:
             raise QtuneError(f"MODEL: gguf export '{src.spec}' holds no .gguf file")
         tok_dir = src.path if (src.path / "tokenizer_config.json").is_file() else None
-        return _load_gguf(src, ggufs[0], device, tokenizer_dir=tok_dir)
+        return _gguf(src, ggufs[0], device, tokenizer_dir=tok_dir)
     if fmt in EXPORT_BACKENDS:
         packages, extra = EXPORT_BACKENDS[fmt]
         try:
@@ -205,28 +233,41 @@ def _tokenizer_dir(src: ModelSource):
     return resolve_model_path(src.meta["base"])
 
 
-def _load_gguf(src: ModelSource, file: Path, device: str, tokenizer_dir) -> Loaded:
+def load_gguf(src: ModelSource, device: str) -> Loaded:
+    """A .gguf file, dequantized to float weights by transformers, with the tokenizer it carries."""
+    return _gguf(src, src.path, device, tokenizer_dir=None)
+
+
+def _gguf(src: ModelSource, file: Path, device: str, tokenizer_dir) -> Loaded:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from qtune.models.packaged import gguf_architecture
+    from qtune.models.packaged import gguf_architecture, gguf_float_model
+    from qtune.models.tokenizer import gguf_tokenizer, with_pad
 
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = float_dtype(device)
     gguf_architecture(file, "MODEL")  # not a GGUF, or a truncated header: one line naming the file
     try:
-        model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=dtype, device_map={"": device})
+        model = gguf_float_model(file, getattr(torch, dtype), device)
     except (OSError, ValueError, KeyError) as e:  # transformers' GGUF reader on a file it cannot map to a model
         raise QtuneError(f"MODEL: transformers cannot load the GGUF file '{file}' ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:200] if str(e) else ''}); give a GGUF of a supported family "
                          f"written by llama.cpp, or a checkpoint directory") from None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config  # the weights are plain floats now
-    tok = _tokenizer(tokenizer_dir, src.spec) if tokenizer_dir else AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    tok = _tokenizer(tokenizer_dir, src.spec) if tokenizer_dir else with_pad(gguf_tokenizer(file))
     _stop_on(model, gguf_stop_ids(file))  # the file's EOS and end-of-turn ids, as llama.cpp reads them
-    note = f"{file.name} dequantized to {str(dtype).removeprefix('torch.')} by transformers (weights carry the GGUF error; matmuls in float)"
-    return Loaded(model, tok, src, str(dtype).removeprefix("torch."), [note])
+    note = f"{file.name} dequantized to {dtype} by transformers (weights carry the GGUF error; matmuls in float)"
+    return Loaded(model, tok, src, dtype, [note])
+
+
+def load_checkpoint(src: ModelSource, device: str) -> Loaded:
+    """A transformers checkpoint (a directory, a packaged model's converted cache, a Hub id) in its stored dtype."""
+    from qtune.models.load import resolve_model_path
+
+    path = src.path or resolve_model_path(src.spec)
+    return Loaded(_from_pretrained(path, src.spec, device), _tokenizer(path, src.spec), src, "")
+
+
+LOADERS = {"run": load_run, "export": load_export, "gguf": load_gguf,
+           "checkpoint": load_checkpoint, "packaged": load_checkpoint, "hub": load_checkpoint}
 
 
 def _stop_on(model, ids: list[int]) -> None:
@@ -243,22 +284,13 @@ def _from_pretrained(path, spec: str, device: str):
     try:
         return AutoModelForCausalLM.from_pretrained(str(path), dtype="auto", device_map={"": device})
     except (OSError, ValueError) as e:  # missing files; a model_type or config transformers does not know
-        raise QtuneError(
-            f"MODEL: could not load '{spec}' ({str(e).splitlines()[0]}); without Hub access give a run, export, "
-            f"checkpoint directory, .gguf file or packaged model ({', '.join(PACKAGED_MODELS)})"
-        ) from None
+        raise QtuneError(f"MODEL: could not load '{spec}' ({str(e).splitlines()[0]}); without Hub access {accepted()}") from None
 
 
 def _tokenizer(path, spec: str):
-    from transformers import AutoTokenizer
+    from qtune.models.tokenizer import load_tokenizer_at
 
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as e:
-        raise QtuneError(f"MODEL: could not load a tokenizer for '{spec}' ({str(e).splitlines()[0]})") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
+    return load_tokenizer_at(path, "MODEL", spec)
 
 
 def export_dirs(run: Path) -> list[Path]:

@@ -55,18 +55,9 @@ class Stage:
     bits: float | None = None  # declared bits per weight (exports)
 
 
-def stored_float_dtype(model_path: str) -> str:
-    """The checkpoint's own float dtype from its config.json (float32 when unstated)."""
-    from qtune.models.load import resolve_model_path
-
-    cfg = json.loads((Path(resolve_model_path(model_path)) / "config.json").read_text())
-    dtype = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
-    return dtype if dtype in ("float32", "float16", "bfloat16") else "float32"
-
-
 def plan_stages(run: Path, recipe, device: str) -> list[Stage]:
     """The rows of the report for ``run`` on ``device`` (see the module docstring)."""
-    from qtune.models.sources import export_dirs, read_export_meta
+    from qtune.models.sources import export_dirs, read_export_meta, stored_float_dtype
 
     ref_dtype = "bfloat16" if device == "cuda" else stored_float_dtype(recipe.model.path)
     compute = recipe.quant.compute_dtype if device == "cuda" else ref_dtype
@@ -89,18 +80,12 @@ def plan_stages(run: Path, recipe, device: str) -> list[Stage]:
     return stages
 
 
-def load_stage(stage: Stage, run: Path, recipe, device: str):
-    from qtune.models.sources import Loaded, ModelSource, load_source, resolve_source
-    from qtune.models.load import load_base_model, load_tokenizer
+def load_stage(stage: Stage, recipe, device: str):
+    from qtune.models.sources import load_base, load_source, resolve_source
     from qtune.recipe.schema import ModelSection, QuantSection
 
     if stage.kind == "base":
-        model_section = ModelSection(**{**recipe.model.model_dump(), "dtype": stage.dtype})
-        quant = QuantSection(**stage.quant)
-        model = load_base_model(model_section, quant, device)
-        model.eval()
-        dtype = quant.compute_dtype if quant.method != "none" else stage.dtype
-        return Loaded(model, load_tokenizer(recipe.model), ModelSource("base", recipe.model.path), dtype)
+        return load_base(ModelSection(**{**recipe.model.model_dump(), "dtype": stage.dtype}), QuantSection(**stage.quant), device)
     return load_source(resolve_source(stage.path), device)
 
 
@@ -142,7 +127,7 @@ def measure_stage(stage: Stage, run_dir: str, settings: EvalSettings, device: st
         lambda record: not str(record.msg).startswith("MatMul8bitLt: inputs will be cast"))
     _import_loaders(recipe.model.path)  # so the load memory below is the model's, not library code
     with LoadMemory(device) as mem:
-        loaded = load_stage(stage, run, recipe, device)
+        loaded = load_stage(stage, recipe, device)
         mem.holds(loaded.model)
     row = {"stage": stage.name, "kind": stage.kind, "compute_dtype": loaded.dtype, "notes": loaded.notes}
     if stage.quant.get("method") == "int8":

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from transformers import Trainer
 
+from qtune.compat.transformers import TrainerHooks
 from qtune.data.collate import PadCollator, real_tokens
 from qtune.eval.loss import token_nll_sums
 from qtune.train import distributed
@@ -17,7 +18,7 @@ from qtune.train.offload import maybe_offloaded
 from qtune.train.resume import prune_checkpoints
 
 
-class QtuneTrainer(Trainer):
+class QtuneTrainer(TrainerHooks, Trainer):
     def __init__(self, *args, offload_activations: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.offload_activations = offload_activations  # train.offload_activations (qtune.train.offload)
@@ -63,13 +64,13 @@ class QtuneTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
-    def _track_num_input_tokens(self, inputs) -> None:
+    def count_input_tokens(self, inputs) -> None:
         """Count real tokens; a packed batch has no attention_mask, so Trainer alone would count its padding."""
         if self.args.include_num_input_tokens_seen == "non_padding":
             mine = real_tokens(inputs)
             self.state.num_input_tokens_seen += int(distributed.all_sum([float(mine)])[0]) if self.args.world_size > 1 else mine
             return
-        super()._track_num_input_tokens(inputs)
+        self.trainer_count_input_tokens(inputs)
 
     def final_eval_loss(self) -> float:
         """Eval loss at the current step, reusing the evaluation the schedule may have just run."""
@@ -77,7 +78,7 @@ class QtuneTrainer(Trainer):
             return self.last_eval[1]
         return self.evaluate()["eval_loss"]
 
-    def _save_checkpoint(self, model, trial) -> None:
+    def save_checkpoint(self, model, trial) -> None:
         """Write ``checkpoint-N`` under a staging folder, rename it into place when complete, keep the newest
         ``args.save_total_limit`` (``train.keep_checkpoints``)."""
         final_root = self.args.output_dir
@@ -89,7 +90,7 @@ class QtuneTrainer(Trainer):
         distributed.barrier()
         self.args.output_dir = staging_root
         try:
-            super()._save_checkpoint(model, trial)  # every rank writes its part (its RNG state, FSDP shards)
+            self.trainer_save_checkpoint(model, trial)  # every rank writes its part (its RNG state, FSDP shards)
         finally:
             self.args.output_dir = final_root
         distributed.barrier()

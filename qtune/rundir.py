@@ -13,6 +13,8 @@ Other commands and users rely on this layout::
                        train.keep_checkpoints are kept (see qtune.train.resume)
       exports/<name>/  merged / GPTQ / AWQ / GGUF exports, each with qtune_export.json, fidelity.json, README.md
       report.{md,json,png}  the fidelity table written by ``qtune report``
+      fidelity-reference/   the merged (and trained) model's fidelity scores, one JSON per key, reused by every
+                            later export (qtune.export.reference)
 
 Every file and folder here is written to a temporary name first and renamed into place, so an
 interrupted run never leaves a half-written file under the final name.
@@ -35,6 +37,7 @@ SUMMARY = "summary.json"
 LOSS_PLOT = "loss.png"
 CHECKPOINTS = "checkpoints"
 RUN_STATE = "run_state.json"
+FIDELITY_REFERENCE = "fidelity-reference"
 
 
 def is_finished_run(path: Path) -> bool:

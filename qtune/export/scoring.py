@@ -1,0 +1,143 @@
+"""Fidelity of one export command: how each model is held, the expected time, the reused reference.
+
+Every model an export measures (the merged reference, each quantized format, each GGUF file) is
+given tensor by tensor (``weights(name)``). The planner (:func:`qtune.plan.memory.fidelity_peak`)
+decides how it runs:
+
+- ``memory``: the whole model materialized once (:func:`qtune.export.layerwise.resident_model`),
+  every tensor read, merged or dequantized once — when its peak fits in 80% of the memory free now;
+- ``layers``: one decoder layer at a time (:func:`qtune.export.layerwise.lazy_model`), each layer
+  read again for every forward pass — only when the model does not fit.
+
+Windows and conversations go through the model ``batch`` at a time, the largest batch (up to 8)
+whose peak fits as well. ``export.fidelity_mode`` forces either path. Before the first model the
+expected time is printed: forward tokens x 2 x parameters over a timed matmul's speed, per model.
+
+The merged (and trained) model's scores come from :mod:`qtune.export.reference` when an earlier
+export stored them from the same inputs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+MAX_BATCH = 8
+MEMORY_SHARE = 0.8  # of the memory free when fidelity starts
+
+
+@dataclass
+class Plan:
+    mode: str  # "memory" | "layers"
+    batch: int
+    peak: int  # bytes, planned for that mode and batch
+    budget: int  # bytes free x MEMORY_SHARE
+    params: int
+
+
+def plan(config, settings, device: str, dtype_bytes: int, forced: str = "auto") -> Plan:
+    """How to run fidelity for a model of ``config`` (see the module docstring)."""
+    from qtune.plan.budget import available_memory
+    from qtune.plan.fit import largest
+    from qtune.plan.memory import fidelity_peak
+    from qtune.plan.shape import shape_of
+
+    shape = shape_of(config)
+    seq = max(settings.window, 128)
+    budget = int(available_memory(device) * MEMORY_SHARE)
+    resident = forced == "memory" or (forced == "auto" and fidelity_peak(shape, 1, seq, dtype_bytes, True) <= budget)
+    batch = max(1, largest(lambda b: fidelity_peak(shape, b, seq, dtype_bytes, resident) <= budget, MAX_BATCH))
+    return Plan("memory" if resident else "layers", batch, fidelity_peak(shape, batch, seq, dtype_bytes, resident),
+                budget, shape.params + (0 if shape.tied else shape.lm_head.numel))
+
+
+def seconds_per_model(inputs, p: Plan, device: str, dtype: str, hidden: int, intermediate: int) -> float:
+    """Expected seconds to score one model: 2 FLOPs per parameter per forward token at a timed matmul's speed."""
+    from qtune.plan.throughput import probe
+
+    speed = probe(device, dtype, "none", inputs.settings.window * p.batch, hidden, intermediate, 8, 64, min_s=0.05)
+    return 2 * p.params * inputs.forward_tokens / speed.matmul_flops
+
+
+class Scorer:
+    """The fidelity figures of every model of one export, on the export device: float32 on CPU (the
+    figures small models are checked against), the recipe's compute dtype on a GPU."""
+
+    def __init__(self, run_dir, weights, tokenizer, s, device, say, models: int):
+        import torch
+
+        from qtune.export.fidelity import FidelitySettings, prepare
+
+        self.run_dir, self.weights, self.say, self.device = run_dir, weights, say, device
+        self.config, self.recipe, self.base = weights.config, weights.recipe, s.base
+        self.dtype = torch.float32 if device.type == "cpu" else getattr(torch, weights.recipe.quant.compute_dtype)
+        settings = FidelitySettings(max_tokens=s.fidelity_tokens, examples=s.fidelity_examples).for_device(device.type)
+        self.plan = plan(self.config, settings, device.type, self.dtype.itemsize, s.fidelity_mode)
+        if self.plan.peak > self.plan.budget:
+            say(f"fidelity: planned peak {self.plan.peak / 2**30:.2f} GiB exceeds {self.plan.budget / 2**30:.2f} GiB "
+                f"(80% of the free memory) even {'held' if self.plan.mode == 'memory' else 'one layer at a time'}")
+        settings.batch_size = self.plan.batch
+        self.inputs = prepare(tokenizer, self.recipe, settings)
+        self.cached = {m: self._stored(m) for m in ("merged", "trained")}
+        models -= sum(v is not None for v in self.cached.values())
+        text = self.config.get_text_config() if hasattr(self.config, "get_text_config") else self.config
+        per = seconds_per_model(self.inputs, self.plan, device.type, str(self.dtype).removeprefix("torch."),
+                                text.hidden_size, text.intermediate_size)
+        how = "held in memory" if self.plan.mode == "memory" else "one layer at a time (the model does not fit)"
+        reused = [m for m, v in self.cached.items() if v is not None]
+        say(f"fidelity: {settings.max_tokens} eval-text tokens and "
+            f"{len(self.inputs.rows)} eval conversations ({self.inputs.forward_tokens} tokens through the model) "
+            f"per model, {models} model(s), {how}, batch {self.plan.batch}, on {device.type} in "
+            f"{str(self.dtype).removeprefix('torch.')}: expected ~{per * models:.0f}s"
+            f"{' + reading every layer once per forward pass' if self.plan.mode == 'layers' else ''}"
+            f"{'; reference scores reused for ' + ', '.join(reused) if reused else ''} "
+            f"(bound it: --fidelity-tokens N --fidelity-examples N; skip it: --no-fidelity)")
+        self.seconds = 0.0
+
+    def _key(self, model: str) -> dict:
+        from qtune.export.reference import reference_key
+
+        return reference_key(self.run_dir, self.recipe, model, self.base, self.inputs.settings.key(),
+                             self.device.type, str(self.dtype).removeprefix("torch."))
+
+    def _stored(self, model: str) -> dict | None:
+        from qtune.export.reference import stored
+
+        return stored(self.run_dir, self._key(model))
+
+    def of(self, weights) -> dict:
+        """Perplexity and eval loss of the model ``weights(name)`` gives, run as planned."""
+        from qtune.export.fidelity import measure
+        from qtune.export.layerwise import lazy_model, resident_model, return_freed_memory
+
+        t0 = time.perf_counter()
+        build = resident_model if self.plan.mode == "memory" else lazy_model
+        model = build(self.config, weights, self.device, self.dtype)
+        out = measure(model, self.inputs)
+        del model
+        return_freed_memory()
+        took = time.perf_counter() - t0
+        self.seconds += took
+        out["measured"] = {"mode": self.plan.mode, "batch": self.plan.batch, "seconds": round(took, 1)}
+        return out
+
+    def _reference(self, model: str, weights) -> dict:
+        from qtune.export.reference import store
+
+        if self.cached[model] is None:
+            self.cached[model] = self.of(weights)
+            store(self.run_dir, self._key(model), self.cached[model])
+        return self.cached[model]
+
+    def reference(self) -> dict:
+        """The merged model's scores: stored by an earlier export from the same inputs, or measured and stored."""
+        return self._reference("merged", self.weights)
+
+    def trained(self) -> dict:
+        """The trained model's (the adapter merged into the dequantized base, which equals it)."""
+        from qtune.export.layerwise import MergedWeights
+
+        if self.base == "dequantized":
+            return self.reference()
+        return self._reference("trained", MergedWeights(self.run_dir, "dequantized", self.device))
+

@@ -1,0 +1,68 @@
+"""Export fidelity: in memory and one layer at a time give the same figures; a stored reference is reused
+only for the same inputs, and equals a fresh measurement."""
+
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from qtune import rundir
+from qtune.export.fidelity import FidelitySettings, measure, prepare
+from qtune.export.layerwise import MergedWeights, lazy_model, resident_model
+from qtune.recipe.schema import ExportSection
+
+# Measured on the tiny run (2 layers, float32, SmolLM2's 49,152-token vocabulary): in memory and one layer
+# at a time gave bit-identical figures; batch 4 against batch 1 moved the eval loss by 1.5e-9 relative
+# (the order of a batched matmul's sums). The bound leaves three orders of magnitude over that.
+REL_BOUND = 1e-6
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / abs(b)
+
+
+@pytest.fixture(scope="module")
+def merged(tiny_run):
+    weights = MergedWeights(tiny_run, "dequantized", "cpu")
+    return weights, AutoTokenizer.from_pretrained(str(tiny_run / rundir.ADAPTER))
+
+
+def test_in_memory_and_layer_streamed_fidelity_agree(merged):
+    weights, tok = merged
+    figures = {}
+    for batch in (1, 4):
+        inputs = prepare(tok, weights.recipe, FidelitySettings(max_tokens=600, examples=8, batch_size=batch).for_device("cpu"))
+        for name, build in (("memory", resident_model), ("layers", lazy_model)):
+            figures[name, batch] = measure(build(weights.config, weights, "cpu"), inputs)
+    ref = figures["layers", 1]  # the path every export took before
+    for where, f in figures.items():
+        for k in ("perplexity", "eval_loss"):
+            assert _rel(f[k], ref[k]) <= REL_BOUND, f"{where} {k}: {f[k]!r} vs {ref[k]!r} (rel {_rel(f[k], ref[k]):.2e})"
+        assert f["text"]["scored_tokens"] == ref["text"]["scored_tokens"] and f["eval_tokens"] == ref["eval_tokens"]
+
+
+def test_stored_reference_equals_a_fresh_one_and_a_changed_key_measures_again(tiny_run):
+    from qtune.export.pipeline import export_device
+    from qtune.export.scoring import Scorer
+
+    weights = MergedWeights(tiny_run, "dequantized", "cpu")
+    tok = AutoTokenizer.from_pretrained(str(tiny_run / rundir.ADAPTER))
+    said = []
+    s = ExportSection(base="dequantized", fidelity_tokens=300, fidelity_examples=4)
+    first = Scorer(tiny_run, weights, tok, s, export_device("cpu"), said.append, models=2)
+    assert first.plan.mode == "memory"  # a tiny model fits
+    fresh = first.reference()
+    stored = sorted((tiny_run / rundir.FIDELITY_REFERENCE).glob("merged-*.json"))
+    assert len(stored) == 1
+    again = Scorer(tiny_run, weights, tok, s, export_device("cpu"), said.append, models=2)
+    assert "reference scores reused for merged" in said[-1] and "expected ~" in said[-1] and "--fidelity-tokens" in said[-1]
+    assert again.reference() == json.loads(json.dumps(fresh)) and again.seconds == 0  # read, not measured
+    streamed = Scorer(tiny_run, weights, tok, s.model_copy(update={"fidelity_mode": "layers"}), export_device("cpu"), said.append, models=1)
+    assert streamed.plan.mode == "layers" and streamed.cached["merged"] is not None  # the mode is not in the key
+    remeasured = streamed.of(weights)
+    for k in ("perplexity", "eval_loss"):
+        assert _rel(remeasured[k], fresh[k]) <= REL_BOUND, (k, remeasured[k], fresh[k])
+    other = Scorer(tiny_run, weights, tok, s.model_copy(update={"fidelity_tokens": 200}), export_device("cpu"), said.append, models=1)
+    assert other.cached["merged"] is None  # another budget: measured again, stored beside the first
+    other.reference()
+    assert len(list((tiny_run / rundir.FIDELITY_REFERENCE).glob("merged-*.json"))) == 2

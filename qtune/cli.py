@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-examples", type=int,
                    help="eval conversations scored per model for fidelity, 0 for all (default 32 on CPU, all on a GPU)")
     p.add_argument("--fidelity-mode", choices=FIDELITY_MODES,
-                   help="auto (default): each model held in memory when the planner says it fits, else one layer at a time")
+                   help="auto (default): each model held in memory when its planned peak fits, else one layer at a time")
     p.add_argument("--fidelity", action=argparse.BooleanOptionalAction, default=None,
                    help="measure perplexity / eval loss of every export (default on; --no-fidelity skips it)")
     p.add_argument("--threads", type=int, help="CPU threads of the export (default: PyTorch's; the results do not depend on it)")

@@ -115,7 +115,8 @@ def measure(model, inputs: Inputs) -> dict:
         "eval_examples": n,
         "eval_tokens": count,
         "eval_data": inputs.eval_data,
-        "text": {"scored_tokens": ppl.scored_tokens, "window": s.window, "stride": s.stride, "text": inputs.text},
+        "text": {"scored_tokens": ppl.scored_tokens, "text_tokens": inputs.text_tokens, "window": s.window, "stride": s.stride,
+                 "text": inputs.text},
         "figures": {  # what each number is measured on, in words
             "eval_loss": f"task data: mean NLL of the assistant tokens of {inputs.eval_data} ({of} conversations)",
             "perplexity": f"general text: {ppl.scored_tokens} tokens of {shown} (sha256 {inputs.text['sha256'][:12]}), "

@@ -15,7 +15,7 @@ shards, for ``dequantized`` put through the bitsandbytes round trip training saw
 untied output head are materialized from a ``weights(name)`` function just before they run and
 released right after: peak memory is the embeddings, one layer and the activations.
 :func:`resident_model` is the same model with every part materialized once, up front, for a model
-that fits in memory (the planner decides: :func:`qtune.plan.memory.fidelity_peak`): each tensor is
+that fits in memory (:func:`qtune.export.scoring.fidelity_peak` decides): each tensor is
 read (and merged, or dequantized) once instead of once per forward pass.
 """
 

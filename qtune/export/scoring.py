@@ -1,8 +1,8 @@
 """Fidelity of one export command: how each model is held, the expected time, the reused reference.
 
 Every model an export measures (the merged reference, each quantized format, each GGUF file) is
-given tensor by tensor (``weights(name)``). The planner (:func:`qtune.plan.memory.fidelity_peak`)
-decides how it runs:
+given tensor by tensor (``weights(name)``). Its planned peak (:func:`fidelity_peak`, the planner's
+eval terms) decides how it runs:
 
 - ``memory``: the whole model materialized once (:func:`qtune.export.layerwise.resident_model`),
   every tensor read, merged or dequantized once — when its peak fits in 80% of the memory free now;
@@ -13,7 +13,7 @@ Windows and conversations go through the model ``batch`` at a time, the largest 
 whose peak fits as well. ``export.fidelity_mode`` forces either path. Before the first model the
 expected time is printed: forward tokens x 2 x parameters over a timed matmul's speed, per model.
 
-The merged (and trained) model's scores come from :mod:`qtune.export.reference` when an earlier
+The merged (and trained) model's scores come from :mod:`qtune.eval.stored_scores` when an earlier
 export stored them from the same inputs.
 """
 
@@ -32,31 +32,82 @@ class Plan:
     batch: int
     peak: int  # bytes, planned for that mode and batch
     budget: int  # bytes free x MEMORY_SHARE
-    params: int
+    sizes: dict  # model_sizes()
+
+
+def fidelity_peak(sizes: dict, batch: int, seq: int, dtype_bytes: int, resident: bool) -> int:
+    """Bytes of a no-grad forward of ``batch`` rows of ``seq`` tokens through a model in ``dtype_bytes`` floats,
+    held whole (``resident``) or as its outer parts plus one decoder layer (:func:`lazy_model`), with one
+    layer's intermediates and three ``B·T·V`` float32 blocks (the logits, their float32 copy and its
+    log-softmax): the terms of :func:`qtune.plan.memory.eval_peak` for an unquantized model. (The planner's
+    package sits above ``train``, which runs exports, so it cannot be imported from here.)"""
+    n = batch * seq
+    weights = sizes["params"] if resident else sizes["params"] - (sizes["layers"] - 1) * sizes["layer"]
+    working = n * (3 * sizes["intermediate"] + 2 * sizes["hidden"]) * 4
+    return dtype_bytes * weights + working + 3 * 4 * n * sizes["vocab"]
+
+
+def model_sizes(config) -> dict:
+    """Parameters (a tied head counted once), one decoder layer's, and the widths :func:`fidelity_peak` needs."""
+    from qtune.export.layerwise import skeleton
+    from qtune.export.sequential import decoder_layers
+
+    model = skeleton(config)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "layer": sum(p.numel() for p in decoder_layers(model)[1][0].parameters()),
+            "layers": text.num_hidden_layers, "hidden": text.hidden_size, "intermediate": text.intermediate_size,
+            "vocab": model.get_output_embeddings().out_features}
+
+
+def available_memory(device: str) -> int:
+    """Bytes free for a new allocation now: CUDA's free memory, or the host's MemAvailable."""
+    import os
+
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.mem_get_info()[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def largest_batch(fits, limit: int) -> int:
+    """The largest ``b`` in ``[1, limit]`` with ``fits(b)`` (monotone), at least 1."""
+    return max([b for b in range(1, limit + 1) if fits(b)] or [1])
 
 
 def plan(config, settings, device: str, dtype_bytes: int, forced: str = "auto") -> Plan:
     """How to run fidelity for a model of ``config`` (see the module docstring)."""
-    from qtune.plan.budget import available_memory
-    from qtune.plan.fit import largest
-    from qtune.plan.memory import fidelity_peak
-    from qtune.plan.shape import shape_of
-
-    shape = shape_of(config)
+    sizes = model_sizes(config)
     seq = max(settings.window, 128)
     budget = int(available_memory(device) * MEMORY_SHARE)
-    resident = forced == "memory" or (forced == "auto" and fidelity_peak(shape, 1, seq, dtype_bytes, True) <= budget)
-    batch = max(1, largest(lambda b: fidelity_peak(shape, b, seq, dtype_bytes, resident) <= budget, MAX_BATCH))
-    return Plan("memory" if resident else "layers", batch, fidelity_peak(shape, batch, seq, dtype_bytes, resident),
-                budget, shape.params + (0 if shape.tied else shape.lm_head.numel))
+    resident = forced == "memory" or (forced == "auto" and fidelity_peak(sizes, 1, seq, dtype_bytes, True) <= budget)
+    batch = largest_batch(lambda b: fidelity_peak(sizes, b, seq, dtype_bytes, resident) <= budget, MAX_BATCH)
+    return Plan("memory" if resident else "layers", batch, fidelity_peak(sizes, batch, seq, dtype_bytes, resident),
+                budget, sizes)
 
 
-def seconds_per_model(inputs, p: Plan, device: str, dtype: str, hidden: int, intermediate: int) -> float:
-    """Expected seconds to score one model: 2 FLOPs per parameter per forward token at a timed matmul's speed."""
-    from qtune.plan.throughput import probe
+def seconds_per_model(inputs, p: Plan, device: str, dtype) -> float:
+    """Expected seconds to score one model: 2 FLOPs per parameter per forward token, at the speed of a timed
+    ``(window, hidden) @ (hidden, intermediate)`` matmul."""
+    import torch
 
-    speed = probe(device, dtype, "none", inputs.settings.window * p.batch, hidden, intermediate, 8, 64, min_s=0.05)
-    return 2 * p.params * inputs.forward_tokens / speed.matmul_flops
+    x = torch.randn(inputs.settings.window, p.sizes["hidden"], device=device, dtype=dtype)
+    w = torch.randn(p.sizes["hidden"], p.sizes["intermediate"], device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    x @ w
+    sync()
+    calls, t0 = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - t0 < 0.1:
+        x @ w
+        calls += 1
+    sync()
+    flops = 2 * x.shape[0] * w.numel() * calls / (time.perf_counter() - t0)
+    return 2 * p.sizes["params"] * inputs.forward_tokens / flops
 
 
 class Scorer:
@@ -80,9 +131,7 @@ class Scorer:
         self.inputs = prepare(tokenizer, self.recipe, settings)
         self.cached = {m: self._stored(m) for m in ("merged", "trained")}
         models -= sum(v is not None for v in self.cached.values())
-        text = self.config.get_text_config() if hasattr(self.config, "get_text_config") else self.config
-        per = seconds_per_model(self.inputs, self.plan, device.type, str(self.dtype).removeprefix("torch."),
-                                text.hidden_size, text.intermediate_size)
+        per = seconds_per_model(self.inputs, self.plan, device.type, self.dtype)
         how = "held in memory" if self.plan.mode == "memory" else "one layer at a time (the model does not fit)"
         reused = [m for m, v in self.cached.items() if v is not None]
         say(f"fidelity: {settings.max_tokens} eval-text tokens and "
@@ -95,13 +144,13 @@ class Scorer:
         self.seconds = 0.0
 
     def _key(self, model: str) -> dict:
-        from qtune.export.reference import reference_key
+        from qtune.eval.stored_scores import reference_key
 
         return reference_key(self.run_dir, self.recipe, model, self.base, self.inputs.settings.key(),
                              self.device.type, str(self.dtype).removeprefix("torch."))
 
     def _stored(self, model: str) -> dict | None:
-        from qtune.export.reference import stored
+        from qtune.eval.stored_scores import stored
 
         return stored(self.run_dir, self._key(model))
 
@@ -122,7 +171,7 @@ class Scorer:
         return out
 
     def _reference(self, model: str, weights) -> dict:
-        from qtune.export.reference import store
+        from qtune.eval.stored_scores import store
 
         if self.cached[model] is None:
             self.cached[model] = self.of(weights)

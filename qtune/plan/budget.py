@@ -56,15 +56,3 @@ def process_rss() -> int:
     except OSError:
         pass
     return 0
-
-
-def available_memory(device: str) -> int:
-    """Bytes free for a new allocation now: CUDA's free memory, or the host's MemAvailable on CPU."""
-    if device == "cuda":
-        import torch
-
-        return torch.cuda.mem_get_info()[0]
-    try:
-        return _meminfo("MemAvailable")
-    except (OSError, KeyError):
-        return device_memory(device)[0]

@@ -339,15 +339,3 @@ def calibration_peak(recipe, shape: ModelShape) -> int:
     linear_inputs = tokens * (3 * shape.hidden + shape.intermediate) * 4  # q/k/v share, o, gate/up share, down
     hessians = sum(l.in_features ** 2 for l in layer.values()) * 4
     return 4 * shape.params + hidden_states + linear_inputs + hessians
-
-
-def fidelity_peak(shape: ModelShape, batch: int, seq: int, dtype_bytes: int, resident: bool) -> int:
-    """Export fidelity (qtune.export.fidelity): a no-grad forward of ``batch`` rows of ``seq`` tokens through a
-    model in ``dtype_bytes`` floats, held whole (``resident``) or one decoder layer at a time
-    (qtune.export.layerwise.lazy_model: the outer parts plus one layer), with one layer's intermediates
-    and three ``B·T·V`` float32 blocks (the logits, their float32 copy and its log-softmax)."""
-    n = batch * seq
-    layer = sum(l.numel for l in shape.layer_linears().values())
-    weights = shape.params if resident else shape.params - (shape.layers - 1) * layer
-    working = n * (3 * shape.intermediate + 2 * shape.hidden) * 4
-    return dtype_bytes * weights + working + 3 * 4 * n * shape.vocab

@@ -222,7 +222,7 @@ class ExportSection(Section):
     fidelity: bool = Field(True, description="measure perplexity and eval loss of every export")
     fidelity_tokens: Optional[int] = Field(None, ge=1, description="eval-text tokens scored per model (default: 1024 on CPU, 65536 on a GPU)")
     fidelity_examples: Optional[int] = Field(None, ge=0, description="eval conversations scored per model, 0 for all (default: 32 on CPU, all on a GPU)")
-    fidelity_mode: Literal[FIDELITY_MODES] = Field("auto", description="auto: in memory when the model fits (the planner decides), else layers; memory; layers")
+    fidelity_mode: Literal[FIDELITY_MODES] = Field("auto", description="auto: in memory when the model fits (its planned peak in 80% of the free memory), else layers; memory; layers")
     threads: Optional[int] = Field(None, ge=1, le=4096, description="CPU threads of the export (default: PyTorch's); changes speed, not results")
 
     @field_validator("group_size")

@@ -30,10 +30,10 @@ def merged(tiny_run):
 def test_in_memory_and_layer_streamed_fidelity_agree(merged):
     weights, tok = merged
     figures = {}
-    for batch in (1, 4):
+    for name, batch in (("layers", 1), ("memory", 1), ("memory", 4)):
         inputs = prepare(tok, weights.recipe, FidelitySettings(max_tokens=600, examples=8, batch_size=batch).for_device("cpu"))
-        for name, build in (("memory", resident_model), ("layers", lazy_model)):
-            figures[name, batch] = measure(build(weights.config, weights, "cpu"), inputs)
+        build = resident_model if name == "memory" else lazy_model
+        figures[name, batch] = measure(build(weights.config, weights, "cpu"), inputs)
     ref = figures["layers", 1]  # the path every export took before
     for where, f in figures.items():
         for k in ("perplexity", "eval_loss"):
@@ -66,3 +66,28 @@ def test_stored_reference_equals_a_fresh_one_and_a_changed_key_measures_again(ti
     assert other.cached["merged"] is None  # another budget: measured again, stored beside the first
     other.reference()
     assert len(list((tiny_run / rundir.FIDELITY_REFERENCE).glob("merged-*.json"))) == 2
+
+
+def test_report_takes_the_fine_tuned_row_from_the_stored_trained_scores(tiny_run):
+    """The stored ``trained`` scores are what ``qtune report`` measures for the fine-tuned row (the adapter on its
+    4-bit base, loaded by bitsandbytes), and the report reuses them only for its own inputs."""
+    from qtune.eval.measure import EvalSettings, measure as eval_measure
+    from qtune.eval.sources import load_source, resolve_source
+    from qtune.eval.stored_scores import report_figures
+    from qtune.export.pipeline import export_device
+    from qtune.export.scoring import Scorer
+
+    weights = MergedWeights(tiny_run, "original", "cpu")
+    tok = AutoTokenizer.from_pretrained(str(tiny_run / rundir.ADAPTER))
+    s = ExportSection(base="original", fidelity_tokens=300, fidelity_examples=0)
+    trained = Scorer(tiny_run, weights, tok, s, export_device("cpu"), lambda line: None, models=2).trained()
+    settings = EvalSettings(max_tokens=300, gen_tokens=0).for_device("cpu")
+    known = report_figures(tiny_run, weights.recipe, settings, "cpu")
+    assert known is not None and known["perplexity"]["perplexity"] == trained["perplexity"]
+    assert report_figures(tiny_run, weights.recipe, EvalSettings(max_tokens=400, gen_tokens=0).for_device("cpu"), "cpu") is None
+    measured = eval_measure(load_source(resolve_source(str(tiny_run)), "cpu"), settings, weights.recipe)
+    # Measured: perplexity identical, eval loss 2.4e-8 relative between the bitsandbytes run and the merge.
+    for got, want in ((known["perplexity"]["perplexity"], measured["perplexity"]["perplexity"]),
+                      (known["eval"]["eval_loss"], measured["eval"]["eval_loss"])):
+        assert _rel(got, want) <= REL_BOUND, (got, want, _rel(got, want))
+    assert known["eval"]["eval_examples"] == measured["eval"]["eval_examples"]

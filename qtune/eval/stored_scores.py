@@ -1,7 +1,8 @@
-"""The reference models' fidelity scores, measured once per run and reused by every later export.
+"""The reference models' fidelity scores, measured once per run and reused by every later export and the report.
 
-Every export compares itself with the merged model (``merged``), and the merged export also with the
-trained one (``trained``: the adapter on its dequantized base). Their scores depend only on the run,
+Every export (:mod:`qtune.export.scoring`) compares itself with the merged model (``merged``), and the
+merged export also with the trained one (``trained``: the adapter merged into its dequantized base,
+which equals the adapter on the base the recipe loads). Their scores depend only on the run,
 the text, the eval split and the settings, so they are stored under
 ``<run>/fidelity-reference/<model>-<hash>.json`` (written atomically) with the key they were
 measured from:
@@ -16,6 +17,11 @@ A later export with an equal key reads the scores instead of measuring; any diff
 again (and stores the new scores beside the old). Not in the key: the batch size and whether the
 model was held in memory or streamed a layer at a time: both give the same figures within the bound
 measured in tests/export/test_scoring.py.
+
+``qtune report`` takes its ``fine-tuned`` row's perplexity and eval loss from the stored ``trained``
+scores (:func:`report_figures`) when an export measured them on the report's own inputs: on CPU, in
+float32, the report's text, token cap, window and stride, and the whole eval split (e.g. ``qtune export
+RUN --format gguf --fidelity-tokens 4096 --fidelity-examples 0`` for the report's CPU defaults).
 """
 
 from __future__ import annotations
@@ -67,3 +73,25 @@ def store(run_dir: Path, key: dict, scores: dict) -> Path:
     path = _path(run_dir, key)
     rundir.write_json(path, {"key": key, "scores": scores})
     return path
+
+
+def report_figures(run_dir: Path, recipe, settings, device: str) -> dict | None:
+    """The ``perplexity`` and ``eval`` parts of the report's ``fine-tuned`` row from the stored ``trained`` scores
+    measured on exactly the report's inputs (``settings``: its EvalSettings, filled for the device), or None."""
+    if device != "cpu" or recipe.quant.compute_dtype != "float32":
+        return None  # on a GPU the report runs the 4-bit kernels, the export a merged model: not the same numbers
+    want = {"text": list(settings.text), "max_tokens": settings.max_tokens, "examples": 0,
+            "window": settings.window, "stride": settings.stride}
+    key = reference_key(run_dir, recipe, "trained", "dequantized", want, device, "float32")
+    scores = stored(run_dir, key)
+    if scores is None:
+        return None
+    t = scores["text"]
+    return {
+        "perplexity": {"perplexity": scores["perplexity"], "scored_tokens": t["scored_tokens"], "text_tokens": t.get("text_tokens"),
+                       "max_tokens": settings.max_tokens, "window": t["window"], "stride": t["stride"], "text": t["text"]},
+        "eval": {"eval_loss": scores["eval_loss"], "eval_examples": scores["eval_examples"],
+                 "eval_data": recipe.data.eval.path if recipe.data.eval else None},
+        "notes": [f"perplexity and eval loss: the scores qtune export stored in {_path(run_dir, key)} "
+                  "(the adapter merged into its dequantized base, on these inputs), not measured again"],
+    }

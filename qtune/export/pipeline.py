@@ -171,8 +171,8 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
     if s.fidelity:
         from qtune.export.scoring import Scorer
 
-        models = 1 + ("merged" in tmp and s.base != "dequantized") + len(quant) + ("gguf" in tmp) * len(s.gguf_types)
-        fid = Scorer(run_dir, weights, tokenizer, s, device, say, models)
+        fid = Scorer(run_dir, weights, tokenizer, s, device, say, exports=len(quant) + ("gguf" in tmp) * len(s.gguf_types),
+                     trained="merged" in tmp)
     reference = fid.reference() if fid else None
     if "merged" in tmp:
         fidelity = None

@@ -114,7 +114,9 @@ class Scorer:
     """The fidelity figures of every model of one export, on the export device: float32 on CPU (the
     figures small models are checked against), the recipe's compute dtype on a GPU."""
 
-    def __init__(self, run_dir, weights, tokenizer, s, device, say, models: int):
+    def __init__(self, run_dir, weights, tokenizer, s, device, say, exports: int, trained: bool = False):
+        """``exports``: how many exported models will be scored; ``trained``: whether the trained model will be too
+        (the merged export is compared with it)."""
         import torch
 
         from qtune.export.fidelity import FidelitySettings, prepare
@@ -130,10 +132,11 @@ class Scorer:
         settings.batch_size = self.plan.batch
         self.inputs = prepare(tokenizer, self.recipe, settings)
         self.cached = {m: self._stored(m) for m in ("merged", "trained")}
-        models -= sum(v is not None for v in self.cached.values())
+        needed = ["merged"] + (["trained"] if trained and self.base != "dequantized" else [])
+        models = exports + sum(self.cached[m] is None for m in needed)
         per = seconds_per_model(self.inputs, self.plan, device.type, self.dtype)
         how = "held in memory" if self.plan.mode == "memory" else "one layer at a time (the model does not fit)"
-        reused = [m for m, v in self.cached.items() if v is not None]
+        reused = [m for m in needed if self.cached[m] is not None]
         say(f"fidelity: {settings.max_tokens} eval-text tokens and "
             f"{len(self.inputs.rows)} eval conversations ({self.inputs.forward_tokens} tokens through the model) "
             f"per model, {models} model(s), {how}, batch {self.plan.batch}, on {device.type} in "

@@ -49,20 +49,20 @@ def test_stored_reference_equals_a_fresh_one_and_a_changed_key_measures_again(ti
     tok = AutoTokenizer.from_pretrained(str(tiny_run / rundir.ADAPTER))
     said = []
     s = ExportSection(base="dequantized", fidelity_tokens=300, fidelity_examples=4)
-    first = Scorer(tiny_run, weights, tok, s, export_device("cpu"), said.append, models=2)
+    first = Scorer(tiny_run, weights, tok, s, export_device("cpu"), said.append, exports=1)
     assert first.plan.mode == "memory"  # a tiny model fits
     fresh = first.reference()
     stored = sorted((tiny_run / rundir.FIDELITY_REFERENCE).glob("merged-*.json"))
     assert len(stored) == 1
-    again = Scorer(tiny_run, weights, tok, s, export_device("cpu"), said.append, models=2)
+    again = Scorer(tiny_run, weights, tok, s, export_device("cpu"), said.append, exports=1)
     assert "reference scores reused for merged" in said[-1] and "expected ~" in said[-1] and "--fidelity-tokens" in said[-1]
     assert again.reference() == json.loads(json.dumps(fresh)) and again.seconds == 0  # read, not measured
-    streamed = Scorer(tiny_run, weights, tok, s.model_copy(update={"fidelity_mode": "layers"}), export_device("cpu"), said.append, models=1)
+    streamed = Scorer(tiny_run, weights, tok, s.model_copy(update={"fidelity_mode": "layers"}), export_device("cpu"), said.append, exports=1)
     assert streamed.plan.mode == "layers" and streamed.cached["merged"] is not None  # the mode is not in the key
     remeasured = streamed.of(weights)
     for k in ("perplexity", "eval_loss"):
         assert _rel(remeasured[k], fresh[k]) <= REL_BOUND, (k, remeasured[k], fresh[k])
-    other = Scorer(tiny_run, weights, tok, s.model_copy(update={"fidelity_tokens": 200}), export_device("cpu"), said.append, models=1)
+    other = Scorer(tiny_run, weights, tok, s.model_copy(update={"fidelity_tokens": 200}), export_device("cpu"), said.append, exports=1)
     assert other.cached["merged"] is None  # another budget: measured again, stored beside the first
     other.reference()
     assert len(list((tiny_run / rundir.FIDELITY_REFERENCE).glob("merged-*.json"))) == 2
@@ -80,7 +80,7 @@ def test_report_takes_the_fine_tuned_row_from_the_stored_trained_scores(tiny_run
     weights = MergedWeights(tiny_run, "original", "cpu")
     tok = AutoTokenizer.from_pretrained(str(tiny_run / rundir.ADAPTER))
     s = ExportSection(base="original", fidelity_tokens=300, fidelity_examples=0)
-    trained = Scorer(tiny_run, weights, tok, s, export_device("cpu"), lambda line: None, models=2).trained()
+    trained = Scorer(tiny_run, weights, tok, s, export_device("cpu"), lambda line: None, exports=0, trained=True).trained()
     settings = EvalSettings(max_tokens=300, gen_tokens=0).for_device("cpu")
     known = report_figures(tiny_run, weights.recipe, settings, "cpu")
     assert known is not None and known["perplexity"]["perplexity"] == trained["perplexity"]

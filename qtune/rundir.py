@@ -14,7 +14,7 @@ Other commands and users rely on this layout::
       exports/<name>/  merged / GPTQ / AWQ / GGUF exports, each with qtune_export.json, fidelity.json, README.md
       report.{md,json,png}  the fidelity table written by ``qtune report``
       fidelity-reference/   the merged (and trained) model's fidelity scores, one JSON per key, reused by every
-                            later export (qtune.eval.stored_scores)
+                            later export (qtune.export.reference)
 
 Every file and folder here is written to a temporary name first and renamed into place, so an
 interrupted run never leaves a half-written file under the final name.

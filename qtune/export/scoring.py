@@ -13,7 +13,7 @@ Windows and conversations go through the model ``batch`` at a time, the largest 
 whose peak fits as well. ``export.fidelity_mode`` forces either path. Before the first model the
 expected time is printed: forward tokens x 2 x parameters over a timed matmul's speed, per model.
 
-The merged (and trained) model's scores come from :mod:`qtune.eval.stored_scores` when an earlier
+The merged (and trained) model's scores come from :mod:`qtune.export.reference` when an earlier
 export stored them from the same inputs.
 """
 
@@ -147,13 +147,13 @@ class Scorer:
         self.seconds = 0.0
 
     def _key(self, model: str) -> dict:
-        from qtune.eval.stored_scores import reference_key
+        from qtune.export.reference import reference_key
 
         return reference_key(self.run_dir, self.recipe, model, self.base, self.inputs.settings.key(),
                              self.device.type, str(self.dtype).removeprefix("torch."))
 
     def _stored(self, model: str) -> dict | None:
-        from qtune.eval.stored_scores import stored
+        from qtune.export.reference import stored
 
         return stored(self.run_dir, self._key(model))
 
@@ -174,7 +174,7 @@ class Scorer:
         return out
 
     def _reference(self, model: str, weights) -> dict:
-        from qtune.eval.stored_scores import store
+        from qtune.export.reference import store
 
         if self.cached[model] is None:
             self.cached[model] = self.of(weights)

@@ -131,7 +131,7 @@ def _import_loaders(model_path: str) -> None:
 
 def measure_stage(stage: Stage, run_dir: str, settings: EvalSettings, device: str, known: dict | None = None) -> dict:
     """Load one stage and measure it (runs in a fresh process, see :func:`build_report`); ``known``: its perplexity
-    and eval loss stored by an export (:func:`qtune.eval.stored_scores.report_figures`), only the rest measured."""
+    and eval loss stored by an export (:func:`qtune.export.reference.report_figures`), only the rest measured."""
     from transformers import set_seed
 
     from qtune.eval.footprint import LoadMemory, linear_bits_per_weight, state_dict_bytes
@@ -161,12 +161,12 @@ def measure_stage(stage: Stage, run_dir: str, settings: EvalSettings, device: st
     row["load_peak_kind"] = mem.kind
     if known is None:
         row.update(measure(loaded, settings, recipe))
-    elif settings.gen_tokens:
+        return row
+    row.update({**known, "notes": row["notes"] + known["notes"]})
+    if settings.gen_tokens:
         from qtune.eval.generate import generation_speed
 
         row["generation"] = generation_speed(loaded.model, loaded.tokenizer, settings.gen_tokens)
-    if known is not None:
-        row.update({**known, "notes": row["notes"] + known["notes"]})
     return row
 
 
@@ -275,7 +275,7 @@ def build_report(run: Path, settings: EvalSettings, device: str, console=print, 
             reused.append(stage.name)
             continue
         console(f"measuring {stage.name} ...")
-        from qtune.eval.stored_scores import report_figures
+        from qtune.export.reference import report_figures
 
         known = report_figures(run, recipe, settings, device) if stage.kind == "run" else None
         try:

@@ -72,8 +72,8 @@ def test_report_takes_the_fine_tuned_row_from_the_stored_trained_scores(tiny_run
     """The stored ``trained`` scores are what ``qtune report`` measures for the fine-tuned row (the adapter on its
     4-bit base, loaded by bitsandbytes), and the report reuses them only for its own inputs."""
     from qtune.eval.measure import EvalSettings, measure as eval_measure
-    from qtune.eval.sources import load_source, resolve_source
-    from qtune.eval.stored_scores import report_figures
+    from qtune.models.sources import load_source, resolve_source
+    from qtune.export.reference import report_figures
     from qtune.export.pipeline import export_device
     from qtune.export.scoring import Scorer
 

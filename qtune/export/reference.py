@@ -61,12 +61,17 @@ def _path(run_dir: Path, key: dict) -> Path:
 
 
 def stored(run_dir: Path, key: dict) -> dict | None:
-    """The scores measured earlier from exactly ``key``, or None."""
-    try:
-        kept = rundir.read_json(_path(run_dir, key))
-    except (OSError, ValueError):
+    """The scores measured earlier from exactly ``key``, or None (none stored, or a damaged file: measured again)."""
+    from qtune.errors import QtuneError
+
+    path = _path(run_dir, key)
+    if not path.is_file():
         return None
-    return kept.get("scores") if kept.get("key") == key else None
+    try:
+        kept = rundir.read_json(path)
+    except QtuneError:
+        return None
+    return kept.get("scores") if isinstance(kept, dict) and kept.get("key") == key else None
 
 
 def store(run_dir: Path, key: dict, scores: dict) -> Path:

@@ -267,7 +267,7 @@ def export_settings(args):
     flags = {"base": args.base, "bits": args.bits, "group_size": args.group_size, "sym": args.sym,
              "act_order": args.act_order, "damp": args.damp, "grid_search": args.grid_search, "gguf_types": args.gguf_type,
              "device": args.device, "fidelity": args.fidelity, "fidelity_tokens": args.fidelity_tokens,
-             "threads": args.threads}
+             "fidelity_examples": args.fidelity_examples, "fidelity_mode": args.fidelity_mode, "threads": args.threads}
     calib = {"source": args.calib_source, "samples": args.calib_samples, "seq_len": args.calib_seq_len}
     base.update({k: v for k, v in flags.items() if v is not None})
     base["calibration"] = {**base.get("calibration", {}), **{k: v for k, v in calib.items() if v is not None}}
@@ -307,7 +307,7 @@ def _add_memory_arg(p) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     # registries only: nothing heavy is imported
-    from qtune.registry.exports import DEFAULT_MERGE_BASE, EXPORT_DEVICES, EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
+    from qtune.registry.exports import DEFAULT_MERGE_BASE, EXPORT_DEVICES, EXPORT_FORMATS, FIDELITY_MODES, GGUF_TYPES, MERGE_BASES, QUANT_BITS
     from qtune.registry.quant import QUANTIZED
 
     parser = argparse.ArgumentParser(prog="qtune", description="Fine-tune, quantize and deploy LLMs on one GPU.")
@@ -382,7 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-samples", type=int, help="calibration blocks (default 128)")
     p.add_argument("--calib-seq-len", type=int, help="tokens per calibration block (default 256)")
     p.add_argument("--device", choices=EXPORT_DEVICES, help="where layers are merged, quantized and measured (default auto)")
-    p.add_argument("--fidelity-tokens", type=int, help="eval-text tokens scored per model for fidelity (default: eval's)")
+    p.add_argument("--fidelity-tokens", type=int, help="eval-text tokens scored per model for fidelity (default 1024 on CPU, 65536 on a GPU)")
+    p.add_argument("--fidelity-examples", type=int,
+                   help="eval conversations scored per model for fidelity, 0 for all (default 32 on CPU, all on a GPU)")
+    p.add_argument("--fidelity-mode", choices=FIDELITY_MODES,
+                   help="auto (default): each model held in memory when its planned peak fits, else one layer at a time")
     p.add_argument("--fidelity", action=argparse.BooleanOptionalAction, default=None,
                    help="measure perplexity / eval loss of every export (default on; --no-fidelity skips it)")
     p.add_argument("--threads", type=int, help="CPU threads of the export (default: PyTorch's; the results do not depend on it)")

@@ -17,6 +17,8 @@ Other commands and users rely on this layout (each name below is a constant of t
                        EXPORT_FIDELITY (fidelity.json) and README.md
       report.{md,json,png}  REPORT_MD, REPORT_JSON, REPORT_PNG: the fidelity table written by ``qtune report``
       report-rows/     REPORT_ROWS: qtune report's rows as measured, reused by the next report
+      fidelity-reference/   FIDELITY_REFERENCE: the merged (and trained) model's fidelity scores, one JSON per key,
+                            reused by every later export (qtune.export.reference)
       tensorboard/     TENSORBOARD: event files (tracking.backend: tensorboard)
       wandb/           wandb's offline runs (tracking.backend: wandb; WANDB_DIR is the run directory)
 
@@ -47,6 +49,7 @@ EXPORT_FIDELITY = "fidelity.json"
 REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "report.png"
 REPORT_ROWS = "report-rows"  # one JSON file per measured row: {"key": ..., "row": ...}
 TENSORBOARD = "tensorboard"
+FIDELITY_REFERENCE = "fidelity-reference"  # the merged and trained models' fidelity scores (qtune.export.reference)
 
 
 def is_finished_run(path: Path) -> bool:

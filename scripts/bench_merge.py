@@ -18,7 +18,7 @@ import torch
 
 def main() -> None:
     from qtune import rundir
-    from qtune.export.fidelity import measure
+    from qtune.export.fidelity import FidelitySettings, measure, prepare
     from qtune.export.merge import MERGE_BASES, merged_model
     from qtune.models.load import load_tokenizer, load_trained
     from qtune.recipe import load_recipe
@@ -33,12 +33,13 @@ def main() -> None:
     run = Path(args.run_dir)
     recipe = load_recipe(run / rundir.RECIPE, [f"data.max_eval_examples={args.eval_rows}"] if args.eval_rows else [])
     tok = load_tokenizer(recipe.model)
+    inputs = prepare(tok, recipe, FidelitySettings(max_tokens=4096, examples=0, batch_size=8).for_device("cpu"))
     t = time.perf_counter()
     results = {f"trained ({recipe.quant.method} base + adapter)": measure(
-        load_trained(str(run / rundir.ADAPTER), recipe.model, recipe.quant, "cpu"), tok, recipe)}
+        load_trained(str(run / rundir.ADAPTER), recipe.model, recipe.quant, "cpu"), inputs)}
     for base in MERGE_BASES:
         model = merged_model(run, base)[0]
-        results[f"merged into {base}"] = measure(model, tok, recipe)
+        results[f"merged into {base}"] = measure(model, inputs)
     first = next(iter(results.values()))
     print(f"{run}: {first['eval_examples']} eval conversations, perplexity on {first['text']['scored_tokens']} tokens "
           f"of {', '.join(first['text']['text']['files'])} ({time.perf_counter() - t:.0f}s)")

@@ -57,7 +57,7 @@ def main() -> None:
 
     from qtune.export.awq import awq_layer_quantizer
     from qtune.export.calibration import calibration_tokens
-    from qtune.export.fidelity import measure
+    from qtune.export.fidelity import FidelitySettings, measure, prepare
     from qtune.export.gptq import gptq_layer_quantizer
     from qtune.export.sequential import sweep
     from qtune.models.load import resolve_model_path
@@ -80,6 +80,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     overrides = [f"data.max_eval_examples={args.eval_rows}"] if args.eval_rows else []
+    scoring = FidelitySettings(max_tokens=args.text_tokens, examples=0, batch_size=8).for_device("cpu")
     recipe = load_recipe(args.recipe, overrides)
     export = recipe.export or ExportSection()
     cal = export.calibration
@@ -91,7 +92,7 @@ def main() -> None:
     gptq = gptq_layer_quantizer(args.bits, args.group_size, export.sym, export.act_order, export.damp, export.grid_search)
 
     def score(name, model, wall):
-        results[name] = (measure(model, tok, recipe, max_tokens=args.text_tokens), wall)
+        results[name] = (measure(model, prepare(tok, recipe, scoring)), wall)
         r = results[name][0]
         print(f"  {name}: perplexity {r['perplexity']:.3f}, eval loss {r['eval_loss']:.4f}, {wall:.0f}s", flush=True)
 
@@ -135,12 +136,12 @@ def main() -> None:
         from qtune.export.merge import merged_model
 
         run_recipe = load_recipe(Path(args.run) / "recipe.yaml", overrides)
-        before = measure(base, tok, run_recipe, max_tokens=args.text_tokens)["eval_loss"]
+        before = measure(base, prepare(tok, run_recipe, scoring))["eval_loss"]
         merged = merged_model(args.run, export.base)[0]
-        after = measure(merged, tok, run_recipe, max_tokens=args.text_tokens)["eval_loss"]
+        after = measure(merged, prepare(tok, run_recipe, scoring))["eval_loss"]
         run_calib = calibration_tokens(run_recipe, tok, samples, seq_len, cal.source, cal.seed)
         sweep(merged, run_calib, 8, gptq)
-        gq = measure(merged, tok, run_recipe, max_tokens=args.text_tokens)["eval_loss"]
+        gq = measure(merged, prepare(tok, run_recipe, scoring))["eval_loss"]
         kept = (before - gq) / (before - after) if before != after else math.nan
         print(f"\nfine-tune {args.run}: eval loss base {before:.4f} -> merged ({export.base}) {after:.4f} -> "
               f"merged+GPTQ {gq:.4f}; GPTQ keeps {kept:.1%} of the improvement")

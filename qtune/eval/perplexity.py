@@ -68,24 +68,50 @@ class PerplexityResult:
         return math.exp(self.mean_nll) if self.scored_tokens else math.nan
 
 
-def score_windows(logits_fn, ids: list[int], window: int, stride: int) -> PerplexityResult:
-    """Sum the NLL of ``ids`` over its strided windows; ``logits_fn(ids_tensor (1, T)) -> (1, T, V)``."""
+def score_windows(logits_fn, ids: list[int], window: int, stride: int, batch_size: int = 1) -> PerplexityResult:
+    """Sum the NLL of ``ids`` over its strided windows; ``logits_fn(ids_tensor (B, T)) -> (B, T, V)``.
+
+    ``batch_size`` windows of the same length go through one forward pass (every window but a
+    document's last is ``window`` long, so no padding is needed and each row is what it would be alone,
+    up to the order of the floating-point sums in a batched matmul).
+    """
     import torch
-    import torch.nn.functional as F
 
     total, count, wins = 0.0, 0, 0
     all_ids = torch.tensor(ids, dtype=torch.long)
-    for w in strided_windows(len(ids), window, stride):
-        chunk = all_ids[w.begin : w.end].unsqueeze(0)  # (1, T)
-        logits = logits_fn(chunk)  # (1, T, V)
-        # logits at position p predict token p + 1: targets first..end-1 use logits first-1..end-2.
-        lo, hi = w.first_target - w.begin - 1, w.end - w.begin - 1
-        pred = logits[0, lo:hi].float()  # (N, V)
-        target = chunk[0, lo + 1 : hi + 1].to(pred.device)  # (N,)
-        total += F.cross_entropy(pred, target, reduction="sum").item()
-        count += target.numel()
-        wins += 1
+    windows = strided_windows(len(ids), window, stride)
+    for group in _same_length_batches(windows, batch_size):
+        chunk = torch.stack([all_ids[w.begin : w.end] for w in group])  # (B, T)
+        logits = logits_fn(chunk)  # (B, T, V)
+        for row, w in enumerate(group):
+            nll, n = _window_nll(logits[row], chunk[row], w)
+            total, count = total + nll, count + n
+        wins += len(group)
+        del logits
     return PerplexityResult(total, count, wins)
+
+
+def _same_length_batches(windows: list[Window], batch_size: int) -> list[list[Window]]:
+    """Consecutive runs of windows of equal length, at most ``batch_size`` each."""
+    out: list[list[Window]] = []
+    for w in windows:
+        last = out[-1] if out else None
+        if last and len(last) < batch_size and last[0].end - last[0].begin == w.end - w.begin:
+            last.append(w)
+        else:
+            out.append([w])
+    return out
+
+
+def _window_nll(logits, chunk, w: Window) -> tuple[float, int]:
+    """(summed NLL, targets) of the targets window ``w`` scores; ``logits`` (T, V), ``chunk`` (T,)."""
+    import torch.nn.functional as F
+
+    # logits at position p predict token p + 1: targets first..end-1 use logits first-1..end-2.
+    lo, hi = w.first_target - w.begin - 1, w.end - w.begin - 1
+    pred = logits[lo:hi].float()  # (N, V)
+    target = chunk[lo + 1 : hi + 1].to(pred.device)  # (N,)
+    return F.cross_entropy(pred, target, reduction="sum").item(), target.numel()
 
 
 def model_logits_fn(model):
@@ -102,11 +128,12 @@ def model_logits_fn(model):
     return logits
 
 
-def perplexity(model, documents: list[list[int]], window: int, stride: int) -> PerplexityResult:
-    """Perplexity of token-id ``documents`` under ``model``, each document windowed on its own."""
+def perplexity(model, documents: list[list[int]], window: int, stride: int, batch_size: int = 1) -> PerplexityResult:
+    """Perplexity of token-id ``documents`` under ``model``, each document windowed on its own
+    (``batch_size``: windows per forward pass, see :func:`score_windows`)."""
     fn = model_logits_fn(model)
     total = PerplexityResult(0.0, 0, 0)
     for ids in documents:
-        r = score_windows(fn, ids, window, stride)
+        r = score_windows(fn, ids, window, stride, batch_size)
         total = PerplexityResult(total.nll_sum + r.nll_sum, total.scored_tokens + r.scored_tokens, total.windows + r.windows)
     return total

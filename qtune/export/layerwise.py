@@ -14,6 +14,9 @@ shards, for ``dequantized`` put through the bitsandbytes round trip training saw
 :func:`lazy_model` is a causal LM for measuring (perplexity, eval loss) whose decoder layers and
 untied output head are materialized from a ``weights(name)`` function just before they run and
 released right after: peak memory is the embeddings, one layer and the activations.
+:func:`resident_model` is the same model with every part materialized once, up front, for a model
+that fits in memory (:func:`qtune.export.scoring.fidelity_peak` decides): each tensor is
+read (and merged, or dequantized) once instead of once per forward pass.
 """
 
 from __future__ import annotations
@@ -235,4 +238,19 @@ def lazy_model(config, weights: Callable[[str], torch.Tensor], device, dtype: to
 
     for name, module in lazy.items():
         hooks(name, module)
+    return model
+
+
+def resident_model(config, weights: Callable[[str], torch.Tensor], device, dtype: torch.dtype = torch.float32):
+    """The causal LM of :func:`lazy_model` with every tensor of ``weights`` loaded once, kept in memory."""
+    model = skeleton(config, dtype)
+    prefix, layers = decoder_layers(model)
+    head = head_name(model)
+    for name, module in outer_parts(model):
+        if not (name == head and is_tied(model)):
+            materialize_outer(model, name, module, weights, device)
+    for i, layer in enumerate(layers):
+        materialize(layer, {k: weights(f"{prefix}.{i}.{k}") for k in _own_state(layer)}, device, adopt=True)
+    if is_tied(model) and head is not None:
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
     return model

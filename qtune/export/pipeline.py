@@ -4,8 +4,9 @@ One streamed pass (:mod:`qtune.export.stream`) reads the base's shards lazily, m
 layer's LoRA on the export device (``export.device``: the GPU when there is one) and hands the
 merged layer to every requested format: ``merged`` writes it in float16, ``gptq``/``awq`` quantize
 it with their own calibration activations. ``gguf`` then converts the merged shards. Fidelity
-(:mod:`qtune.export.fidelity`) runs on the same device through models whose layers are loaded one
-at a time (:func:`qtune.export.layerwise.lazy_model`). Every format is written into a temporary
+(:mod:`qtune.export.fidelity`) runs on the same device, each model held in memory when the planner
+says it fits and one layer at a time otherwise, the merged reference's scores reused from earlier
+exports of the run (:mod:`qtune.export.scoring`). Every format is written into a temporary
 folder; all are renamed into place only when every one is complete, so an interrupted export
 leaves none half-written. Each export directory gets ``qtune_export.json``, ``fidelity.json`` and a
 README model card (:mod:`qtune.export.card`).
@@ -135,6 +136,7 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
     import torch
     from transformers import AutoTokenizer
 
+    from qtune.export.fidelity import compare
     from qtune.export.layerwise import MergedWeights
     from qtune.export.stream import MergedTarget, QuantTarget, stream_export, write_config
 
@@ -164,12 +166,17 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
         tokenizer.save_pretrained(target.folder)
     say(f"streamed {len(targets)} format(s) layer by layer on {device.type} in {time.perf_counter() - t0:.0f}s")
 
-    fid = _Fidelity(weights, tokenizer, s, device, say) if s.fidelity else None
+    fid = None
+    if s.fidelity:
+        from qtune.export.scoring import Scorer
+
+        fid = Scorer(run_dir, weights, tokenizer, s, device, say, exports=len(quant) + ("gguf" in tmp) * len(s.gguf_types),
+                     trained="merged" in tmp)
     reference = fid.reference() if fid else None
     if "merged" in tmp:
         fidelity = None
         if fid:
-            fidelity = fid.compare(reference, fid.trained(run_dir))  # the merged model against the trained one
+            fidelity = compare(reference, fid.trained())  # the merged model against the trained one
             fidelity["reference"] = (f"the trained adapter on its {recipe.quant.method} base (computed as the merge "
                                      "into the dequantized base, which it equals: tests/export/test_merge.py)")
         _paperwork(tmp["merged"], final["merged"], "merged", 16, None, s, recipe, fidelity, dtype="float16", stop_tokens=stop_tokens,
@@ -181,7 +188,7 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
                 from qtune.export.checkpoint import DequantizedWeights
                 from qtune.export.fidelity import calibrated_on_the_text
 
-                fidelity = fid.compare(fid.of(DequantizedWeights(target.folder, device)), reference)
+                fidelity = compare(fid.of(DequantizedWeights(target.folder, device)), reference)
                 fidelity["reference"] = "the merged 16-bit model; the export is read back from its files (qtune's dequantized view)"
                 if note := calibrated_on_the_text(fidelity, calib_record):
                     fidelity["note"] = note
@@ -196,6 +203,8 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
 
         export_gguf(tmp["merged"], recipe, tokenizer, s, reference, tmp["gguf"], say,
                     fidelity_of=fid.of if fid else None, final=final["gguf"])
+    if fid:
+        say(f"fidelity: measured in {fid.seconds:.0f}s ({fid.plan.mode}, batch {fid.plan.batch})")
 
 
 def _stops(run_dir: Path, tokenizer, recipe) -> list[int]:
@@ -242,47 +251,6 @@ def _qconfig(fmt: str, s) -> dict:
     from qtune.export.checkpoint import quantization_config
 
     return quantization_config(fmt, s.bits, s.group_size, s.sym and fmt == "gptq", s.act_order and fmt == "gptq", s.damp)
-
-
-class _Fidelity:
-    """Fidelity figures of models given tensor by tensor, each run through :func:`lazy_model` on the
-    export device: float32 on CPU (the figures small models are checked against), the recipe's
-    compute dtype on a GPU."""
-
-    def __init__(self, weights, tokenizer, s, device, say):
-        import torch
-
-        self.config, self.tokenizer, self.recipe, self.device = weights.config, tokenizer, weights.recipe, device
-        self.weights = weights
-        self.dtype = torch.float32 if device.type == "cpu" else getattr(torch, weights.recipe.quant.compute_dtype)
-        self.max_tokens = s.fidelity_tokens
-        self.base = s.base
-        shown = f"{s.fidelity_tokens} eval-text tokens" if s.fidelity_tokens else "eval's default eval-text tokens"
-        say(f"fidelity: perplexity on {shown} and eval loss on the recipe's eval split, per model, on {device.type} "
-            f"in {str(self.dtype).removeprefix('torch.')}, one layer at a time (bound it: --fidelity-tokens N, skip: --no-fidelity)")
-
-    def of(self, weights) -> dict:
-        from qtune.export.fidelity import measure
-        from qtune.export.layerwise import lazy_model
-
-        return measure(lazy_model(self.config, weights, self.device, self.dtype), self.tokenizer, self.recipe,
-                       max_tokens=self.max_tokens)
-
-    def reference(self) -> dict:
-        return self.of(self.weights)
-
-    def trained(self, run_dir) -> dict:
-        from qtune.export.layerwise import MergedWeights
-
-        if self.base == "dequantized":
-            return self.of(self.weights)
-        return self.of(MergedWeights(run_dir, "dequantized", self.device))
-
-    @staticmethod
-    def compare(export: dict, reference: dict) -> dict:
-        from qtune.export.fidelity import compare
-
-        return compare(export, reference)
 
 
 def merge_run(run_dir: str | Path, base: str, out: str | Path, dtype: str = "float16", device: str = "auto",

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from qtune.registry.templates import TEMPLATE_CHOICES
 from qtune.registry.choices import COMPILE_MODES, CROSS_ENTROPY_MODES, FROZEN_DTYPES, HUB_PREFIX, KERNEL_MODES, RMS_NORM_MODES, ROPE_MODES
 from qtune.recipe.distributed_rules import problems as distributed_problems
-from qtune.registry.exports import CALIBRATION_TEXTS, DEFAULT_MERGE_BASE, EXPORT_DEVICES, EXPORT_FORMATS, GGUF_TYPES, MERGE_BASES, QUANT_BITS
+from qtune.registry.exports import CALIBRATION_TEXTS, DEFAULT_MERGE_BASE, EXPORT_DEVICES, EXPORT_FORMATS, FIDELITY_MODES, GGUF_TYPES, MERGE_BASES, QUANT_BITS
 from qtune.registry.quant import QUANT_METHODS
 
 DType = Literal["bfloat16", "float16", "float32", "auto"]
@@ -221,7 +221,9 @@ class ExportSection(Section):
     calibration: CalibrationSection = CalibrationSection()
     device: Literal[EXPORT_DEVICES] = Field("auto", description="where layers are merged, quantized and measured")
     fidelity: bool = Field(True, description="measure perplexity and eval loss of every export")
-    fidelity_tokens: Optional[int] = Field(None, ge=1, description="eval-text tokens scored per model (default: qtune eval's)")
+    fidelity_tokens: Optional[int] = Field(None, ge=1, description="eval-text tokens scored per model (default: 1024 on CPU, 65536 on a GPU)")
+    fidelity_examples: Optional[int] = Field(None, ge=0, description="eval conversations scored per model, 0 for all (default: 32 on CPU, all on a GPU)")
+    fidelity_mode: Literal[FIDELITY_MODES] = Field("auto", description="auto: in memory when the model fits (its planned peak in 80% of the free memory), else layers; memory; layers")
     threads: Optional[int] = Field(None, ge=1, le=4096, description="CPU threads of the export (default: PyTorch's); changes speed, not results")
 
     @field_validator("group_size")

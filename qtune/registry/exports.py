@@ -11,6 +11,9 @@ GGUF_LLAMA_CPP_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K")
 GGUF_TYPES = GGUF_CONVERTER_TYPES + GGUF_REQUANT_TYPES + GGUF_LLAMA_CPP_TYPES
 QUANT_BITS = (4, 8)
 EXPORT_DEVICES = ("auto", "cuda", "cpu")  # auto: the GPU when torch sees one
+# How fidelity holds each model (qtune.export.scoring): auto holds a model whole when its planned peak fits, memory holds it whole,
+# layers streams it one decoder layer at a time.
+FIDELITY_MODES = ("auto", "memory", "layers")
 # Plain texts shipped under data/ that export.calibration.mix.source may name (path from the repo root).
 # python-docs is also the default perplexity text of fidelity: calibrating on it is recorded as such.
 CALIBRATION_TEXTS = {"python-docs": "data/python-docs/tutorial"}

@@ -112,8 +112,9 @@ def _import_loaders(model_path: str) -> None:
         pass  # an unknown architecture is imported during the load instead, and counted there
 
 
-def measure_stage(stage: Stage, run_dir: str, settings: EvalSettings, device: str) -> dict:
-    """Load one stage and measure it (runs in a fresh process, see :func:`build_report`)."""
+def measure_stage(stage: Stage, run_dir: str, settings: EvalSettings, device: str, known: dict | None = None) -> dict:
+    """Load one stage and measure it (runs in a fresh process, see :func:`build_report`); ``known``: its perplexity
+    and eval loss stored by an export (:func:`qtune.export.reference.report_figures`), only the rest measured."""
     from transformers import set_seed
 
     from qtune.eval.footprint import LoadMemory, linear_bits_per_weight, state_dict_bytes
@@ -142,7 +143,14 @@ def measure_stage(stage: Stage, run_dir: str, settings: EvalSettings, device: st
         row["size_kind"] = "state dict bytes as saved (base + adapter)" if stage.kind == "run" else "state dict bytes as saved"
     row["load_peak_bytes"] = mem.bytes
     row["load_peak_kind"] = mem.kind
-    row.update(measure(loaded, settings, recipe))
+    if known is None:
+        row.update(measure(loaded, settings, recipe))
+        return row
+    row.update({**known, "notes": row["notes"] + known["notes"]})
+    if settings.gen_tokens:
+        from qtune.eval.generate import generation_speed
+
+        row["generation"] = generation_speed(loaded.model, loaded.tokenizer, settings.gen_tokens)
     return row
 
 
@@ -251,8 +259,11 @@ def build_report(run: Path, settings: EvalSettings, device: str, console=print, 
             reused.append(stage.name)
             continue
         console(f"measuring {stage.name} ...")
+        from qtune.export.reference import report_figures
+
+        known = report_figures(run, recipe, settings, device) if stage.kind == "run" else None
         try:
-            row = run_isolated(measure_stage, stage, str(run.resolve()), settings, device)
+            row = run_isolated(measure_stage, stage, str(run.resolve()), settings, device, known)
         except QtuneError as e:  # e.g. a GPTQ export without its backend: the other rows still count
             console(f"  skipped: {e}")
             skipped.append({"stage": stage.name, "error": str(e)})

@@ -21,13 +21,16 @@ def _overrides_help() -> str:
 
 def cmd_validate(args) -> int:
     from qtune.data.dataset import check_sources
+    from qtune.data.preference import check_preference_sources
+    from qtune.registry.objectives import OBJECTIVES
     from qtune.recipe import load_recipe
     from qtune.train.preflight import preflight
 
     recipe = load_recipe(args.recipe, args.overrides)
     # train's own pre-flight, on the device train.device names (auto: known only when training), nothing converted
     checked = preflight(recipe, None if recipe.train.device == "auto" else recipe.train.device, convert=False)
-    examples = check_sources(recipe.data)  # the data step's reading, without a tokenizer
+    rows = OBJECTIVES[recipe.train.objective].rows  # the data step's reading, without a tokenizer
+    examples = check_sources(recipe.data) if rows == "sft" else check_preference_sources(recipe.data, rows)
     if checked.holds_a_run:
         print(f"note: {recipe.train.output_dir} already holds a run; train it with --resume or --overwrite")
     t = recipe.train

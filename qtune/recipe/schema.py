@@ -15,6 +15,7 @@ from qtune.registry.templates import TEMPLATE_CHOICES
 from qtune.registry.choices import COMPILE_MODES, CROSS_ENTROPY_MODES, FROZEN_DTYPES, HUB_PREFIX, KERNEL_MODES, RMS_NORM_MODES, ROPE_MODES
 from qtune.recipe.distributed_rules import problems as distributed_problems
 from qtune.registry.exports import CALIBRATION_TEXTS, DEFAULT_MERGE_BASE, EXPORT_DEVICES, EXPORT_FORMATS, FIDELITY_MODES, GGUF_TYPES, MERGE_BASES, QUANT_BITS
+from qtune.registry.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, REFERENCES
 from qtune.registry.quant import QUANT_METHODS
 
 DType = Literal["bfloat16", "float16", "float32", "auto"]
@@ -46,6 +47,9 @@ Strategy = Literal["ddp", "fsdp"]
 Backend = Literal["auto", "nccl", "gloo"]
 Sharding = Literal["full_shard", "shard_grad_op"]
 QuantStorage = Literal["uint8", "bfloat16", "float16", "float32"]
+ObjectiveName = Literal[tuple(OBJECTIVES)]  # sft | dpo | orpo | kto | simpo
+PreferenceLoss = Literal[tuple(sorted({loss for spec in OBJECTIVES.values() for loss in spec.losses}))]
+Reference = Literal[tuple(REFERENCES)]
 
 
 class Section(BaseModel):
@@ -137,6 +141,7 @@ class DataSection(Section):
 
 
 class TrainSection(Section):
+    objective: ObjectiveName = Field(DEFAULT_OBJECTIVE, description="sft, or a preference objective (dpo, orpo, kto, simpo) on pairs or labelled completions; its parameters are the preference section")
     max_steps: Optional[int] = Field(None, ge=1)
     epochs: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(4, ge=1)
@@ -174,6 +179,21 @@ class TrainSection(Section):
     def global_batch_size(self, world_size: int) -> int:
         """Rows per optimizer step over all processes: micro batch x grad accumulation x world size."""
         return self.effective_batch_size * world_size
+
+
+class PreferenceSection(Section):
+    """The parameters of a preference objective (``train.objective``); each objective reads the fields its registry
+    entry names (qtune.registry.objectives), and a field changed from its default for an objective that ignores it
+    is refused."""
+
+    beta: float = Field(0.1, gt=0, description="dpo/kto: strength of the pull toward the reference; orpo: weight of the odds-ratio term (lambda); simpo: reward scale")
+    loss_type: Optional[PreferenceLoss] = Field(None, description="dpo: sigmoid (default), hinge, ipo, robust, ...; kto: kto (default) or apo_zero_unpaired")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="dpo (robust, exo_pair) and simpo: the assumed share of flipped preference labels")
+    reference: Reference = Field("adapter_disabled", description="dpo/kto: the reference log-probs: adapter_disabled (each step, no second copy of the base) or precomputed (once, before training)")
+    simpo_gamma: float = Field(0.5, ge=0, description="simpo: the target reward margin")
+    cpo_alpha: float = Field(0.0, ge=0, description="simpo: weight of an NLL term on chosen (0: SimPO as published; 1: CPO-SimPO)")
+    desirable_weight: float = Field(1.0, gt=0, description="kto: loss weight of the desirable (label true) completions")
+    undesirable_weight: float = Field(1.0, gt=0, description="kto: loss weight of the undesirable (label false) completions")
 
 
 class DistributedSection(Section):
@@ -243,6 +263,7 @@ class Recipe(Section):
     tracking: TrackingSection = TrackingSection()
     export: Optional[ExportSection] = None
     distributed: DistributedSection = DistributedSection()
+    preference: PreferenceSection = PreferenceSection()
 
     @model_validator(mode="after")
     def _paged_optim_needs_cuda(self) -> "Recipe":
@@ -251,6 +272,29 @@ class Recipe(Section):
                 f"train.optimizer: '{self.train.optimizer}' pages optimizer state to GPU memory and "
                 "needs CUDA (given train.device: cpu); use adamw_torch on CPU"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _preference_fits(self) -> "Recipe":
+        spec = OBJECTIVES[self.train.objective]
+        # fields away from their defaults (a dumped recipe.yaml repeats every default, so "set" cannot be the test)
+        changed = {n for n, f in PreferenceSection.model_fields.items() if getattr(self.preference, n) != f.default}
+        if spec.rows == "sft":
+            if changed:
+                raise ValueError(f"preference: set, but train.objective is '{self.train.objective}'; "
+                                 f"set train.objective to one of {', '.join(o for o in OBJECTIVES if o != 'sft')}, or remove the section")
+            return self
+        ignored = sorted(changed - spec.params)
+        if ignored:
+            raise ValueError("\n".join(f"preference.{name}: train.objective '{self.train.objective}' does not use it "
+                                       f"(it reads {', '.join(sorted(spec.params))}); remove it" for name in ignored))
+        loss = self.preference.loss_type
+        if loss is not None and loss not in spec.losses:
+            raise ValueError(f"preference.loss_type: '{loss}' is not a loss of {self.train.objective} "
+                             f"(one of {', '.join(spec.losses)})")
+        if self.data.packing:
+            raise ValueError(f"data.packing: a preference objective ('{self.train.objective}') scores whole "
+                             f"completions, so rows cannot be packed; set data.packing: false")
         return self
 
     @model_validator(mode="after")

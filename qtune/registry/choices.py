@@ -42,8 +42,5 @@ COMPILE_MODES: dict[str, str] = {  # train.compile
     "off": "eager PyTorch",
     "layers": "torch.compile of each decoder layer in place (regional compilation: one layer compiled, the others reuse it)",
 }
-OBJECTIVES: dict[str, str] = {  # what training minimises; qtune.train.objectives holds each one's data step and Trainer
-    "sft": "next-token loss on the trained tokens of each row (data.train_on)",
-}
 LIGER_SWITCHES = ("cross_entropy", "rms_norm", "rope")  # train fields with a liger choice: need qtune[fast]
 HUB_PREFIX = "hf:"  # data.train / data.eval: a Hugging Face Hub dataset, hf:<org/name>

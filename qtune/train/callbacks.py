@@ -9,8 +9,13 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 
+# what TRL's preference trainers log beside the loss (rewards/accuracies, rewards/margins, eval_rewards/..., logps/...)
+PREFERENCE_METRICS = ("rewards/", "eval_rewards/", "logps/", "eval_logps/", "kl", "eval_kl")
+
+
 class MetricsCallback(TrainerCallback):
-    """Appends one JSON object per log event: step, loss, lr, tokens_per_s (and eval_loss when evaluated).
+    """Appends one JSON object per log event: step, loss, lr, tokens_per_s (and eval_loss when evaluated), and a
+    preference objective's reward metrics as TRL names them.
 
     tokens/s counts non-padding input tokens (``state.num_input_tokens_seen``) over the wall time
     since the previous training log, less the time spent evaluating in between (``eval_clock``
@@ -47,6 +52,7 @@ class MetricsCallback(TrainerCallback):
             self.last_time, self.last_eval_s, self.last_tokens = now, eval_s, tokens
         if "eval_loss" in logs:
             record["eval_loss"] = logs["eval_loss"]
+        record.update({k: v for k, v in logs.items() if k.startswith(PREFERENCE_METRICS)})
         if len(record) > 1:
             self.latest.update(record)
             with self.path.open("a", encoding="utf-8") as f:

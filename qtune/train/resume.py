@@ -232,14 +232,18 @@ class RunSession:
 
 
 def rows_fingerprint(rows: list[dict]) -> str:
-    """sha256 over every row's token ids and labels, in order."""
+    """sha256 over every row's token ids and labels, in order; a preference row (text or messages, tokenized later
+    by TRL) by its JSON."""
     import hashlib
+    import json
 
     import numpy as np
 
     h = hashlib.sha256()
     for row in rows:
-        for key in ("input_ids", "labels"):
+        if "input_ids" not in row:
+            h.update(json.dumps(row, sort_keys=True).encode())
+        for key in ("input_ids", "labels") if "input_ids" in row else ():
             h.update(np.asarray(row[key], dtype=np.int64).tobytes())
         h.update(b"|")
     return h.hexdigest()

@@ -12,7 +12,7 @@ from qtune.train import distributed
 from qtune.train.steps import Fitted, describe_switches, fit, setup_data, setup_model, setup_trainer
 
 
-def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console=None, objective: str = "sft") -> dict:
+def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console=None, objective: str | None = None) -> dict:
     """Fine-tune ``recipe``'s base with LoRA and fill its run directory; return the summary (on other ranks: {})."""
     from transformers import set_seed
 
@@ -25,7 +25,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False, console
     from qtune.train.resume import open_run
 
     t0 = time.perf_counter()
-    goal = objective_named(objective)
+    goal = objective_named(objective or recipe.train.objective)
     device = resolve_device(recipe.train.device, "train.device")
     checked = preflight(recipe, device)
     world = distributed.init(recipe.distributed, device)
@@ -70,7 +70,8 @@ def save(recipe: Recipe, run: Path, model, tokenizer, data, trainer, fitted: Fit
     if data.chat_template is not None:  # generate, chat, merge and every export format prompts as training did
         tokenizer.chat_template = data.chat_template
     with rundir.atomic_path(run / rundir.ADAPTER, directory=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
+        # only the trained adapter: a preference objective's trainer adds a frozen reference copy, "ref" (qtune.train.preference)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=weights, selected_adapters=["default"])
         tokenizer.save_pretrained(tmp)
         _write_stops(tmp, recipe, model, tokenizer, family)
     tokens = int(trainer.state.num_input_tokens_seen)

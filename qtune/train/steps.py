@@ -30,9 +30,10 @@ from qtune.train import distributed
 from qtune.train.objectives import Objective, objective as objective_named
 
 
-def training_arguments(recipe: Recipe, run: Path, device: str, report_to: list[str]):
-    from transformers import TrainingArguments
-
+def training_arguments(recipe: Recipe, run: Path, device: str, report_to: list[str], objective: Objective | None = None):
+    """The objective's TrainingArguments class (transformers' for sft, TRL's config for a preference objective) with
+    the recipe's settings and the objective's own fields."""
+    config_class, objective_fields = (objective or objective_named()).arguments(recipe)
     t = recipe.train
     bf16 = device == "cuda" and recipe.quant.compute_dtype == "bfloat16"
     fp16 = device == "cuda" and recipe.quant.compute_dtype == "float16"
@@ -67,32 +68,32 @@ def training_arguments(recipe: Recipe, run: Path, device: str, report_to: list[s
         disable_tqdm=True,
         dataloader_num_workers=0,
         **distributed.trainer_arguments(recipe.distributed, device),
+        **objective_fields,
     )
     # Gradient checkpointing is switched on while attaching LoRA (prepare_model_for_kbit_training),
     # so the Trainer's own switch stays at its default (off).
-    unknown = sorted(set(args) - {f.name for f in dataclasses.fields(TrainingArguments)})
-    if unknown:  # a transformers that renamed a field: refuse, never train with a setting silently dropped
-        import transformers
-
-        raise QtuneError(f"transformers {transformers.__version__}: TrainingArguments has no {', '.join(unknown)}; "
+    unknown = sorted(set(args) - {f.name for f in dataclasses.fields(config_class)})
+    if unknown:  # a transformers (or TRL) that renamed a field: refuse, never train with a setting silently dropped
+        raise QtuneError(f"{config_class.__module__}.{config_class.__name__} has no {', '.join(unknown)}; "
                          f"install the tested versions: pip install -c constraints.txt -e .")
-    return TrainingArguments(**args)
+    return config_class(**args)
 
 
 def setup_data(recipe: Recipe, family, objective: Objective | None = None, say=print):
     """The tokenizer and the objective's rows; refuses data that would train nothing. Returns (tokenizer, data)."""
-    from qtune.data.dataset import refuse_training
     from qtune.models.load import load_tokenizer
 
     objective = objective or objective_named()
     tokenizer = load_tokenizer(recipe.model)
     data = objective.datasets(recipe, tokenizer, family)
-    say(f"data: {data.stats['train']['rows']} train / {data.stats['eval']['rows']} eval rows, "
-        f"{data.stats['train']['trained_tokens']} trained tokens per epoch (cache {data.stats['cache']}, {data.stats['load_s']:.1f}s)"
+    tokens = data.stats['train']['trained_tokens']
+    say(f"data: {data.stats['train']['rows']} train / {data.stats['eval']['rows']} eval rows"
+        + (f", {tokens} trained tokens per epoch" if tokens is not None else f" ({data.stats['kind']}, tokenized by TRL)")
+        + f" (cache {data.stats['cache']}, {data.stats['load_s']:.1f}s)"
         + (f", packed into {data.stats['packing']['rows']} rows" if recipe.data.packing else ""))
     if data.stats.get("template_note"):
         say(data.stats["template_note"])
-    refuse_training(data, recipe.data, tokenizer)
+    objective.refuse(data, recipe.data, tokenizer)
     if not data.eval:
         raise QtuneError("data.eval: the eval split is empty; set data.eval to a file or data.eval_fraction > 0")
     return tokenizer, data
@@ -149,9 +150,10 @@ def describe_switches(recipe: Recipe, s: dict[str, str]) -> str:
 
 
 def make_trainer(recipe: Recipe, model, train_rows, eval_rows, collate, out: Path, device: str, report_to: list[str],
-                 callbacks: list = (), objective: Objective | None = None, say=print):
+                 callbacks: list = (), objective: Objective | None = None, say=print, tokenizer=None):
     """The objective's Trainer over ``model`` with the recipe's TrainingArguments (checkpoints under ``out``), the
-    4-bit layout guard, ``callbacks``, the SIGINT/SIGTERM stop and the NaN guard (``train.on_nan``)."""
+    4-bit layout guard, ``callbacks``, the SIGINT/SIGTERM stop and the NaN guard (``train.on_nan``). ``tokenizer``:
+    for an objective whose Trainer tokenizes its rows (the preference objectives: TRL's trainers)."""
     from transformers import PrinterCallback
 
     from qtune.train.callbacks import LayoutGuard
@@ -161,12 +163,13 @@ def make_trainer(recipe: Recipe, model, train_rows, eval_rows, collate, out: Pat
     signal_stop, nonfinite = SignalStop(), NonFiniteGuard(recipe.train.on_nan, say)
     trainer = objective.trainer()(
         model=model,
-        args=training_arguments(recipe, out, device, report_to),
+        args=training_arguments(recipe, out, device, report_to, objective),
         train_dataset=train_rows,
         eval_dataset=eval_rows,
         data_collator=collate,
         callbacks=[LayoutGuard(), *callbacks, signal_stop, nonfinite],
         offload_activations=recipe.train.offload_activations,
+        **(objective.trainer_kwargs(tokenizer) if tokenizer is not None else {}),
     )
     trainer.remove_callback(PrinterCallback)  # the rich bar and metrics.jsonl (or the caller's table) replace its prints
     trainer.signal_stop, trainer.nonfinite, nonfinite.trainer = signal_stop, nonfinite, trainer
@@ -182,7 +185,7 @@ def setup_trainer(recipe: Recipe, model, data, tokenizer, run: Path, device: str
     objective = objective or objective_named()
     metrics = MetricsCallback(run / rundir.METRICS)
     trainer = make_trainer(recipe, model, data.train, data.eval, objective.collator(recipe, tokenizer), run, device,
-                           report_to, [metrics, RichProgressCallback(metrics, meter.peak)], objective, say)
+                           report_to, [metrics, RichProgressCallback(metrics, meter.peak)], objective, say, tokenizer)
     metrics.eval_clock = lambda: trainer.eval_seconds
     trainer.metrics_log = metrics
     return trainer

@@ -1,4 +1,10 @@
-"""``QtuneTrainer``: transformers' Trainer with atomic, rotated checkpoints, token-weighted eval loss and offloaded activations."""
+"""``QtuneTrainer``: transformers' Trainer with atomic, rotated checkpoints, token-weighted eval loss and offloaded activations.
+
+:class:`QtuneBehaviour` holds what every qtune trainer adds over the Trainer class it is mixed into (the finite-loss
+note the NaN guard reads, offloaded activations, atomic checkpoints, the eval clock); :class:`QtuneTrainer` is it
+over transformers' Trainer with the token-weighted eval loss of SFT, and :mod:`qtune.train.preference` mixes it
+into TRL's preference trainers.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,9 @@ from qtune.train.offload import maybe_offloaded
 from qtune.train.resume import prune_checkpoints
 
 
-class QtuneTrainer(TrainerHooks, Trainer):
+class QtuneBehaviour(TrainerHooks):
+    """Mixed in before a Trainer class: ``class X(QtuneBehaviour, SomeTrainer)``."""
+
     def __init__(self, *args, offload_activations: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.offload_activations = offload_activations  # train.offload_activations (qtune.train.offload)
@@ -37,32 +45,9 @@ class QtuneTrainer(TrainerHooks, Trainer):
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         """The Trainer's loss; its forward's saved tensors go to host memory with ``train.offload_activations``."""
-        device_type = inputs["input_ids"].device.type
+        device_type = next(v.device.type for v in inputs.values() if hasattr(v, "device"))
         with maybe_offloaded(self.offload_activations and model.training, device_type):
             return super().compute_loss(model, inputs, *args, **kwargs)
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
-        """Token-weighted mean NLL over the eval rows (see :mod:`qtune.eval.loss`), logged as ``eval_loss``.
-
-        Rows are never packed here: they are right-padded whatever the training collator is. With
-        several processes each rank scores its share of the rows and the sums and token counts are
-        added over ranks, so the figure is the one a single process would report.
-        """
-        start = time.perf_counter()
-        rows = self.eval_dataset if eval_dataset is None else eval_dataset
-        share = distributed.shard_rows(list(rows), self.args.process_index, self.args.world_size)
-        total, count = token_nll_sums(
-            self.model, share, PadCollator(self.data_collator.pad_token_id),
-            batch_size=self.args.per_device_eval_batch_size,
-        )
-        total, count = distributed.all_sum([total, float(count)])
-        loss = total / count if count else math.nan
-        self.eval_seconds += time.perf_counter() - start
-        metrics = {f"{metric_key_prefix}_loss": loss}
-        self.last_eval = (self.state.global_step, loss)
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
 
     def count_input_tokens(self, inputs) -> None:
         """Count real tokens; a packed batch has no attention_mask, so Trainer alone would count its padding."""
@@ -105,3 +90,28 @@ class QtuneTrainer(TrainerHooks, Trainer):
         shutil.rmtree(staging_root, ignore_errors=True)
         if self.args.save_total_limit:
             prune_checkpoints(Path(final_root), self.args.save_total_limit)
+
+
+class QtuneTrainer(QtuneBehaviour, Trainer):
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+        """Token-weighted mean NLL over the eval rows (see :mod:`qtune.eval.loss`), logged as ``eval_loss``.
+
+        Rows are never packed here: they are right-padded whatever the training collator is. With
+        several processes each rank scores its share of the rows and the sums and token counts are
+        added over ranks, so the figure is the one a single process would report.
+        """
+        start = time.perf_counter()
+        rows = self.eval_dataset if eval_dataset is None else eval_dataset
+        share = distributed.shard_rows(list(rows), self.args.process_index, self.args.world_size)
+        total, count = token_nll_sums(
+            self.model, share, PadCollator(self.data_collator.pad_token_id),
+            batch_size=self.args.per_device_eval_batch_size,
+        )
+        total, count = distributed.all_sum([total, float(count)])
+        loss = total / count if count else math.nan
+        self.eval_seconds += time.perf_counter() - start
+        metrics = {f"{metric_key_prefix}_loss": loss}
+        self.last_eval = (self.state.global_step, loss)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics

@@ -223,7 +223,8 @@ def _add_measure_args(p) -> None:
     p.add_argument("--text", nargs="+", metavar="FILE|DIR", help="plain text for perplexity (default: the bundled Python-tutorial excerpt)")
     p.add_argument("--window", type=whole(2), help="tokens per window (default 512 on CPU, 2048 on GPU)")
     p.add_argument("--stride", type=whole(1), help="tokens the window advances (default window/2); = window means plain chunks")
-    p.add_argument("--max-tokens", type=whole(0, " (0: no cap)"), help="cap on eval-text tokens, 0 for none (default 4096 on CPU, 65536 on GPU)")
+    p.add_argument("--max-tokens", type=whole(0, " (0: no cap)"), help="cap on eval-text tokens, 0 for none "
+                                                                       "(default 4096 on CPU, 65536 on GPU)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
 
@@ -310,7 +311,8 @@ def _add_memory_arg(p) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     # registries only: nothing heavy is imported
-    from qtune.registry.exports import DEFAULT_MERGE_BASE, EXPORT_DEVICES, EXPORT_FORMATS, FIDELITY_MODES, GGUF_TYPES, MERGE_BASES, QUANT_BITS
+    from qtune.registry.exports import (DEFAULT_MERGE_BASE, EXPORT_DEVICES, EXPORT_FORMATS, FIDELITY_MODES, GGUF_TYPES,
+                                        MERGE_BASES, QUANT_BITS)
     from qtune.registry.quant import QUANTIZED
 
     parser = argparse.ArgumentParser(prog="qtune", description="Fine-tune, quantize and deploy LLMs on one GPU.")
@@ -329,10 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.output_dir")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run in train.output_dir")
-    p.add_argument("--nproc", type=whole(1), metavar="N", help="processes (GPUs) on this node, launched through torchrun "
-                   "(default distributed.nproc); under torchrun or accelerate launch it is the launcher's")
-    p.add_argument("--no-plan-check", action="store_true",
-                   help="train even when `qtune plan` says the recipe's peak memory does not fit")
+    p.add_argument(
+        "--nproc",
+        type=whole(1),
+        metavar="N",
+        help="processes (GPUs) on this node, launched through torchrun "
+        "(default distributed.nproc); under torchrun or accelerate launch it is the launcher's",
+    )
+    p.add_argument("--no-plan-check", action="store_true", help="train even when `qtune plan` says the recipe's peak memory does not fit")
     _add_memory_arg(p)
     p.set_defaults(func=cmd_train)
 
@@ -342,9 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_memory_arg(p)
     p.add_argument("--measure", action="store_true", help="also run two real training steps and print plan and measurement side by side")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--measure-allocator", choices=("fixed", "default"), default="fixed",
-                   help="CPU --measure: fixed (default) sets glibc's mmap threshold to 64 KiB so freed tensors leave the "
-                        "resident set, like CUDA's allocated count; default keeps glibc's sliding threshold (higher RSS)")
+    p.add_argument(
+        "--measure-allocator",
+        choices=("fixed", "default"),
+        default="fixed",
+        help="CPU --measure: fixed (default) sets glibc's mmap threshold to 64 KiB so freed tensors leave the "
+        "resident set, like CUDA's allocated count; default keeps glibc's sliding threshold (higher RSS)",
+    )
     p.add_argument("--no-time", action="store_true", help="skip the matmul/dequant/copy probe (no time estimate)")
     p.set_defaults(func=cmd_plan)
 
@@ -358,12 +368,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("merge", help="merge a run's LoRA adapter into a 16-bit checkpoint")
     p.add_argument("run_dir")
-    p.add_argument("--base", choices=MERGE_BASES, default=DEFAULT_MERGE_BASE,
-                   help="original: the 16-bit weights (default, measured better, docs/export.md); "
-                        "dequantized: the NF4 weights the adapter was trained against (reproduces the trained model)")
+    p.add_argument(
+        "--base",
+        choices=MERGE_BASES,
+        default=DEFAULT_MERGE_BASE,
+        help="original: the 16-bit weights (default, measured better, docs/export.md); "
+        "dequantized: the NF4 weights the adapter was trained against (reproduces the trained model)",
+    )
     p.add_argument("--out", help="output directory (default RUN_DIR/exports/merged-BASE)")
-    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
-                   help="storage dtype (float16 keeps 3 more mantissa bits of the LoRA delta than bfloat16)")
+    p.add_argument(
+        "--dtype",
+        choices=("float16", "bfloat16", "float32"),
+        default="float16",
+        help="storage dtype (float16 keeps 3 more mantissa bits of the LoRA delta than bfloat16)",
+    )
     p.add_argument("--device", choices=EXPORT_DEVICES, default="auto", help="where layers are merged (default auto: the GPU if any)")
     p.set_defaults(func=cmd_merge)
 
@@ -376,22 +394,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sym", action=argparse.BooleanOptionalAction, default=None, help="symmetric grid (GPTQ)")
     p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None, help="GPTQ desc_act (default on)")
     p.add_argument("--damp", type=float, help="GPTQ damping, fraction of mean(diag H) (default 0.01)")
-    p.add_argument("--grid-search", action=argparse.BooleanOptionalAction, default=None,
-                   help="GPTQ: per group, the shrunk range with the least rounding error (default on)")
+    p.add_argument(
+        "--grid-search",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="GPTQ: per group, the shrunk range with the least rounding error (default on)",
+    )
     p.add_argument("--gguf-type", nargs="+", choices=GGUF_TYPES, help="GGUF file types (default Q8_0)")
     p.add_argument("--calib-source", help="train (default), eval, or a JSONL file in the recipe's data format")
-    p.add_argument("--calib-mix", nargs=2, metavar=("SOURCE", "FRACTION"),
-                   help="mix general text into calibration: a JSONL file, a text file/folder or python-docs, and its share")
+    p.add_argument(
+        "--calib-mix",
+        nargs=2,
+        metavar=("SOURCE", "FRACTION"),
+        help="mix general text into calibration: a JSONL file, a text file/folder or python-docs, and its share",
+    )
     p.add_argument("--calib-samples", type=int, help="calibration blocks (default 128)")
     p.add_argument("--calib-seq-len", type=int, help="tokens per calibration block (default 256)")
     p.add_argument("--device", choices=EXPORT_DEVICES, help="where layers are merged, quantized and measured (default auto)")
-    p.add_argument("--fidelity-tokens", type=int, help="eval-text tokens scored per model for fidelity (default 1024 on CPU, 65536 on a GPU)")
-    p.add_argument("--fidelity-examples", type=int,
-                   help="eval conversations scored per model for fidelity, 0 for all (default 32 on CPU, all on a GPU)")
-    p.add_argument("--fidelity-mode", choices=FIDELITY_MODES,
-                   help="auto (default): each model held in memory when its planned peak fits, else one layer at a time")
-    p.add_argument("--fidelity", action=argparse.BooleanOptionalAction, default=None,
-                   help="measure perplexity / eval loss of every export (default on; --no-fidelity skips it)")
+    p.add_argument(
+        "--fidelity-tokens", type=int, help="eval-text tokens scored per model for fidelity (default 1024 on CPU, 65536 on a GPU)"
+    )
+    p.add_argument(
+        "--fidelity-examples",
+        type=int,
+        help="eval conversations scored per model for fidelity, 0 for all (default 32 on CPU, all on a GPU)",
+    )
+    p.add_argument(
+        "--fidelity-mode",
+        choices=FIDELITY_MODES,
+        help="auto (default): each model held in memory when its planned peak fits, else one layer at a time",
+    )
+    p.add_argument(
+        "--fidelity",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure perplexity / eval loss of every export (default on; --no-fidelity skips it)",
+    )
     p.add_argument("--threads", type=int, help="CPU threads of the export (default: PyTorch's; the results do not depend on it)")
     p.add_argument("--out-root", help="where export folders go (default RUN_DIR/exports)")
     p.set_defaults(func=cmd_export)
@@ -412,8 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     _add_measure_args(p)
     p.add_argument("--gen-tokens", type=whole(0), help="tokens generated to time batch-1 speed, 0 to skip (default 16 on CPU, 128 on GPU)")
-    p.add_argument("--fresh", action="store_true", help="measure every row again (default: reuse rows stored by an earlier "
-                   "report from the same files and settings)")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="measure every row again (default: reuse rows stored by an earlier report from the same files and settings)",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("generate", help="complete one prompt (chat template, greedy by default)")
@@ -456,8 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         from qtune.errors import REPORT_BUGS
 
         traceback.print_exc()
-        print(f"qtune {__version__}: the traceback above is a bug in qtune, not a mistake in your input; {REPORT_BUGS}",
-              file=sys.stderr)
+        print(f"qtune {__version__}: the traceback above is a bug in qtune, not a mistake in your input; {REPORT_BUGS}", file=sys.stderr)
         return 1
 
 

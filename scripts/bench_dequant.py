@@ -53,12 +53,12 @@ def main() -> None:
         w = from_quant_state(packed, state)
         nbytes = storage_bytes(w)
         want = F.dequantize_4bit(packed, state)
-        rows = [("bitsandbytes", lambda: F.dequantize_4bit(packed, state))]
+        rows = [("bitsandbytes", lambda packed=packed, state=state: F.dequantize_4bit(packed, state))]
         if device == "cuda":
-            rows += [(f"qtune triton B{b} w{nw}", lambda b=b, nw=nw: dequantize_triton(w, torch.bfloat16, b, nw))
+            rows += [(f"qtune triton B{b} w{nw}", lambda b=b, nw=nw, w=w: dequantize_triton(w, torch.bfloat16, b, nw))
                      for b, nw in TRITON_CONFIGS]
         else:
-            rows += [("qtune torch reference", lambda: dequantize_reference(w, torch.bfloat16))]
+            rows += [("qtune torch reference", lambda w=w: dequantize_reference(w, torch.bfloat16))]
         bnb_us = None
         best = None
         for name, fn in rows:

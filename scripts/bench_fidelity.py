@@ -91,7 +91,8 @@ def old_checkout(rev: str) -> Path:
 
 
 def report(rows: list[tuple[str, str, dict]]) -> None:
-    print(f"{'format':6} {'path':12} {'wall s':>8} {'export s':>9} {'fidelity s':>10} {'share':>6}  figures (perplexity, eval loss, delta vs merged)")
+    print(f"{'format':6} {'path':12} {'wall s':>8} {'export s':>9} {'fidelity s':>10} {'share':>6}  figures "
+          "(perplexity, eval loss, delta vs merged)")
     for fmt, path, r in rows:
         export = r["wall"] - r["fidelity"]
         print(f"{fmt:6} {path:12} {r['wall']:8.1f} {export:9.1f} {r['fidelity']:10.1f} {r['fidelity'] / r['wall']:6.0%}")

@@ -3,7 +3,8 @@
 The tiny Llama of ``tiny_llama_dir`` reuses SmolLM2's tokenizer (and chat template) so data code runs
 unchanged. The tiny models of every family (``tiny_family_dir``) get a 512-piece SentencePiece
 ``tokenizer.model`` trained here on the demo data: what llama.cpp's Gemma 2 and Phi-3 conversions
-require, with the family's chat tokens as special pieces (so it trains with its own template), and a vocabulary 100x smaller than SmolLM2's, which took the Llama end-to-end test from
+require, with the family's chat tokens as special pieces (so it trains with its own template), and a vocabulary 100x
+smaller than SmolLM2's, which took the Llama end-to-end test from
 100 s to 20 s (the BPE conversion path is tested on SmolLM2's tokenizer in tests/export/). Weights are random, seeded, and saved as a
 local checkpoint directory.
 """

@@ -73,25 +73,49 @@ def _cache_parts(data, tokenizer, template: str | None, seed: int, stops: tuple[
         {"content": fingerprint(s.path, f"data.train[{i}].path", s.split), **s.model_dump(exclude={"path"})}
         for i, s in enumerate(data.train)
     ]
-    held = data.eval and {"content": fingerprint(data.eval.path, "data.eval.path", data.eval.split), **data.eval.model_dump(exclude={"path"})}
-    return {"sources": sources, "eval": held, "options": options, "seed": seed,
-            "tokenizer": cache.tokenizer_fingerprint(tokenizer), "template": template, "stops": list(stops)}
+    held = data.eval and {
+        "content": fingerprint(data.eval.path, "data.eval.path", data.eval.split),
+        **data.eval.model_dump(exclude={"path"}),
+    }
+    return {
+        "sources": sources,
+        "eval": held,
+        "options": options,
+        "seed": seed,
+        "tokenizer": cache.tokenizer_fingerprint(tokenizer),
+        "template": template,
+        "stops": list(stops),
+    }
 
 
 def _length_stats(lengths: list[int]) -> dict:
     if not lengths:
         return {"min": 0, "mean": 0.0, "median": 0.0, "p95": 0, "max": 0}
     ordered = sorted(lengths)
-    return {"min": ordered[0], "mean": statistics.fmean(ordered), "median": statistics.median(ordered),
-            "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], "max": ordered[-1]}
+    return {
+        "min": ordered[0],
+        "mean": statistics.fmean(ordered),
+        "median": statistics.median(ordered),
+        "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+        "max": ordered[-1],
+    }
 
 
-def encode_split(examples: list[Example], data, tokenizer, template: str | None,
-                 stops: tuple[str, ...] | None = None) -> tuple[list[dict], dict]:
+def encode_split(
+    examples: list[Example], data, tokenizer, template: str | None, stops: tuple[str, ...] | None = None
+) -> tuple[list[dict], dict]:
     """Rows of one split and its counts: examples in, rows out, truncated, dropped, untrained."""
     rows, truncated, too_long, untrained = [], 0, 0, 0
-    encoded = encode_examples(tokenizer, template, examples, data.max_length, train_on=data.train_on,
-                              truncation=data.truncation, system_prompt=data.system_prompt, stops=stops)
+    encoded = encode_examples(
+        tokenizer,
+        template,
+        examples,
+        data.max_length,
+        train_on=data.train_on,
+        truncation=data.truncation,
+        system_prompt=data.system_prompt,
+        stops=stops,
+    )
     for out in encoded:
         truncated += out.truncated
         too_long += out.dropped_too_long
@@ -111,8 +135,7 @@ def encode_split(examples: list[Example], data, tokenizer, template: str | None,
     }
 
 
-def _tokenize(data, tokenizer, template_name: str, template: str, seed: int,
-              stops: tuple[str, ...]) -> tuple[dict[str, list[dict]], dict]:
+def _tokenize(data, tokenizer, template_name: str, template: str, seed: int, stops: tuple[str, ...]) -> tuple[dict[str, list[dict]], dict]:
     rng = random.Random(seed)
     per_source = []
     formats = []
@@ -232,11 +255,16 @@ def _no_stop(s: dict, tokenizer) -> str:
         has += f" and its family's end-of-turn token {eot!r}" if eot in stops else f" (it has no {eot!r}, its family's end-of-turn token)"
     fit = templates_that_fit(tokenizer, stops)
     generic = [name for name in fit if not TEMPLATE_TOKENS[name]]
-    how = (f"set data.chat_template to one that does: {', '.join(fit)}"
-           + (f" ({' and '.join(generic)} spell their turn markers as plain text)" if generic else "") if fit
-           else "no named template does; give the tokenizer a chat template of its own that ends turns with one of them")
-    return (f"data.chat_template: template '{s['template']}' ends an assistant turn with {s['turn_end']!r}, which is not a "
-            f"token the model stops on (it stops on {has}), so it would not learn to stop; {how}")
+    how = (
+        f"set data.chat_template to one that does: {', '.join(fit)}"
+        + (f" ({' and '.join(generic)} spell their turn markers as plain text)" if generic else "")
+        if fit
+        else "no named template does; give the tokenizer a chat template of its own that ends turns with one of them"
+    )
+    return (
+        f"data.chat_template: template '{s['template']}' ends an assistant turn with {s['turn_end']!r}, which is not a "
+        f"token the model stops on (it stops on {has}), so it would not learn to stop; {how}"
+    )
 
 
 def refuse_training(encoded: Encoded, data, tokenizer) -> None:

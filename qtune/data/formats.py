@@ -125,7 +125,8 @@ def detect_format(row: dict, where: str) -> str:
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise QtuneError(f"{where}: cannot tell the data format from columns {', '.join(sorted(row))} (expected {_expected()}); set data.format")
+        raise QtuneError(f"{where}: cannot tell the data format from columns {', '.join(sorted(row))} (expected "
+                         f"{_expected()}); set data.format")
     raise QtuneError(f"{where}: columns {', '.join(sorted(row))} fit several formats ({', '.join(matches)}); set data.format")
 
 

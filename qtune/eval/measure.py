@@ -67,7 +67,12 @@ def recipe_eval_loss(model, tokenizer, recipe, settings: EvalSettings) -> dict:
 
     data = recipe_datasets(recipe, tokenizer)
     loss = mean_token_nll(model, data.eval, PadCollator(tokenizer.pad_token_id), settings.eval_batch_size)
-    return {"eval_loss": loss, "eval_examples": len(data.eval), "eval_trained_tokens": data.stats["eval"]["trained_tokens"], "eval_data": recipe.data.eval.path if recipe.data.eval else None}
+    return {
+        "eval_loss": loss,
+        "eval_examples": len(data.eval),
+        "eval_trained_tokens": data.stats["eval"]["trained_tokens"],
+        "eval_data": recipe.data.eval.path if recipe.data.eval else None,
+    }
 
 
 def measure(loaded, settings: EvalSettings, recipe=None) -> dict:

@@ -21,7 +21,6 @@ from qtune.errors import QtuneError
 
 from qtune.registry.exports import DEFAULT_MERGE_BASE as DEFAULT_BASE
 from qtune.registry.exports import MERGE_BASES
-from qtune.registry.quant import FOUR_BIT
 
 
 def merged_model(run_dir: str | Path, base: str = DEFAULT_BASE, device="cpu"):

@@ -193,16 +193,30 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
                 if note := calibrated_on_the_text(fidelity, calib_record):
                     fidelity["note"] = note
                     say(f"{target.fmt}: {note}")
-            _paperwork(target.folder, final[target.fmt], target.fmt, s.bits, s.group_size, s, recipe, fidelity,
-                       quantization_config=_qconfig(target.fmt, s), stop_tokens=stop_tokens, quantize_seconds=round(target.seconds, 1), device=device.type, threads=threads,
-                       calibration=calib_record,
-                       **({"grid_search": s.grid_search} if target.fmt == "gptq" else {}))
+            _paperwork(
+                target.folder,
+                final[target.fmt],
+                target.fmt,
+                s.bits,
+                s.group_size,
+                s,
+                recipe,
+                fidelity,
+                quantization_config=_qconfig(target.fmt, s),
+                stop_tokens=stop_tokens,
+                quantize_seconds=round(target.seconds, 1),
+                device=device.type,
+                threads=threads,
+                calibration=calib_record,
+                **({"grid_search": s.grid_search} if target.fmt == "gptq" else {}),
+            )
             say(f"{target.fmt}: quantized in {target.seconds:.0f}s → {final[target.fmt]}")
     if "gguf" in tmp:
         from qtune.export.gguf_export import export_gguf
 
-        export_gguf(tmp["merged"], recipe, tokenizer, s, reference, tmp["gguf"], say,
-                    fidelity_of=fid.of if fid else None, final=final["gguf"])
+        export_gguf(
+            tmp["merged"], recipe, tokenizer, s, reference, tmp["gguf"], say, fidelity_of=fid.of if fid else None, final=final["gguf"]
+        )
     if fid:
         say(f"fidelity: measured in {fid.seconds:.0f}s ({fid.plan.mode}, batch {fid.plan.batch})")
 
@@ -253,8 +267,7 @@ def _qconfig(fmt: str, s) -> dict:
     return quantization_config(fmt, s.bits, s.group_size, s.sym and fmt == "gptq", s.act_order and fmt == "gptq", s.damp)
 
 
-def merge_run(run_dir: str | Path, base: str, out: str | Path, dtype: str = "float16", device: str = "auto",
-              console=None) -> Path:
+def merge_run(run_dir: str | Path, base: str, out: str | Path, dtype: str = "float16", device: str = "auto", console=None) -> Path:
     """``qtune merge``: the merged checkpoint alone, streamed layer by layer (no fidelity)."""
     from transformers import AutoTokenizer
 
@@ -275,8 +288,15 @@ def merge_run(run_dir: str | Path, base: str, out: str | Path, dtype: str = "flo
             stops = _stops(Path(run_dir), tokenizer, weights.recipe)
             write_config(tmp, weights, dtype, stops=stops)
             tokenizer.save_pretrained(tmp)
-            manifest = card.write_manifest(tmp, "merged", 16 if dtype != "float32" else 32, None, base, dtype=dtype,
-                                           stop_tokens={tokenizer.convert_ids_to_tokens(i): i for i in stops})
+            manifest = card.write_manifest(
+                tmp,
+                "merged",
+                16 if dtype != "float32" else 32,
+                None,
+                base,
+                dtype=dtype,
+                stop_tokens={tokenizer.convert_ids_to_tokens(i): i for i in stops},
+            )
             card.write_card(tmp, manifest, None, weights.recipe.model.path, out)
     except KeyboardInterrupt:
         raise ExportInterrupted(f"merge interrupted: {out} was not written; rerun: qtune merge {run_dir}") from None

@@ -11,7 +11,8 @@ The records are data, :data:`MEASURED_FILE` (``qtune/kernels/measured.json``), w
 ``scripts/bench_train_step.py --record``, which trains each mode through :mod:`qtune.train.steps` (the code
 ``qtune train`` runs) and writes each ratio with the device, the library versions and the git commit beside it.
 
-On one H100 (``scripts/gpu_check.sh``, since folded into ``scripts/gpu_all.sh``) the Triton path trained a 7B-shaped NF4 model at 0.94-0.96x bitsandbytes'
+On one H100 (``scripts/gpu_check.sh``, since folded into ``scripts/gpu_all.sh``) the Triton path trained a 7B-shaped
+NF4 model at 0.94-0.96x bitsandbytes'
 tokens/s (its dequantization is faster, 1.1-2.1x, but the step is matmul-bound). ``blocks`` has not been measured
 on a GPU yet (``scripts/gpu_all.sh`` does it, step train_step_7b), so ``auto`` picks ``bitsandbytes`` everywhere today.
 
@@ -112,7 +113,8 @@ def check_switches(train, device: str | None) -> dict[str, str]:
     if switches["compile"] == "layers" and kernels in ("blocks", "triton"):
         raise QtuneError(f"train.compile: 'layers' runs with train.kernels=bitsandbytes only (given {train.kernels}): the "
                          "fused kernels are bound to each layer's modules, so dynamo recompiles every layer and breaks "
-                         "its graph at them (SmolLM2: past dynamo's recompile limit, later layers eager); set train.kernels=bitsandbytes or "
+                         "its graph at them (SmolLM2: past dynamo's recompile limit, later layers eager); set "
+                         "train.kernels=bitsandbytes or "
                          "train.compile=off")
     return switches
 

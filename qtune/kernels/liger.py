@@ -11,7 +11,8 @@ Nothing is patched at import and nothing outside the instance is changed for goo
 - RMSNorm: each ``*RMSNorm`` module of the instance gets liger's ``LigerRMSNorm.forward`` through liger's
   per-instance helper, with the family's norm offset (Gemma: ``x̂ · (1 + w)``, computed in float32 as Gemma does);
 - RoPE (refused on CPU for 16-bit activations: liger's kernel returns NaN for them in Triton's interpreter, liger-kernel
-  0.8.5 with triton 3.9; unmeasured on a GPU): transformers has no per-instance hook for ``apply_rotary_pos_emb`` (each attention's forward looks it up in
+  0.8.5 with triton 3.9; unmeasured on a GPU): transformers has no per-instance hook for ``apply_rotary_pos_emb``
+  (each attention's forward looks it up in
   its modeling module), so each attention module's forward is wrapped to see liger's function only while it runs
   (also in gradient checkpointing's recompute); the module's own function is back after every call.
 

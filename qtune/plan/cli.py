@@ -55,7 +55,8 @@ def side_by_side(recipe, plan, m: dict) -> str:
                  f"   plan/measured {ratio:.3f} ({ratio - 1:+.1%}); measured = {measured_kind(m)}")
     if m.get("baseline_rss_bytes") is not None:
         lines.append(f"  subtracted from peak RSS: {m['baseline_rss_bytes'] / GiB:.3f} GiB before loading, "
-                     f"{m['file_pages_bytes'] / GiB:.3f} GiB of file pages mapped since (checkpoint, library code; parameters in the file counted back)")
+                     f"{m['file_pages_bytes'] / GiB:.3f} GiB of file pages mapped since (checkpoint, library "
+                     "code; parameters in the file counted back)")
     if m.get("loaded_bytes") is not None:
         lines.append(f"  {'model resident after load':28s}{m['planned_loaded_bytes'] / GiB:>10.3f}Gi{m['loaded_bytes'] / GiB:>10.3f}Gi")
     if plan.speed is not None and m.get("step_s"):

@@ -46,21 +46,34 @@ class Plan:
             head += f" + {self.overhead / GiB:.2f} GiB process"
         head += f" of {self.budget / GiB:.1f} GiB ({self.budget_what})"
         if self.fits:
-            return f"{head} — fits; micro batch up to {self.max_micro_batch} at seq {self.seq}, seq up to {self.max_seq_len} at batch {self.batch}"
-        return (f"{head} — does not fit; largest micro batch at seq {self.seq}: {self.max_micro_batch}, "
-                f"largest seq at batch {self.batch}: {self.max_seq_len}")
+            return (f"{head} — fits; micro batch up to {self.max_micro_batch} at seq {self.seq}, "
+                    f"seq up to {self.max_seq_len} at batch {self.batch}")
+        return (
+            f"{head} — does not fit; largest micro batch at seq {self.seq}: {self.max_micro_batch}, "
+            f"largest seq at batch {self.batch}: {self.max_seq_len}"
+        )
 
     def as_dict(self) -> dict:
         return {
-            "model": self.recipe_model, "device": self.device, "micro_batch_size": self.batch, "seq_len": self.seq,
+            "model": self.recipe_model,
+            "device": self.device,
+            "micro_batch_size": self.batch,
+            "seq_len": self.seq,
             "shape": {k: v for k, v in asdict(self.shape).items() if k not in ("linears", "other_params")},
             "params": self.shape.params,
             "breakdown": [asdict(i) for i in self.breakdown.items],
-            "train_peak_bytes": self.peak, "eval_peak_bytes": self.eval_peak,
-            "merge_peak_bytes": self.merge_peak, "calibration_peak_bytes": self.calibration_peak,
-            "budget_bytes": self.budget, "budget": self.budget_what, "overhead_bytes": self.overhead,
-            "fits": self.fits, "max_micro_batch": self.max_micro_batch, "max_seq_len": self.max_seq_len,
-            "time": self.time, "verdict": self.verdict(),
+            "train_peak_bytes": self.peak,
+            "eval_peak_bytes": self.eval_peak,
+            "merge_peak_bytes": self.merge_peak,
+            "calibration_peak_bytes": self.calibration_peak,
+            "budget_bytes": self.budget,
+            "budget": self.budget_what,
+            "overhead_bytes": self.overhead,
+            "fits": self.fits,
+            "max_micro_batch": self.max_micro_batch,
+            "max_seq_len": self.max_seq_len,
+            "time": self.time,
+            "verdict": self.verdict(),
         }
 
 
@@ -77,19 +90,40 @@ def make_plan(recipe, device: str, budget: int | None = None, timed: bool = True
     if timed:
         from qtune.plan.throughput import optimizer_step, probe
 
-        speed = probe(device, memory.load_dtype(recipe, shape), recipe.quant.method, batch * seq, shape.hidden,
-                      shape.intermediate, recipe.lora.rank, recipe.quant.blocksize)
-        time = {**optimizer_step(recipe, shape, batch, seq, speed), "matmul_tflops": speed.matmul_flops / 1e12,
-                "lora_matmul_tflops": speed.lora_flops / 1e12,
-                "dequant_ns_per_weight": speed.dequant_s_per_weight * 1e9, "bandwidth_gbs": speed.bandwidth / 1e9}
+        speed = probe(
+            device,
+            memory.load_dtype(recipe, shape),
+            recipe.quant.method,
+            batch * seq,
+            shape.hidden,
+            shape.intermediate,
+            recipe.lora.rank,
+            recipe.quant.blocksize,
+        )
+        time = {
+            **optimizer_step(recipe, shape, batch, seq, speed),
+            "matmul_tflops": speed.matmul_flops / 1e12,
+            "lora_matmul_tflops": speed.lora_flops / 1e12,
+            "dequant_ns_per_weight": speed.dequant_s_per_weight * 1e9,
+            "bandwidth_gbs": speed.bandwidth / 1e9,
+        }
     return Plan(
-        recipe_model=recipe.model.path, device=device, batch=batch, seq=seq, shape=shape,
-        breakdown=memory.train_peak(recipe, shape, batch, seq, device), budget=budget, budget_what=what, overhead=overhead,
-        eval_peak=memory.eval_peak(recipe, shape, batch, seq), merge_peak=memory.merge_peak(shape),
+        recipe_model=recipe.model.path,
+        device=device,
+        batch=batch,
+        seq=seq,
+        shape=shape,
+        breakdown=memory.train_peak(recipe, shape, batch, seq, device),
+        budget=budget,
+        budget_what=what,
+        overhead=overhead,
+        eval_peak=memory.eval_peak(recipe, shape, batch, seq),
+        merge_peak=memory.merge_peak(shape),
         calibration_peak=memory.calibration_peak(recipe, shape),
         max_micro_batch=fit.max_micro_batch(recipe, shape, seq, budget, overhead, device),
         max_seq_len=fit.max_seq_len(recipe, shape, batch, budget, overhead, device),
-        time=time, speed=speed,
+        time=time,
+        speed=speed,
     )
 
 
@@ -117,8 +151,10 @@ def render(plan: Plan) -> str:
         t = plan.time
         lines.append(
             f"time per optimizer step: ~{t['step_s']:.2f}s for {t['tokens']} tokens (~{t['tokens_per_s']:.0f} tok/s at full "
-            f"length; matmul {t['matmul_s']:.2f}s, LoRA matmul {t['lora_matmul_s']:.2f}s, 4-bit dequant {t['dequant_s']:.2f}s, element-wise {t['elementwise_s']:.2f}s "
-            f"per micro step) — probe: {t['matmul_tflops']:.3f} / {t['lora_matmul_tflops']:.3f} TFLOP/s base / LoRA matmul, {t['bandwidth_gbs']:.1f} GB/s copy"
+            f"length; matmul {t['matmul_s']:.2f}s, LoRA matmul {t['lora_matmul_s']:.2f}s, 4-bit dequant "
+            f"{t['dequant_s']:.2f}s, element-wise {t['elementwise_s']:.2f}s "
+            f"per micro step) — probe: {t['matmul_tflops']:.3f} / {t['lora_matmul_tflops']:.3f} TFLOP/s base / "
+            f"LoRA matmul, {t['bandwidth_gbs']:.1f} GB/s copy"
         )
     else:
         lines.append("time per optimizer step: not estimated (no probe: --no-time, or the device is not on this machine)")

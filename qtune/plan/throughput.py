@@ -108,7 +108,12 @@ def micro_step_seconds(recipe, shape: ModelShape, batch: int, seq: int, speed: S
     memory.activations(recipe, shape, batch, seq, bd, speed.device)
     memory.logits(recipe, shape, batch, seq, bd, speed.device)
     traffic = 3 * bd.total
-    return {"matmul_s": base / speed.matmul_flops, "lora_matmul_s": lora / speed.lora_flops, "dequant_s": dequant, "elementwise_s": traffic / speed.bandwidth}
+    return {
+        "matmul_s": base / speed.matmul_flops,
+        "lora_matmul_s": lora / speed.lora_flops,
+        "dequant_s": dequant,
+        "elementwise_s": traffic / speed.bandwidth,
+    }
 
 
 def optimizer_step(recipe, shape: ModelShape, batch: int, seq: int, speed: Speed) -> dict:
@@ -117,6 +122,12 @@ def optimizer_step(recipe, shape: ModelShape, batch: int, seq: int, speed: Speed
     micro = sum(parts.values())
     accum = recipe.train.grad_accumulation
     tokens = recipe.train.effective_batch_size * seq
-    return {"micro_step_s": micro, **parts, "step_s": micro * accum, "tokens": tokens,
-            "tokens_per_s": tokens / (micro * accum), "flops": sum(step_flops(recipe, shape, batch, seq).values()) * accum,
-            "lora_targets": len(lora_targets(shape, recipe.lora.target_modules))}
+    return {
+        "micro_step_s": micro,
+        **parts,
+        "step_s": micro * accum,
+        "tokens": tokens,
+        "tokens_per_s": tokens / (micro * accum),
+        "flops": sum(step_flops(recipe, shape, batch, seq).values()) * accum,
+        "lora_targets": len(lora_targets(shape, recipe.lora.target_modules)),
+    }

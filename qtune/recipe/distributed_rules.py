@@ -4,7 +4,8 @@ Each rule looks at one combination and returns a one-line error naming the field
 None. FSDP shards only floating-point tensors of one dtype per wrapped unit (bitsandbytes'
 FSDP-QLoRA guide: the packed 4-bit weights must be *stored* in the compute dtype,
 ``bnb_4bit_quant_storage``). bitsandbytes' 8-bit and paged optimizers do not take FSDP's sharded
-parameters (FSDP2 hands them DTensors; bitsandbytes issues #89 and #1633, both open for 0.50). accelerate (1.15) turns FSDP on only for GPU-like
+parameters (FSDP2 hands them DTensors; bitsandbytes issues #89 and #1633, both open for 0.50). accelerate (1.15)
+turns FSDP on only for GPU-like
 devices: on CPU the same arguments would quietly give DDP.
 """
 

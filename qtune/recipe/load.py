@@ -36,7 +36,9 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: a recipe is a mapping of sections (model, quant, lora, data, train, tracking), got {type(raw).__name__}")
+        raise RecipeError(
+            f"{path}: a recipe is a mapping of sections (model, quant, lora, data, train, tracking), got {type(raw).__name__}"
+        )
     errors: list[str] = []
     for item in overrides:
         try:

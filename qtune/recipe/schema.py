@@ -14,7 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from qtune.registry.templates import TEMPLATE_CHOICES
 from qtune.registry.choices import COMPILE_MODES, CROSS_ENTROPY_MODES, FROZEN_DTYPES, HUB_PREFIX, KERNEL_MODES, RMS_NORM_MODES, ROPE_MODES
 from qtune.recipe.distributed_rules import problems as distributed_problems
-from qtune.registry.exports import CALIBRATION_TEXTS, DEFAULT_MERGE_BASE, EXPORT_DEVICES, EXPORT_FORMATS, FIDELITY_MODES, GGUF_TYPES, MERGE_BASES, QUANT_BITS
+from qtune.registry.exports import (
+    CALIBRATION_TEXTS,
+    DEFAULT_MERGE_BASE,
+    EXPORT_DEVICES,
+    EXPORT_FORMATS,
+    FIDELITY_MODES,
+    GGUF_TYPES,
+    MERGE_BASES,
+    QUANT_BITS,
+)
 from qtune.registry.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, REFERENCES
 from qtune.registry.quant import QUANT_METHODS
 
@@ -141,7 +150,11 @@ class DataSection(Section):
 
 
 class TrainSection(Section):
-    objective: ObjectiveName = Field(DEFAULT_OBJECTIVE, description="sft, or a preference objective (dpo, orpo, kto, simpo) on pairs or labelled completions; its parameters are the preference section")
+    objective: ObjectiveName = Field(
+        DEFAULT_OBJECTIVE,
+        description="sft, or a preference objective (dpo, "
+        "orpo, kto, simpo) on pairs or labelled completions; its parameters are the preference section",
+    )
     max_steps: Optional[int] = Field(None, ge=1)
     epochs: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(4, ge=1)
@@ -163,13 +176,42 @@ class TrainSection(Section):
     )
     output_dir: str = "runs/qtune"
     device: Device = "auto"
-    kernels: Kernels = Field("auto", description="4-bit LoRA layers: whole-block autograd nodes (blocks), the per-linear Triton path, bitsandbytes, or auto (the mode measured fastest on that kind of device: bitsandbytes today)")
-    frozen_dtype: FrozenDType = Field("auto", description="dtype of a 4-bit base's frozen embeddings, lm_head and norms: float32 (peft's upcast; the residual stream and every checkpointed layer input float32), compute (quant.compute_dtype: half those bytes in bf16), or auto (float32 until a measurement on that device kind says otherwise)")
-    cross_entropy: CrossEntropy = Field("auto", description="the loss: torch (float32 tokens x vocab logits materialised), liger (liger-kernel's fused linear + cross-entropy, no logits kept; pip install 'qtune[fast]'), or auto (torch until measured)")
-    rms_norm: RMSNorm = Field("auto", description="the RMSNorms: torch, liger (liger-kernel's fused kernel on the model instance; CUDA only), or auto (torch until measured)")
-    rope: Rope = Field("auto", description="the rotary embedding: torch, liger (liger-kernel's fused kernel in each attention module), or auto (torch until measured)")
-    compile: Compile = Field("auto", description="torch.compile: layers (each decoder layer compiled in place), off, or auto (off until measured faster on that kind of device)")
-    offload_activations: bool = Field(False, description="keep the saved activations (with checkpointing: each layer's input) in pinned CPU memory until backward (torch.autograd.graph.save_on_cpu); on CPU the same hooks run and save nothing")
+    kernels: Kernels = Field(
+        "auto",
+        description="4-bit LoRA layers: whole-block autograd nodes (blocks), the "
+        "per-linear Triton path, bitsandbytes, or auto (the mode measured fastest on that kind of device: bitsandbytes today)",
+    )
+    frozen_dtype: FrozenDType = Field(
+        "auto",
+        description="dtype of a 4-bit base's frozen embeddings, lm_head and norms: float32 (peft's upcast; the residual "
+        "stream and every checkpointed layer input float32), compute (quant.compute_dtype: half those bytes in bf16), "
+        "or auto (float32 until a measurement on that device kind says otherwise)",
+    )
+    cross_entropy: CrossEntropy = Field(
+        "auto",
+        description="the loss: torch (float32 tokens x vocab logits materialised), liger (liger-kernel's fused linear + "
+        "cross-entropy, no logits kept; pip install 'qtune[fast]'), or auto (torch until measured)",
+    )
+    rms_norm: RMSNorm = Field(
+        "auto",
+        description="the RMSNorms: torch, liger (liger-kernel's fused kernel on "
+        "the model instance; CUDA only), or auto (torch until measured)",
+    )
+    rope: Rope = Field(
+        "auto",
+        description="the rotary embedding: torch, liger (liger-kernel's fused kernel in "
+        "each attention module), or auto (torch until measured)",
+    )
+    compile: Compile = Field(
+        "auto",
+        description="torch.compile: layers (each decoder layer compiled in "
+        "place), off, or auto (off until measured faster on that kind of device)",
+    )
+    offload_activations: bool = Field(
+        False,
+        description="keep the saved activations (with checkpointing: each "
+        "layer's input) in pinned CPU memory until backward (torch.autograd.graph.save_on_cpu); on CPU the same hooks run and save nothing",
+    )
 
     @property
     def effective_batch_size(self) -> int:
@@ -186,10 +228,22 @@ class PreferenceSection(Section):
     entry names (qtune.registry.objectives), and a field changed from its default for an objective that ignores it
     is refused."""
 
-    beta: float = Field(0.1, gt=0, description="dpo/kto: strength of the pull toward the reference; orpo: weight of the odds-ratio term (lambda); simpo: reward scale")
-    loss_type: Optional[PreferenceLoss] = Field(None, description="dpo: sigmoid (default), hinge, ipo, robust, ...; kto: kto (default) or apo_zero_unpaired")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="dpo (robust, exo_pair) and simpo: the assumed share of flipped preference labels")
-    reference: Reference = Field("adapter_disabled", description="dpo/kto: the reference log-probs: adapter_disabled (each step, no second copy of the base) or precomputed (once, before training)")
+    beta: float = Field(
+        0.1,
+        gt=0,
+        description="dpo/kto: strength of the pull toward the reference; orpo: weight of the odds-ratio term (lambda); simpo: reward scale",
+    )
+    loss_type: Optional[PreferenceLoss] = Field(
+        None, description="dpo: sigmoid (default), hinge, ipo, robust, ...; kto: kto (default) or apo_zero_unpaired"
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="dpo (robust, exo_pair) and simpo: the assumed share of flipped preference labels"
+    )
+    reference: Reference = Field(
+        "adapter_disabled",
+        description="dpo/kto: the reference log-probs: "
+        "adapter_disabled (each step, no second copy of the base) or precomputed (once, before training)",
+    )
     simpo_gamma: float = Field(0.5, ge=0, description="simpo: the target reward margin")
     cpo_alpha: float = Field(0.0, ge=0, description="simpo: weight of an NLL term on chosen (0: SimPO as published; 1: CPO-SimPO)")
     desirable_weight: float = Field(1.0, gt=0, description="kto: loss weight of the desirable (label true) completions")
@@ -202,7 +256,10 @@ class DistributedSection(Section):
     strategy: Strategy = Field("ddp", description="ddp: each rank holds the whole (4-bit) base; fsdp: the base is sharded")
     nproc: int = Field(1, ge=1, description="processes per node `qtune train` launches through torchrun (--nproc overrides)")
     backend: Backend = Field("auto", description="auto: nccl on CUDA, gloo on CPU")
-    sharding: Sharding = Field("full_shard", description="fsdp only: full_shard re-shards each layer after its forward; shard_grad_op keeps it gathered until backward")
+    sharding: Sharding = Field(
+        "full_shard",
+        description="fsdp only: full_shard re-shards each layer after its forward; shard_grad_op keeps it gathered until backward",
+    )
     cpu_offload: bool = Field(False, description="fsdp only: keep parameters and gradients in CPU memory between uses")
 
 
@@ -215,8 +272,10 @@ class TrackingSection(Section):
 class CalibrationMix(Section):
     """General text mixed into the calibration blocks, so the quantizer also fits inputs beyond the task."""
 
-    source: str = Field(description=f"a JSONL file in the recipe's data format, a text file or folder (.txt/.md/.rst), "
-                                    f"or a bundled text: {', '.join(CALIBRATION_TEXTS)}")
+    source: str = Field(
+        description=f"a JSONL file in the recipe's data format, a text file or folder (.txt/.md/.rst), "
+        f"or a bundled text: {', '.join(CALIBRATION_TEXTS)}"
+    )
     fraction: float = Field(gt=0, lt=1, description="share of export.calibration.samples cut from it (rounded to whole blocks)")
 
 
@@ -241,10 +300,18 @@ class ExportSection(Section):
     calibration: CalibrationSection = CalibrationSection()
     device: Literal[EXPORT_DEVICES] = Field("auto", description="where layers are merged, quantized and measured")
     fidelity: bool = Field(True, description="measure perplexity and eval loss of every export")
-    fidelity_tokens: Optional[int] = Field(None, ge=1, description="eval-text tokens scored per model (default: 1024 on CPU, 65536 on a GPU)")
-    fidelity_examples: Optional[int] = Field(None, ge=0, description="eval conversations scored per model, 0 for all (default: 32 on CPU, all on a GPU)")
-    fidelity_mode: Literal[FIDELITY_MODES] = Field("auto", description="auto: in memory when the model fits (its planned peak in 80% of the free memory), else layers; memory; layers")
-    threads: Optional[int] = Field(None, ge=1, le=4096, description="CPU threads of the export (default: PyTorch's); changes speed, not results")
+    fidelity_tokens: Optional[int] = Field(
+        None, ge=1, description="eval-text tokens scored per model (default: 1024 on CPU, 65536 on a GPU)"
+    )
+    fidelity_examples: Optional[int] = Field(
+        None, ge=0, description="eval conversations scored per model, 0 for all (default: 32 on CPU, all on a GPU)"
+    )
+    fidelity_mode: Literal[FIDELITY_MODES] = Field(
+        "auto", description="auto: in memory when the model fits (its planned peak in 80% of the free memory), else layers; memory; layers"
+    )
+    threads: Optional[int] = Field(
+        None, ge=1, le=4096, description="CPU threads of the export (default: PyTorch's); changes speed, not results"
+    )
 
     @field_validator("group_size")
     @classmethod
@@ -281,20 +348,28 @@ class Recipe(Section):
         changed = {n for n, f in PreferenceSection.model_fields.items() if getattr(self.preference, n) != f.default}
         if spec.rows == "sft":
             if changed:
-                raise ValueError(f"preference: set, but train.objective is '{self.train.objective}'; "
-                                 f"set train.objective to one of {', '.join(o for o in OBJECTIVES if o != 'sft')}, or remove the section")
+                raise ValueError(
+                    f"preference: set, but train.objective is '{self.train.objective}'; "
+                    f"set train.objective to one of {', '.join(o for o in OBJECTIVES if o != 'sft')}, or remove the section"
+                )
             return self
         ignored = sorted(changed - spec.params)
         if ignored:
-            raise ValueError("\n".join(f"preference.{name}: train.objective '{self.train.objective}' does not use it "
-                                       f"(it reads {', '.join(sorted(spec.params))}); remove it" for name in ignored))
+            raise ValueError(
+                "\n".join(
+                    f"preference.{name}: train.objective '{self.train.objective}' does not use it "
+                    f"(it reads {', '.join(sorted(spec.params))}); remove it"
+                    for name in ignored
+                )
+            )
         loss = self.preference.loss_type
         if loss is not None and loss not in spec.losses:
-            raise ValueError(f"preference.loss_type: '{loss}' is not a loss of {self.train.objective} "
-                             f"(one of {', '.join(spec.losses)})")
+            raise ValueError(f"preference.loss_type: '{loss}' is not a loss of {self.train.objective} (one of {', '.join(spec.losses)})")
         if self.data.packing:
-            raise ValueError(f"data.packing: a preference objective ('{self.train.objective}') scores whole "
-                             f"completions, so rows cannot be packed; set data.packing: false")
+            raise ValueError(
+                f"data.packing: a preference objective ('{self.train.objective}') scores whole "
+                f"completions, so rows cannot be packed; set data.packing: false"
+            )
         return self
 
     @model_validator(mode="after")

@@ -316,7 +316,8 @@ def render_markdown(report: dict) -> str:
         f"({p0['scored_tokens']} tokens scored). Eval loss: token-weighted NLL (nats) on `{rows[0].get('eval', {}).get('eval_data')}`.",
         "Δ columns: perplexity change in % and eval-loss change in nats, against the reference and the fine-tuned model.",
         "",
-        "| stage | bits/weight | size (MB) | load peak (MB) | tok/s (batch 1) | perplexity | Δppl vs ref | Δppl vs FT | eval loss | Δloss vs ref | Δloss vs FT |",
+        "| stage | bits/weight | size (MB) | load peak (MB) | tok/s (batch 1) | perplexity | Δppl vs ref | "
+        "Δppl vs FT | eval loss | Δloss vs ref | Δloss vs FT |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines = []

@@ -97,7 +97,9 @@ def verify_checkpoint(path: Path, world_size: int = 1) -> None:
                 if bad is not None:
                     raise ValueError(f"member {bad} fails its checksum")
         except Exception as e:  # noqa: BLE001 - any failure to read the file is the same user-facing problem
-            raise QtuneError(f"{file}: corrupted checkpoint file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {hint}") from None
+            raise QtuneError(
+                f"{file}: corrupted checkpoint file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {hint}"
+            ) from None
 
 
 def changed_fields(stored: dict, given: dict) -> list[str]:
@@ -180,8 +182,10 @@ class RunSession:
 
         fingerprint = rows_fingerprint(train_rows)
         if self.resuming and self.state.get("train_rows_sha256") not in (None, fingerprint):
-            raise QtuneError(f"data.train: the training rows differ from those {self.run} was trained on (a data file "
-                             f"changed since); restore the data, or set train.output_dir=<new dir>")
+            raise QtuneError(
+                f"data.train: the training rows differ from those {self.run} was trained on (a data file "
+                f"changed since); restore the data, or set train.output_dir=<new dir>"
+            )
         self.state["train_rows_sha256"] = fingerprint
         self.state["sessions"] = self.state.get("sessions", 0) + 1
         if not self.writes:
@@ -210,8 +214,14 @@ class RunSession:
     def record_progress(self, step: int, wall_s: float, train_s: float, skipped: list[int], peak_bytes: int) -> None:
         """After checkpoint ``step`` is complete: this session's time and skipped steps so far, in run_state.json,
         so that the summary of a run resumed after a crash still covers the sessions before it."""
-        entry = {"session": self.state["sessions"], "step": step, "wall_s": wall_s, "train_s": train_s, "peak_memory_bytes": peak_bytes,
-                 "nonfinite_steps_skipped": [s for s in skipped if s <= step]}
+        entry = {
+            "session": self.state["sessions"],
+            "step": step,
+            "wall_s": wall_s,
+            "train_s": train_s,
+            "peak_memory_bytes": peak_bytes,
+            "nonfinite_steps_skipped": [s for s in skipped if s <= step],
+        }
         self.state["ledger"] = [e for e in self.state.get("ledger", []) if e["session"] != entry["session"]] + [entry]
         self.save_state()
 
@@ -221,10 +231,12 @@ class RunSession:
         earlier = [e for e in self.state.get("ledger", []) if e["session"] < self.state["sessions"]]
         kept = sorted({s for e in earlier for s in e["nonfinite_steps_skipped"] if s <= self.resume_step} | set(skipped))
         train_total = train_s + sum(e["train_s"] for e in earlier)
-        return {"wall_s": wall_s + sum(e["wall_s"] for e in earlier),
-                "tokens_per_s": tokens / train_total if train_total > 0 else None,
-                "peak_memory_bytes": max([peak_bytes] + [e["peak_memory_bytes"] for e in earlier]),
-                "nonfinite_steps_skipped": kept}
+        return {
+            "wall_s": wall_s + sum(e["wall_s"] for e in earlier),
+            "tokens_per_s": tokens / train_total if train_total > 0 else None,
+            "peak_memory_bytes": max([peak_bytes] + [e["peak_memory_bytes"] for e in earlier]),
+            "nonfinite_steps_skipped": kept,
+        }
 
     def save_state(self) -> None:
         if self.writes:
@@ -275,18 +287,24 @@ def open_run(recipe, overwrite: bool, resume: bool, world_size: int = 1) -> RunS
         )
     state = read_state(run)
     if (run / rundir.SUMMARY).is_file():
-        raise QtuneError(f"--resume: '{run}' holds a finished run ({rundir.SUMMARY}); nothing to resume "
-                         f"(pass --overwrite to train it again, or set train.output_dir=<new dir>)")
+        raise QtuneError(
+            f"--resume: '{run}' holds a finished run ({rundir.SUMMARY}); nothing to resume "
+            f"(pass --overwrite to train it again, or set train.output_dir=<new dir>)"
+        )
     try:
         stored = yaml.safe_load((run / rundir.RECIPE).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
-        raise QtuneError(f"{run / rundir.RECIPE}: cannot be read ({type(e).__name__}); the run cannot be resumed, pass --overwrite") from None
+        raise QtuneError(
+            f"{run / rundir.RECIPE}: cannot be read ({type(e).__name__}); the run cannot be resumed, pass --overwrite"
+        ) from None
     if not isinstance(stored, dict):
         raise QtuneError(f"{run / rundir.RECIPE}: not a recipe mapping; the run cannot be resumed, pass --overwrite")
     changed = changed_fields(stored, yaml.safe_load(dump_recipe(recipe)))
     if changed:
-        raise QtuneError(f"--resume: the recipe changes training against {run / rundir.RECIPE}: {', '.join(changed)}; "
-                         f"undo those changes, or set train.output_dir=<new dir>")
+        raise QtuneError(
+            f"--resume: the recipe changes training against {run / rundir.RECIPE}: {', '.join(changed)}; "
+            f"undo those changes, or set train.output_dir=<new dir>"
+        )
     ckpts = complete_checkpoints(run)
     checkpoint = ckpts[-1] if ckpts else None
     if checkpoint is not None:
@@ -297,12 +315,16 @@ def open_run(recipe, overwrite: bool, resume: bool, world_size: int = 1) -> RunS
 def read_state(run: Path) -> dict:
     path = run / rundir.RUN_STATE
     if not (run / rundir.RECIPE).is_file():
-        raise QtuneError(f"train.output_dir: '{run}' holds no qtune run ({rundir.RECIPE} missing), so --resume has nothing to continue; "
-                         f"pass --overwrite or set train.output_dir=<new dir>")
+        raise QtuneError(
+            f"train.output_dir: '{run}' holds no qtune run ({rundir.RECIPE} missing), so --resume has nothing to continue; "
+            f"pass --overwrite or set train.output_dir=<new dir>"
+        )
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise QtuneError(f"{path}: missing; this run was written by another qtune version and cannot be resumed (pass --overwrite)") from None
+        raise QtuneError(
+            f"{path}: missing; this run was written by another qtune version and cannot be resumed (pass --overwrite)"
+        ) from None
     except (OSError, ValueError) as e:
         raise QtuneError(f"{path}: cannot be read ({type(e).__name__}); the run cannot be resumed (pass --overwrite)") from None
     if not isinstance(state, dict) or state.get("layout") != RUN_LAYOUT or not isinstance(state.get("run_id"), str):

@@ -207,11 +207,13 @@ def fit(trainer, session, started: float, meter, say=print) -> Fitted:
     if eval_before is None:
         eval_before = trainer.evaluate()["eval_loss"]
         session.record_eval_before(eval_before)
-    say(f"eval loss before training: {eval_before:.4f}" + (f" (stored; resuming from step {session.resume_step})" if session.resuming else ""))
+    resumed = f" (stored; resuming from step {session.resume_step})" if session.resuming else ""
+    say(f"eval loss before training: {eval_before:.4f}{resumed}")
     t_train, eval_s = time.perf_counter(), trainer.eval_seconds
     trained_s = lambda: time.perf_counter() - t_train - (trainer.eval_seconds - eval_s)  # periodic evals excluded
-    trainer.add_callback(SessionLedger(session, lambda: time.perf_counter() - started, trained_s,
-                                       lambda: trainer.nonfinite.bad_steps, meter.peak))
+    trainer.add_callback(
+        SessionLedger(session, lambda: time.perf_counter() - started, trained_s, lambda: trainer.nonfinite.bad_steps, meter.peak)
+    )
     with trainer.signal_stop.installed():
         result = trainer.train(resume_from_checkpoint=str(session.checkpoint) if session.resuming else None)
     refuse_stopped(trainer, session.run)
@@ -227,12 +229,13 @@ def refuse_stopped(trainer, run: Path) -> None:
     ckpts = complete_checkpoints(run)
     newest = str(ckpts[-1]) if ckpts else "none (set train.save_steps)"
     if trainer.nonfinite.policy == "stop" and trainer.nonfinite.bad_steps:
-        raise QtuneError(f"step {trainer.nonfinite.bad_steps[-1]}: loss or gradients are NaN/inf; stopped without saving "
-                         f"that step (train.on_nan: stop); newest good checkpoint: {newest}; resume with train.on_nan=skip "
-                         f"to skip such steps, or lower train.lr in a new run")
+        raise QtuneError(
+            f"step {trainer.nonfinite.bad_steps[-1]}: loss or gradients are NaN/inf; stopped without saving "
+            f"that step (train.on_nan: stop); newest good checkpoint: {newest}; resume with train.on_nan=skip "
+            f"to skip such steps, or lower train.lr in a new run"
+        )
     if trainer.signal_stop.received is not None and trainer.state.global_step < trainer.state.max_steps:
         from qtune.train.guards import SIGNAL_EXIT
 
         signum = trainer.signal_stop.received
-        raise Interrupted(f"interrupted at step {trainer.state.global_step}; wrote {newest}",
-                          exit_code=SIGNAL_EXIT.get(signum, 130))
+        raise Interrupted(f"interrupted at step {trainer.state.global_step}; wrote {newest}", exit_code=SIGNAL_EXIT.get(signum, 130))

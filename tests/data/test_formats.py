@@ -69,7 +69,8 @@ def test_unknown_role_names_allowed_roles():
     with pytest.raises(QtuneError, match=r"f:1: messages\[1\].role 'bot' is not a known role \(allowed: system, user, assistant\)"):
         to_example(row, "f:1", "chat")
     row = {"conversations": [{"from": "robot", "value": "b"}]}
-    with pytest.raises(QtuneError, match=r"conversations\[0\].from 'robot' is not a known role \(allowed: system, human, user, gpt, assistant\)"):
+    with pytest.raises(QtuneError, match=r"conversations\[0\].from 'robot' is not a known role \(allowed: "
+                                         r"system, human, user, gpt, assistant\)"):
         to_example(row, "f:1", "sharegpt")
 
 
@@ -116,5 +117,6 @@ def test_hub_dataset_unreachable_is_one_clear_line(monkeypatch):
     # offline mode: the same failure as no network, without datasets' ~30 s of connection retries
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(QtuneError, match=r"^data.train\[0\]: cannot load Hub dataset 'qtune-test/no-such-set' split 'train' \(.*\); offline\?"):
+    with pytest.raises(QtuneError, match=r"^data.train\[0\]: cannot load Hub dataset 'qtune-test/no-such-set' "
+                                         r"split 'train' \(.*\); offline\?"):
         read_rows("hf:qtune-test/no-such-set", "data.train[0]")

@@ -35,7 +35,12 @@ def test_sources_as_strings_or_objects_resolve_beside_the_recipe(tmp_path):
     assert b.path == str(tmp_path / "b") and b.weight == 0.5 and b.format == "sharegpt"
     assert hub.path == "hf:org/set" and hub.split == "train"
     assert recipe.data.eval.path == str(tmp_path / "a.jsonl")
-    assert (recipe.data.packing, recipe.data.train_on, recipe.data.truncation, recipe.data.chat_template) == (False, "assistant", "left", "auto")
+    assert (recipe.data.packing, recipe.data.train_on, recipe.data.truncation, recipe.data.chat_template) == (
+        False,
+        "assistant",
+        "left",
+        "auto",
+    )
 
 
 def test_missing_files_and_bad_choices_are_reported_together(tmp_path):
@@ -47,5 +52,8 @@ def test_missing_files_and_bad_choices_are_reported_together(tmp_path):
     ]
     with pytest.raises(RecipeError) as e:
         load_recipe(write(tmp_path, {"train": ["x"], "train_on": "assistants", "packing": "maybe"}))
-    assert any(line.startswith("data.train_on: 'assistants' is not an allowed value (allowed: assistant, last_assistant, all") for line in e.value.lines)
+    assert any(
+        line.startswith("data.train_on: 'assistants' is not an allowed value (allowed: assistant, last_assistant, all")
+        for line in e.value.lines
+    )
     assert any(line.startswith("data.packing:") for line in e.value.lines)

@@ -34,7 +34,9 @@ def encode(tok, example, **kw):
 
 CHAT_ROWS = {
     "chat": {"messages": CHAT},
-    "sharegpt": {"conversations": [{"from": {"user": "human", "assistant": "gpt"}.get(m["role"], m["role"]), "value": m["content"]} for m in CHAT]},
+    "sharegpt": {
+        "conversations": [{"from": {"user": "human", "assistant": "gpt"}.get(m["role"], m["role"]), "value": m["content"]} for m in CHAT]
+    },
 }
 
 

@@ -69,7 +69,22 @@ def test_chat_reads_stdin_until_exit_and_streams(tiny_checkpoint):
 
 def test_packaged_smollm2_answers_greedily(capfd):
     """capfd: stdout, descriptor 1 included, is the JSON object alone (tests/test_json_stdout.py)."""
-    assert main(["generate", "smollm2-135m-instruct", "--prompt", "What is the capital of France?", "--max-new-tokens", "8", "--json", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "smollm2-135m-instruct",
+                "--prompt",
+                "What is the capital of France?",
+                "--max-new-tokens",
+                "8",
+                "--json",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capfd.readouterr().out)
     assert out["text"].startswith("The capital of France is Paris"), out["text"]
 

@@ -19,7 +19,9 @@ def _doc(n: int, seed: int = 3) -> list[int]:
     return torch.randint(0, VOCAB, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-@pytest.mark.parametrize("n,window,stride", [(1, 4, 2), (2, 4, 2), (10, 4, 2), (10, 4, 3), (10, 4, 4), (37, 8, 1), (37, 8, 5), (37, 64, 16)])
+@pytest.mark.parametrize(
+    "n,window,stride", [(1, 4, 2), (2, 4, 2), (10, 4, 2), (10, 4, 3), (10, 4, 4), (37, 8, 1), (37, 8, 5), (37, 64, 16)]
+)
 def test_windows_score_each_token_once_with_bounded_context(n, window, stride):
     scored = []
     for w in strided_windows(n, window, stride):
@@ -68,7 +70,9 @@ def test_perplexity_equals_exp_mean_nll_direct(tiny_llama, window, stride):
     assert r.scored_tokens == count == (61 - 1) + (40 - 1)
     expected = math.exp(total / count)
     # Measured: identical windows give identical sums up to float32 summation order (~1e-7 relative).
-    assert r.perplexity == pytest.approx(expected, rel=1e-5), f"ppl {r.perplexity} vs direct {expected}, diff {abs(r.perplexity - expected)}"
+    assert r.perplexity == pytest.approx(expected, rel=1e-5), (
+        f"ppl {r.perplexity} vs direct {expected}, diff {abs(r.perplexity - expected)}"
+    )
 
 
 def test_batched_windows_score_what_single_windows_do(tiny_llama):
@@ -105,4 +109,3 @@ def test_stride_equal_to_window_is_chunking_scored_by_mean_token_nll(tiny_llama)
     assert r.scored_tokens == 70 - math.ceil(70 / window)
     # Measured ~1e-7 relative: mean_token_nll runs padded batches, perplexity one window at a time.
     assert r.perplexity == pytest.approx(expected, rel=1e-5), f"ppl {r.perplexity} vs chunked {expected}"
-

@@ -13,7 +13,9 @@ from qtune.eval.text import DEFAULT_TEXT, read_text_sources, tokenize_documents
 def test_bundled_excerpt_matches_its_checksums():
     sums = dict(line.split("  ")[::-1] for line in (DEFAULT_TEXT.parent / "SHA256SUMS").read_text().splitlines())
     text = read_text_sources(None)
-    assert [f.name for f in text.files] == sorted(f"{n}.rst.txt" for n in ["classes", "controlflow", "datastructures", "errors", "introduction", "modules"])
+    assert [f.name for f in text.files] == sorted(
+        f"{n}.rst.txt" for n in ["classes", "controlflow", "datastructures", "errors", "introduction", "modules"]
+    )
     for f in text.files:
         assert hashlib.sha256(f.read_bytes()).hexdigest() == sums[f"tutorial/{f.name}"]
     assert text.sha256 == read_text_sources([str(DEFAULT_TEXT)]).sha256

@@ -92,15 +92,18 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_exports(tmp_path_factory):
-    """``(run, exports)``: every format of a tiny run (GGUF F16, Q8_0, Q4_0), calibrated on a 3:1 mix of task rows and bundled prose, exported once for the pipeline
-    and model-card tests, in a folder moved after writing (so nothing may lean on the path it was written at)."""
+    """``(run, exports)``: every format of a tiny run (GGUF F16, Q8_0, Q4_0), calibrated on a 3:1 mix of task rows and
+    bundled prose, exported once for the pipeline and model-card tests, in a folder moved after writing (so nothing
+    may lean on the path it was written at)."""
     from qtune.export.pipeline import export_run
     from qtune.recipe.schema import ExportSection
 
     root = tmp_path_factory.mktemp("exports")
     run = make_tiny_run(root)
     settings = ExportSection(
-        formats=["merged", "gptq", "awq", "gguf"], group_size=64, gguf_types=["F16", "Q8_0", "Q4_0"],
+        formats=["merged", "gptq", "awq", "gguf"],
+        group_size=64,
+        gguf_types=["F16", "Q8_0", "Q4_0"],
         calibration={"samples": 8, "seq_len": 64, "mix": {"source": "python-docs", "fraction": 0.25}},
     )
     export_run(run, settings, out_root=root / "written")
@@ -124,8 +127,14 @@ def make_family_run(model_type: str, root):
     from tests.conftest import tiny_family_dir, write_recipe
 
     base = tiny_family_dir(model_type, root / "base")
-    recipe = load_recipe(write_recipe(root / "recipe.yaml", model={"path": str(base)},
-                                      quant={"method": "nf4", "compute_dtype": "float32"}, lora={"rank": 8, "alpha": 16, "dropout": 0.0}))
+    recipe = load_recipe(
+        write_recipe(
+            root / "recipe.yaml",
+            model={"path": str(base)},
+            quant={"method": "nf4", "compute_dtype": "float32"},
+            lora={"rank": 8, "alpha": 16, "dropout": 0.0},
+        )
+    )
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), lora_config(recipe.lora))
     with torch.no_grad():

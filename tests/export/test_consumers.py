@@ -152,7 +152,8 @@ def test_eval_and_generate_json_on_export_is_the_only_stdout(fmt, tiny_run, tmp_
         try:
             out = json.loads(proc.stdout)
         except json.JSONDecodeError as e:
-            raise AssertionError(f"qtune {argv[0]} on the {fmt} export: stdout is not one JSON object ({e}):\n{proc.stdout[:2000]}") from None
+            raise AssertionError(f"qtune {argv[0]} on the {fmt} export: stdout is not one JSON object ({e}):\n"
+                                 f"{proc.stdout[:2000]}") from None
         assert out["model"] == str(done[fmt])
 
 
@@ -171,14 +172,19 @@ def test_consumers_stop_at_the_end_of_turn(model_type, tmp_path, monkeypatch):
     from qtune.registry.families import family
 
     run = make_family_run(model_type, tmp_path)
-    done = export_run(run, ExportSection(formats=["gptq", "gguf"], group_size=32, gguf_types=["Q8_0"], fidelity=False,
-                                         calibration={"samples": 8, "seq_len": 32}))
+    done = export_run(
+        run,
+        ExportSection(
+            formats=["gptq", "gguf"], group_size=32, gguf_types=["Q8_0"], fidelity=False, calibration={"samples": 8, "seq_len": 32}
+        ),
+    )
     tok = AutoTokenizer.from_pretrained(done["gptq"])
     eot = tok.convert_tokens_to_ids(family(model_type).end_of_turn)
     prompt = tok.apply_chat_template([{"role": "user", "content": "Hello there"}], add_generation_prompt=True, tokenize=True)
     prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
-    consumer = AutoModelForCausalLM.from_pretrained(str(done["gptq"]), device_map="cpu", dtype=torch.float32,
-                                                    quantization_config=GPTQConfig(bits=4, backend="torch"))
+    consumer = AutoModelForCausalLM.from_pretrained(
+        str(done["gptq"]), device_map="cpu", dtype=torch.float32, quantization_config=GPTQConfig(bits=4, backend="torch")
+    )
     new = generate_new(consumer, prompt, eot)  # the generation config transformers read from the export
     assert new[-1] == eot and eot not in new[:-1] and len(new) <= N_BEFORE_EOT + 1, tok.convert_ids_to_tokens(new)
     before, finish, is_eog = llama_cpp_new(llama_cpp, next(done["gguf"].glob("*.gguf")), prompt, eot)

@@ -57,7 +57,9 @@ def test_stored_reference_equals_a_fresh_one_and_a_changed_key_measures_again(ti
     again = Scorer(tiny_run, weights, tok, s, export_device("cpu"), said.append, exports=1)
     assert "reference scores reused for merged" in said[-1] and "expected ~" in said[-1] and "--fidelity-tokens" in said[-1]
     assert again.reference() == json.loads(json.dumps(fresh)) and again.seconds == 0  # read, not measured
-    streamed = Scorer(tiny_run, weights, tok, s.model_copy(update={"fidelity_mode": "layers"}), export_device("cpu"), said.append, exports=1)
+    streamed = Scorer(
+        tiny_run, weights, tok, s.model_copy(update={"fidelity_mode": "layers"}), export_device("cpu"), said.append, exports=1
+    )
     assert streamed.plan.mode == "layers" and streamed.cached["merged"] is not None  # the mode is not in the key
     remeasured = streamed.of(weights)
     for k in ("perplexity", "eval_loss"):
@@ -87,7 +89,9 @@ def test_report_takes_the_fine_tuned_row_from_the_stored_trained_scores(tiny_run
     assert report_figures(tiny_run, weights.recipe, EvalSettings(max_tokens=400, gen_tokens=0).for_device("cpu"), "cpu") is None
     measured = eval_measure(load_source(resolve_source(str(tiny_run)), "cpu"), settings, weights.recipe)
     # Measured: perplexity identical, eval loss 2.4e-8 relative between the bitsandbytes run and the merge.
-    for got, want in ((known["perplexity"]["perplexity"], measured["perplexity"]["perplexity"]),
-                      (known["eval"]["eval_loss"], measured["eval"]["eval_loss"])):
+    for got, want in (
+        (known["perplexity"]["perplexity"], measured["perplexity"]["perplexity"]),
+        (known["eval"]["eval_loss"], measured["eval"]["eval_loss"]),
+    ):
         assert _rel(got, want) <= REL_BOUND, (got, want, _rel(got, want))
     assert known["eval"]["eval_examples"] == measured["eval"]["eval_examples"]

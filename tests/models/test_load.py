@@ -45,7 +45,7 @@ def test_a_gguf_file_is_converted_once_and_every_command_takes_it(tmp_path, tiny
     assert main(["validate", str(recipe)]) == 0
     assert not (tmp_path / "cache").exists(), "validate converted the GGUF"
     assert main(["data", "inspect", str(recipe), "-n", "1"]) == 0
-    assert f"converting 'tiny.gguf' once" in capsys.readouterr().err
+    assert "converting 'tiny.gguf' once" in capsys.readouterr().err
     (converted,) = (tmp_path / "cache" / "models").iterdir()
     assert resolve_model_path(str(gguf_file)) == str(converted)
     assert main(["train", str(recipe), "--no-plan-check"]) == 0, capsys.readouterr().err[-2000:]

@@ -88,12 +88,14 @@ def test_cli_bad_recipe_exits_2_with_one_line_and_no_traceback():
         out = run_cli(command, str(DEFAULT), "lora.rnak=8")
         assert out.returncode == 2, out.stderr
         assert out.stderr.strip().splitlines() == [
-            "error: lora.rnak: 'rnak' is not a field of lora (allowed: rank, alpha, dropout, target_modules, dora, rslora; did you mean 'rank'?)"
+            "error: lora.rnak: 'rnak' is not a field of lora (allowed: rank, alpha, dropout, target_modules, "
+            "dora, rslora; did you mean 'rank'?)"
         ]
         assert "Traceback" not in out.stderr
 
 
 def test_cli_module_imports_nothing_heavy():
-    code = "import sys, qtune.cli; qtune.cli.build_parser(); print(sorted(m for m in ('torch','transformers','bitsandbytes','wandb') if m in sys.modules))"
+    code = ("import sys, qtune.cli; qtune.cli.build_parser(); "
+            "print(sorted(m for m in ('torch','transformers','bitsandbytes','wandb') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -29,7 +29,14 @@ def merged_export(tiny_run):
     out = tiny_run / "exports" / "merged"
     merged.save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(recipe.model.path).save_pretrained(out)
-    meta = {"format": "merged", "bits": 32.0, "group_size": None, "files": ["model.safetensors"], "base": recipe.model.path, "created_by": "test"}
+    meta = {
+        "format": "merged",
+        "bits": 32.0,
+        "group_size": None,
+        "files": ["model.safetensors"],
+        "base": recipe.model.path,
+        "created_by": "test",
+    }
     (out / "qtune_export.json").write_text(json.dumps(meta))
     return out
 
@@ -93,7 +100,10 @@ def test_report_row_equals_eval_in_this_process(report, tiny_run):
 def test_files_written(report, tiny_run):
     md = (tiny_run / "report.md").read_text()
     assert "| fine-tuned |" in md and "window 32, stride 16" in md
-    assert json.loads((tiny_run / "report.json").read_text())["rows"][0]["perplexity"]["text"]["sha256"] == report["rows"][0]["perplexity"]["text"]["sha256"]
+    assert (
+        json.loads((tiny_run / "report.json").read_text())["rows"][0]["perplexity"]["text"]["sha256"]
+        == report["rows"][0]["perplexity"]["text"]["sha256"]
+    )
     png = (tiny_run / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert not [p for p in tiny_run.iterdir() if p.name.startswith(".report")]  # no temp files left

@@ -10,7 +10,8 @@ then hold on every CPU, not only on the ones that have the instruction set.
 
 Tolerance: float32, max |grad - ref| <= 1e-4 x max |ref| per tensor. Measured with the fix: NF4 (with
 and without double quant) and FP4 bit-identical, INT8 7e-7 (bitsandbytes scales its int8 rows in a
-different order), NF4 through qtune's fused Triton linear (``train.kernels: triton``, interpreter) 4e-7. Without it (the repack left armed, the guard removed) every 4-bit case fails: the
+different order), NF4 through qtune's fused Triton linear (``train.kernels: triton``, interpreter) 4e-7. Without it
+(the repack left armed, the guard removed) every 4-bit case fails: the
 worst LoRA gradient is off by 2.2x its own size, the mean gap 1.2e-2.
 """
 

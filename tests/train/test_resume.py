@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from qtune import rundir
 from qtune.cli import main
@@ -186,11 +185,21 @@ def poisoned(tmp_path_factory, tiny_llama_dir):
     bad = sorted(set(tok(f"{POISON} {POISON}.")["input_ids"]) - clean)
     assert bad, "the poison word needs a token no clean row has"
     (out / "train.jsonl").write_text("".join(json.dumps({"messages": r}) + "\n" for r in rows))
-    (out / "eval.jsonl").write_text("".join(json.dumps({"messages": r}) + "\n" for i, r in enumerate(rows) if POISON not in r[1]["content"]))
+    clean = [r for r in rows if POISON not in r[1]["content"]]
+    (out / "eval.jsonl").write_text("".join(json.dumps({"messages": r}) + "\n" for r in clean))
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         model.model.embed_tokens.weight[bad[0]] = float("nan")
@@ -200,11 +209,19 @@ def poisoned(tmp_path_factory, tiny_llama_dir):
 
 
 def _nan_recipe(tmp_path, poisoned, on_nan):
-    return write_recipe(tmp_path / "r.yaml", model={"path": str(poisoned / "model")}, quant={"method": "none"},
-                        lora={"rank": 4, "dropout": 0.0},
-                        data={"train": [str(poisoned / "train.jsonl")], "eval": str(poisoned / "eval.jsonl"),
-                              "max_examples": None, "max_eval_examples": None},
-                        train={"max_steps": 12, "save_steps": 1, "keep_checkpoints": 20, "lr": 1e-3, "on_nan": on_nan})
+    return write_recipe(
+        tmp_path / "r.yaml",
+        model={"path": str(poisoned / "model")},
+        quant={"method": "none"},
+        lora={"rank": 4, "dropout": 0.0},
+        data={
+            "train": [str(poisoned / "train.jsonl")],
+            "eval": str(poisoned / "eval.jsonl"),
+            "max_examples": None,
+            "max_eval_examples": None,
+        },
+        train={"max_steps": 12, "save_steps": 1, "keep_checkpoints": 20, "lr": 1e-3, "on_nan": on_nan},
+    )
 
 
 def _adapter_finite(path: Path) -> bool:
@@ -261,11 +278,18 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path, recipe_20, monkeypat
 def test_only_fields_that_leave_training_alone_may_change_on_resume():
     from qtune.train.resume import changed_fields
 
-    stored = {"train": {"lr": 2e-4, "eval_steps": 5, "save_steps": 4, "keep_checkpoints": 3, "on_nan": "stop"},
-              "tracking": {"backend": "none"}, "data": {"cache": True, "max_length": 64}, "export": None}
-    neutral = {"train": {"lr": 2e-4, "eval_steps": 10, "save_steps": 8, "keep_checkpoints": 1, "on_nan": "skip"},
-               "tracking": {"backend": "wandb", "project": "p"}, "data": {"cache": False, "max_length": 64},
-               "export": {"formats": ["gguf"]}}
+    stored = {
+        "train": {"lr": 2e-4, "eval_steps": 5, "save_steps": 4, "keep_checkpoints": 3, "on_nan": "stop"},
+        "tracking": {"backend": "none"},
+        "data": {"cache": True, "max_length": 64},
+        "export": None,
+    }
+    neutral = {
+        "train": {"lr": 2e-4, "eval_steps": 10, "save_steps": 8, "keep_checkpoints": 1, "on_nan": "skip"},
+        "tracking": {"backend": "wandb", "project": "p"},
+        "data": {"cache": False, "max_length": 64},
+        "export": {"formats": ["gguf"]},
+    }
     assert changed_fields(stored, neutral) == []
     changed = {**neutral, "train": {**neutral["train"], "lr": 1e-3}, "data": {"cache": True, "max_length": 128}}
     assert changed_fields(stored, changed) == ["data.max_length (64 → 128)", "train.lr (0.0002 → 0.001)"]

@@ -38,7 +38,8 @@ def _returned(out) -> dict:
 
 
 def test_a_deadline_too_short_for_any_step_still_returns_the_summary(tmp_path, tiny_llama_dir):
-    """Only the environment check fits in 40 s: every other step is skipped, saying what it needed."""
+    """Only the environment check fits in 40 s (every other step needs 4 x its GPU minimum on the CPU, 40 s or more):
+    every other step is skipped, saying what it needed."""
     proc, out = _run(tmp_path, tiny_llama_dir, "--deadline", "40")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = _returned(out)

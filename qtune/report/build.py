@@ -196,9 +196,13 @@ def _row_file(run: Path, stage: Stage) -> Path:
 def stored_row(run: Path, stage: Stage, key: dict) -> dict | None:
     """The row measured earlier from exactly ``key``, or None."""
     path = _row_file(run, stage)
+    if not path.is_file():
+        return None
     try:
         kept = rundir.read_json(path)
-    except (OSError, ValueError):
+    except QtuneError:  # damaged: the row is measured again and written whole
+        return None
+    if not isinstance(kept, dict):
         return None
     return kept.get("row") if kept.get("key") == json.loads(json.dumps(key)) else None
 

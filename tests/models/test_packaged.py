@@ -42,8 +42,11 @@ def test_gguf_architecture_read_from_the_header_matches_the_full_reader(tmp_path
 
     packaged = gguf_path("smollm2-135m-instruct")
     assert gguf_architecture(packaged) == gguf.GGUFReader(str(packaged)).get_field("general.architecture").contents() == "llama"
+    import numpy as np
+
     w = gguf.GGUFWriter(str(tmp_path / "other-first.gguf"), "qwen2")
     w.add_string("general.name", "x")
+    w.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))  # a header without tensors is refused
     w.kv_data[0] = dict(reversed(w.kv_data[0].items()))  # general.name first, general.architecture second
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -34,8 +34,11 @@ def test_plan_json_parses_and_adds_up(recipe_path, capsys):
 
 
 def test_plan_rejects_a_bad_size(recipe_path, capsys):
-    assert main(["plan", str(recipe_path), "--memory", "lots"]) == 2
-    assert capsys.readouterr().err.strip() == "error: --memory: 'lots' is not a size (e.g. 24GiB, 24GB, 512MiB)"
+    with pytest.raises(SystemExit) as exit:  # read by the flag's type (qtune.flags), before anything runs
+        main(["plan", str(recipe_path), "--memory", "lots"])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "error: argument --memory/--gpu-memory: 'lots' is not a size (e.g. 24GiB, 24GB, 512MiB)")
 
 
 def test_train_refuses_what_cannot_fit_before_loading(recipe_path, tmp_path, capsys):

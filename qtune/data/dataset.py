@@ -135,6 +135,22 @@ def encode_split(
     }
 
 
+def mix_sources(data, per_source: list[list], read_eval, seed: int, rng: random.Random) -> tuple[list, list]:
+    """The train rows of every source weighted (``data.train[i].weight``), shuffled and capped, and the eval rows:
+    ``read_eval()`` where ``data.eval`` is set, else ``data.eval_fraction`` held out of the sources. SFT's examples
+    and the preference rows are split and mixed by this one rule."""
+    if data.eval:
+        eval_rows = read_eval()
+    else:
+        tagged = [(i, row) for i, rows in enumerate(per_source) for row in rows]
+        kept, held = split_eval(tagged, data.eval_fraction, seed)
+        per_source = [[row for j, row in kept if j == i] for i in range(len(per_source))]
+        eval_rows = [row for _, row in held]
+    train = [row for s, rows in zip(data.train, per_source) for row in weighted(rows, s.weight, rng)]
+    rng.shuffle(train)
+    return train[: data.max_examples], eval_rows[: data.max_eval_examples]
+
+
 def _tokenize(data, tokenizer, template_name: str, template: str, seed: int, stops: tuple[str, ...]) -> tuple[dict[str, list[dict]], dict]:
     rng = random.Random(seed)
     per_source = []
@@ -143,18 +159,13 @@ def _tokenize(data, tokenizer, template_name: str, template: str, seed: int, sto
         examples, fmt = read_examples(s, f"data.train[{i}].path", data.format)
         per_source.append(examples)
         formats.append(fmt)
-    if data.eval:
-        eval_examples, eval_fmt = read_examples(data.eval, "data.eval.path", data.format)
-        formats.append(eval_fmt)
-    else:
-        tagged = [(i, ex) for i, exs in enumerate(per_source) for ex in exs]
-        kept, held = split_eval(tagged, data.eval_fraction, seed)
-        per_source = [[ex for j, ex in kept if j == i] for i in range(len(per_source))]
-        eval_examples = [ex for _, ex in held]
-    train_examples = [ex for s, exs in zip(data.train, per_source) for ex in weighted(exs, s.weight, rng)]
-    rng.shuffle(train_examples)
-    train_examples = train_examples[: data.max_examples]
-    eval_examples = eval_examples[: data.max_eval_examples]
+
+    def read_eval():
+        examples, fmt = read_examples(data.eval, "data.eval.path", data.format)
+        formats.append(fmt)
+        return examples
+
+    train_examples, eval_examples = mix_sources(data, per_source, read_eval, seed, rng)
     uses_chat = any(ex.is_chat for ex in train_examples + eval_examples)
     if not uses_chat:
         template_name, template = "none", None

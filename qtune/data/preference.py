@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import time
 
-from qtune.data.dataset import Encoded, split_eval, weighted
+from qtune.data.dataset import Encoded, mix_sources
 from qtune.data.formats import ROLES
 from qtune.data.sources import read_rows
 from qtune.data.template import resolve_template
@@ -89,16 +89,7 @@ def preference_datasets(recipe, tokenizer, family, kind: str) -> Encoded:
     t0, data, seed = time.perf_counter(), recipe.data, recipe.train.seed
     rng = random.Random(seed)
     per_source = [read_preference(s, f"data.train[{i}].path", kind) for i, s in enumerate(data.train)]
-    if data.eval:
-        eval_rows = read_preference(data.eval, "data.eval.path", kind)
-    else:
-        tagged = [(i, r) for i, rows in enumerate(per_source) for r in rows]
-        kept, held = split_eval(tagged, data.eval_fraction, seed)
-        per_source = [[r for j, r in kept if j == i] for i in range(len(per_source))]
-        eval_rows = [r for _, r in held]
-    train = [r for s, rows in zip(data.train, per_source) for r in weighted(rows, s.weight, rng)]
-    rng.shuffle(train)
-    train, eval_rows = train[: data.max_examples], eval_rows[: data.max_eval_examples]
+    train, eval_rows = mix_sources(data, per_source, lambda: read_preference(data.eval, "data.eval.path", kind), seed, rng)
     kinds = {isinstance(r["prompt"], list) for r in train + eval_rows}
     if len(kinds) > 1:
         raise QtuneError("data.train: the rows mix conversational (message lists) and text fields; "

@@ -222,7 +222,6 @@ def _export(run_dir: Path, settings, tmp: dict[str, Path], final: dict[str, Path
 
 
 def _stops(run_dir: Path, tokenizer, recipe) -> list[int]:
-    from qtune import rundir
     from qtune.data.stops import run_stop_ids
     from qtune.models.load import model_family
 
